@@ -1,0 +1,1 @@
+"""Built-in deployment profiles (TOML), shipped as package data of jitcache."""

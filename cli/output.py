@@ -1,0 +1,82 @@
+"""The one place that writes to the terminal.
+
+Data goes to stdout (a rich table for people, ``--format json`` for machines:
+then stdout holds only JSON); narration, warnings, errors and hints go to
+stderr, so ``jitcache inspect --format json | jq`` always works.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import sys
+from typing import Any, Callable
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+
+class Format(str, enum.Enum):
+    human = "human"
+    json = "json"
+
+
+def human_bytes(num: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(num) < 1024 or unit == "TiB":
+            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.1f} {unit}"
+        num /= 1024
+    raise AssertionError("unreachable")
+
+
+class Output:
+    """Writes results and messages in the format the user asked for."""
+
+    def __init__(self, fmt: Format = Format.human, *, quiet: bool = False) -> None:
+        self.format = fmt
+        self.quiet = quiet
+        no_color = bool(os.environ.get("NO_COLOR"))
+        # Piped output (CI logs, files) is not squeezed into rich's 80-column default.
+        width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200
+        self.out = Console(file=sys.stdout, no_color=no_color, soft_wrap=False, highlight=False, width=width)
+        self.err = Console(file=sys.stderr, no_color=no_color, highlight=False)
+
+    @property
+    def is_json(self) -> bool:
+        return self.format == Format.json
+
+    def result(self, data: Any, render: Callable[["Output"], None] | None = None) -> None:
+        """Emit a command's result: JSON of ``data``, or ``render(self)`` for people."""
+        if self.is_json or render is None:
+            sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+            sys.stdout.flush()
+        else:
+            render(self)
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        """Human output to stdout (only used from ``render`` callbacks)."""
+        self.out.print(*objects, **kwargs)
+
+    def table(self, title: str | None, columns: list[str], rows: list[list[Any]],
+              justify: dict[str, str] | None = None) -> None:
+        table = Table(title=title, title_justify="left", header_style="bold")
+        justify = justify or {}
+        for column in columns:
+            table.add_column(column, justify=justify.get(column, "left"))  # type: ignore[arg-type]
+        for row in rows:
+            table.add_row(*(str(cell) for cell in row))
+        self.out.print(table)
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self.err.print(escape(message))
+
+    def warn(self, message: str) -> None:
+        self.err.print(f"[yellow]Warning:[/yellow] {escape(message)}")
+
+    def error(self, message: str, hint: str | None = None) -> None:
+        self.err.print(f"[bold red]Error:[/bold red] {escape(message)}")
+        if hint:
+            self.err.print(f"[dim]Hint:[/dim] {escape(hint)}")

@@ -1,0 +1,68 @@
+"""jitcache: warm, persistent, shippable JIT caches for DeepEP (and Triton).
+
+The core (policy, profiles, plan, cache store) imports without torch, triton,
+deep_ep or a GPU; the runtime pieces that need them import them lazily.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from ._version import __version__
+from .buckets import BucketPolicy
+from .errors import (
+    BundleError,
+    CacheError,
+    CacheLockTimeout,
+    ColdVariantError,
+    CompileError,
+    JitCacheError,
+    ProfileError,
+    ToolchainError,
+    UsageError,
+    WarmupError,
+)
+from .profiles import Profile, builtin_profile_names, load_profile
+from .variants import KernelVariant, WarmupPlan, plan
+
+# Names that live in modules with heavier imports; resolved on first access.
+_LAZY = {
+    "activate": "jitcache.store.root",
+    "CacheRoot": "jitcache.store.root",
+    "warmup": "jitcache.engine",
+    "WarmupReport": "jitcache.engine",
+    "BucketedDispatcher": "jitcache.deepep",
+    "install": "jitcache.deepep",
+    "uninstall": "jitcache.deepep",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jitcache' has no attribute {name!r}")
+    return getattr(import_module(module), name)
+
+
+__all__ = [
+    "BucketPolicy",
+    "BundleError",
+    "CacheError",
+    "CacheLockTimeout",
+    "ColdVariantError",
+    "CompileError",
+    "JitCacheError",
+    "KernelVariant",
+    "Profile",
+    "ProfileError",
+    "ToolchainError",
+    "UsageError",
+    "WarmupError",
+    "WarmupPlan",
+    "__version__",
+    "builtin_profile_names",
+    "load_profile",
+    "plan",
+    *_LAZY,
+]

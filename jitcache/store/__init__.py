@@ -1,0 +1,1 @@
+"""The on-disk cache: root layout, native-format readers, maintenance."""
