@@ -1,0 +1,192 @@
+"""Atomic publishing: an entry is either absent or whole, for every reader, after any crash.
+
+The protocol is DeepJIT's (``deep_jit/cache/disk.hpp``), which DeepEP 2.5
+readers rely on:
+
+1. build the entry in a private temporary directory *on the same filesystem*
+   as the cache (``<deep_ep>/tmp/<uuid>/``): a rename across filesystems is a
+   copy, and a copy can be seen half-done;
+2. write the marker (``.committed``) into it, fsync every file and the
+   directory itself, so that after a power cut the rename cannot point at
+   empty files;
+3. ``rename(tmp, final)``. POSIX ``rename`` of a directory onto a non-empty
+   directory fails, so when eight ranks (or two imports) publish the same
+   entry, exactly one rename wins and the others throw their copy away;
+4. fsync the parent so the new name itself is durable.
+
+The rename, not a lock, decides who wins. On NFS and Lustre ``flock`` may
+succeed in two clients at once (DeepEP #683, SGLang #31347), while a
+directory rename is still atomic on the server, so this stays correct there.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+from jitcache.errors import CacheError
+
+__all__ = [
+    "COMMIT_MARKER",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "fsync_dir",
+    "fsync_tree",
+    "make_temp_dir",
+    "publish_entry",
+    "remove_tree",
+]
+
+#: DeepJIT's marker: an entry exists for DeepEP 2.5 only if this file is in it.
+COMMIT_MARKER = ".committed"
+
+#: Prefix of jitcache's own build directories under ``tmp/`` (DeepEP's are bare UUIDs).
+TEMP_PREFIX = "jitcache-"
+
+# rename() onto an existing non-empty directory: Linux says ENOTEMPTY, some filesystems EEXIST.
+_LOST_RACE = {errno.ENOTEMPTY, errno.EEXIST}
+
+
+def fsync_dir(directory: str | Path) -> None:
+    """fsync a directory so that names created or renamed in it survive a crash."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # some filesystems (and platforms) do not let a directory be opened
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # e.g. EINVAL on filesystems that do not support fsync on directories
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(directory: str | Path) -> None:
+    """fsync every regular file under ``directory`` and every directory, deepest first."""
+    directory = Path(directory)
+    for current, dirnames, filenames in os.walk(directory, topdown=False):
+        for name in filenames:
+            path = Path(current) / name
+            if path.is_file() and not path.is_symlink():
+                _fsync_file(path)
+        fsync_dir(current)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write ``data`` to an adjacent temporary file, fsync it, then ``os.replace`` it into place."""
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, mode)
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except OSError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str, *, mode: int = 0o644) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
+
+
+def make_temp_dir(backend_dir: str | Path) -> Path:
+    """A fresh private build directory under ``<backend_dir>/tmp/``: the same filesystem as the entries."""
+    tmp_parent = Path(backend_dir) / "tmp"
+    try:
+        tmp_parent.mkdir(parents=True, exist_ok=True)
+        path = tmp_parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+        path.mkdir(mode=0o755)
+    except OSError as exc:
+        raise CacheError(f"{tmp_parent}: cannot create a build directory ({exc.strerror})", path=tmp_parent) from None
+    return path
+
+
+def remove_tree(path: str | Path) -> None:
+    """Remove a directory tree we own, ignoring what vanished meanwhile.
+
+    The tree is renamed aside first, so a reader never sees a half-deleted
+    entry under its real name (only entries not committed, or moved out of
+    ``cache/``, ever reach this).
+    """
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+        return
+    doomed = path.with_name(f".{path.name}.deleting-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, doomed)
+    except OSError:
+        doomed = path
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def publish_entry(tmp_dir: str | Path, final_dir: str | Path, marker: str | None = COMMIT_MARKER) -> bool:
+    """Publish a fully built entry: marker, fsync, one directory rename.
+
+    Returns ``True`` when ``final_dir`` is now our entry, ``False`` when
+    another process published ``final_dir`` first: our copy is then removed
+    and theirs is kept (both were built from the same key, so either will do).
+    ``marker=None`` publishes without a marker (DeepEP 2.1 entries and Triton
+    groups have none). Raises :class:`CacheError` for any other failure,
+    after removing ``tmp_dir``.
+    """
+    tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
+    if not tmp_dir.is_dir():
+        raise CacheError(f"{tmp_dir}: build directory does not exist", path=tmp_dir)
+    try:
+        if os.stat(tmp_dir).st_dev != os.stat(_existing_parent(final_dir)).st_dev:
+            raise CacheError(f"{tmp_dir} and {final_dir} are on different filesystems: a rename would be a copy",
+                             path=tmp_dir, hint="build entries under <backend>/tmp/ (make_temp_dir)")
+        if marker is not None:
+            marker_path = tmp_dir / marker
+            with open(marker_path, "wb") as handle:
+                os.fsync(handle.fileno())
+        fsync_tree(tmp_dir)
+        final_dir.parent.mkdir(parents=True, exist_ok=True)
+        if final_dir.exists():
+            # Fast path; the rename below still decides when two publishers race past this.
+            remove_tree(tmp_dir)
+            return False
+        try:
+            os.rename(tmp_dir, final_dir)
+        except OSError as exc:
+            if exc.errno in _LOST_RACE:
+                remove_tree(tmp_dir)
+                return False
+            raise
+    except CacheError:
+        remove_tree(tmp_dir)
+        raise
+    except OSError as exc:
+        remove_tree(tmp_dir)
+        raise CacheError(f"{final_dir}: cannot publish entry ({exc.strerror or exc})", path=final_dir) from None
+    fsync_dir(final_dir.parent)
+    return True
+
+
+def _existing_parent(path: Path) -> Path:
+    probe = path.parent
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    return probe
