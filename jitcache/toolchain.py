@@ -1,0 +1,195 @@
+"""Find what an ahead-of-time compile needs, without importing deep_ep (it needs a GPU driver).
+
+- nvcc: ``--nvcc``, else ``nvcc`` on PATH, ``$CUDA_HOME/bin/nvcc``, ``/usr/local/cuda/bin/nvcc``,
+  or the ``nvidia-cuda-nvcc`` package's binary;
+- DeepEP headers: ``--deep-ep-include``, else the installed ``deep_ep`` package's ``include/``
+  (located with ``importlib.util.find_spec``, which does not run the package);
+- NCCL headers: ``--nccl-include``, else ``$EP_NCCL_ROOT_DIR/include`` / ``$NCCL_DIR/include``
+  (DeepEP's own overrides), else the ``nvidia-nccl-cu13`` package.
+
+A missing input is one :class:`~jitcache.errors.ToolchainError` naming what to
+install or pass. The NCCL directory *as the serving machine spells it* enters
+DeepEP 2.5's digest (as ``-I<dir>``): it defaults to the local one and can be
+set apart (``target_nccl_include``) or learned from an existing entry's meta.json.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .deepjit import LearnedEntry, options_from_meta
+from .errors import ToolchainError
+
+__all__ = ["Toolchain", "deep_ep_api_of", "find_deep_ep_include", "find_nccl_include", "find_nvcc",
+           "learn_from_entry", "nvcc_version", "resolve_toolchain"]
+
+_INSTALL_HINT = "pip install 'jitcache[aot]'  (tokenspeed-deepep: DeepEP headers; nvidia-nccl-cu13: NCCL headers)"
+
+
+def _site_dirs() -> list[Path]:
+    return [Path(p) for p in sys.path if p and Path(p).is_dir()]
+
+
+def find_nvcc(explicit: str | Path | None = None) -> Path:
+    if explicit:
+        path = Path(explicit)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise ToolchainError(f"--nvcc {path}: not an executable file")
+        return path
+    candidates: list[Path] = []
+    on_path = shutil.which("nvcc")
+    if on_path:
+        candidates.append(Path(on_path))
+    for env in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(env):
+            candidates.append(Path(os.environ[env]) / "bin" / "nvcc")
+    candidates.append(Path("/usr/local/cuda/bin/nvcc"))
+    for site in _site_dirs():
+        candidates += [site / "nvidia" / "cuda_nvcc" / "bin" / "nvcc", site / "nvidia" / "cu13" / "bin" / "nvcc"]
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    raise ToolchainError("nvcc not found (not on PATH, not in $CUDA_HOME/bin or /usr/local/cuda/bin)",
+                         hint="install the CUDA toolkit (nvcc >= 12.9) or pass --nvcc PATH")
+
+
+def nvcc_version(nvcc: Path) -> str:
+    """The full output of ``nvcc --version`` (stdout then stderr, as DeepJIT's popen with 2>&1 reads it)."""
+    try:
+        done = subprocess.run(f"{nvcc} --version 2>&1", shell=True, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ToolchainError(f"{nvcc} --version failed: {exc}") from None
+    if done.returncode != 0 or "release" not in done.stdout:
+        raise ToolchainError(f"{nvcc} --version failed (exit {done.returncode}): {done.stdout.strip()[:300]}")
+    return done.stdout
+
+
+def release_line(version_output: str) -> str:
+    match = re.search(r"release (\d+)\.(\d+)[^\n]*", version_output)
+    return match.group(0) if match else ""
+
+
+def nvcc_major_minor(version_output: str) -> tuple[int, int]:
+    match = re.search(r"release (\d+)\.(\d+)", version_output)
+    if not match:
+        raise ToolchainError(f"cannot read the nvcc release from: {version_output.strip()[:200]}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def deep_ep_api_of(include_root: Path) -> str | None:
+    """``"2.5"`` or ``"2.1"`` from the header layout under ``include_root/deep_ep``, else None."""
+    base = include_root / "deep_ep" / "impls"
+    if (base / "ep" / "dispatch.cuh").is_file():
+        return "2.5"
+    if (base / "dispatch.cuh").is_file():
+        return "2.1"
+    return None
+
+
+def _normalise_include(path: Path) -> Path:
+    """Accept the include root (holding ``deep_ep/``), the package dir (holding ``include/``) or ``deep_ep/`` itself."""
+    for candidate in (path, path / "include", path.parent if path.name == "deep_ep" else path):
+        if deep_ep_api_of(candidate):
+            return candidate
+    raise ToolchainError(f"--deep-ep-include {path}: no DeepEP headers there "
+                         "(expected deep_ep/impls/ep/dispatch.cuh for 2.5 or deep_ep/impls/dispatch.cuh for 2.1)")
+
+
+def find_deep_ep_include(explicit: str | Path | None = None) -> Path:
+    if explicit:
+        return _normalise_include(Path(explicit))
+    try:
+        spec = importlib.util.find_spec("deep_ep")
+    except (ImportError, ValueError):
+        spec = None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        include = Path(location) / "include"
+        if deep_ep_api_of(include):
+            return include
+    raise ToolchainError("DeepEP headers not found: no installed deep_ep package with include/",
+                         hint=f"{_INSTALL_HINT}, or pass --deep-ep-include DIR")
+
+
+def find_nccl_include(explicit: str | Path | None = None) -> Path:
+    if explicit:
+        path = Path(explicit)
+        for candidate in (path, path / "include"):
+            if (candidate / "nccl.h").is_file():
+                return candidate
+        raise ToolchainError(f"--nccl-include {path}: no nccl.h there")
+    for env in ("EP_NCCL_ROOT_DIR", "NCCL_DIR"):
+        if os.environ.get(env) and (Path(os.environ[env]) / "include" / "nccl.h").is_file():
+            return Path(os.environ[env]) / "include"
+    for site in _site_dirs():
+        candidate = site / "nvidia" / "nccl" / "include"
+        if (candidate / "nccl.h").is_file():
+            return candidate
+    raise ToolchainError("NCCL headers not found (DeepEP's kernels include nccl_device.h)",
+                         hint=f"pip install nvidia-nccl-cu13, or pass --nccl-include DIR ({_INSTALL_HINT})")
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """Everything a compile of DeepEP kernels needs on this machine, and what the target's digest needs."""
+
+    nvcc: Path
+    nvcc_version_output: str
+    deep_ep_include: Path          # the include root holding deep_ep/
+    deep_ep_api: str               # "2.5" or "2.1"
+    nccl_include: Path             # local NCCL headers nvcc reads
+    target_nccl_include: str       # the -I path as the serving machine spells it (enters the 2.5 digest)
+    python_library_root: str       # deep_ep's package dir as the serving machine spells it (meta.json; 2.1 digest)
+    learned: LearnedEntry | None = None
+
+    @property
+    def nvcc_release(self) -> tuple[int, int]:
+        return nvcc_major_minor(self.nvcc_version_output)
+
+    def to_dict(self) -> dict:
+        return {"nvcc": str(self.nvcc), "nvcc_release": release_line(self.nvcc_version_output),
+                "deep_ep_include": str(self.deep_ep_include), "deep_ep_api": self.deep_ep_api,
+                "nccl_include": str(self.nccl_include), "target_nccl_include": self.target_nccl_include,
+                "python_library_root": self.python_library_root,
+                "learned_from_entry": self.learned is not None}
+
+
+def resolve_toolchain(*, nvcc: str | Path | None = None, deep_ep_include: str | Path | None = None,
+                      nccl_include: str | Path | None = None, target_nccl_include: str | None = None,
+                      python_library_root: str | None = None) -> Toolchain:
+    nvcc_path = find_nvcc(nvcc)
+    include = find_deep_ep_include(deep_ep_include)
+    nccl = find_nccl_include(nccl_include)
+    api = deep_ep_api_of(include)
+    assert api is not None
+    return Toolchain(nvcc=nvcc_path, nvcc_version_output=nvcc_version(nvcc_path), deep_ep_include=include,
+                     deep_ep_api=api, nccl_include=nccl, target_nccl_include=target_nccl_include or str(nccl),
+                     python_library_root=python_library_root or str(include.parent))
+
+
+def learn_from_entry(toolchain: Toolchain, entry_dir: str | Path) -> Toolchain:
+    """Adopt the target facts an existing DeepEP 2.5 entry recorded: its flags' NCCL path, its nvcc's
+    version text (which enters the digest) and its library root.
+
+    Refuses when the entry was built by another nvcc release than the local one: the digest would
+    match but the cubin would not be the compiler's DeepEP expects.
+    """
+    meta_path = Path(entry_dir) / "meta.json"
+    try:
+        learned = options_from_meta(meta_path.read_text())
+    except (OSError, ValueError, KeyError) as exc:
+        raise ToolchainError(f"{meta_path}: cannot learn the target toolchain: {exc}") from None
+    local, theirs = release_line(toolchain.nvcc_version_output), release_line(learned.nvcc_version_output)
+    if local != theirs:
+        raise ToolchainError(f"{meta_path}: written by nvcc '{theirs}', but the local nvcc ({toolchain.nvcc}) is "
+                             f"'{local}'", hint="use the same CUDA release as the serving machine (--nvcc PATH)")
+    return replace(toolchain, nvcc_version_output=learned.nvcc_version_output,
+                   target_nccl_include=learned.nccl_include_dir or toolchain.target_nccl_include,
+                   python_library_root=learned.python_library_root or toolchain.python_library_root,
+                   learned=learned)
