@@ -1,0 +1,264 @@
+"""Readers for the native cache formats: one directory in, one :class:`CacheEntry` out.
+
+A reader never raises for a damaged entry: what is wrong becomes a
+:class:`Problem` on the entry, so one bad directory cannot hide the rest
+of the cache.
+
+- DeepJIT (DeepEP 2.5, DeepGEMM): ``cache/<name>.<32 hex>/`` with
+  ``kernel.cu``, ``kernel.cubin``, ``meta.json`` and ``.committed``; DeepJIT
+  only sees an entry whose ``.committed`` exists and touches its mtime on a hit.
+- DeepEP 2.1: ``cache/kernel.<name>.<32 hex>/`` with ``kernel.cu`` and
+  ``kernel.cubin`` (optionally ``.ptx``/``.sass``), no marker, no metadata.
+- Triton: ``<base32 key>/`` holding ``__grp__<name>.json`` (``child_paths``:
+  file name -> absolute path) and the files it lists; Triton recompiles when
+  any listed path is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Any, Iterator
+
+from .elf import InvalidCubin, entry_symbol_problem, read_cubin
+from .kernels import parse_source
+from .model import CacheEntry, Problem
+from .publish import COMMIT_MARKER
+
+__all__ = [
+    "DEEPEP21_NAME",
+    "DEEPJIT_NAME",
+    "TRITON_KEY",
+    "classify_deep_ep_name",
+    "permission_problems",
+    "read_deep_ep_entry",
+    "read_triton_entry",
+]
+
+DEEPJIT_NAME = re.compile(r"^(?P<family>[A-Za-z0-9_]+)\.(?P<key>[0-9a-f]{32})$")
+DEEPEP21_NAME = re.compile(r"^kernel\.(?P<family>[A-Za-z0-9_]+)\.(?P<key>[0-9a-f]{32})$")
+TRITON_KEY = re.compile(r"^[A-Z2-7]{16,}=*$")
+_NVCC_RELEASE = re.compile(r"release (\d+\.\d+), V([\d.]+)")
+
+
+def classify_deep_ep_name(name: str) -> tuple[str, str, str] | None:
+    """``(format, family, key)`` for an entry directory name under ``cache/``, else ``None``."""
+    if match := DEEPEP21_NAME.match(name):
+        return "deep_ep_2.1", match["family"], match["key"]
+    if match := DEEPJIT_NAME.match(name):
+        return "deepjit", match["family"], match["key"]
+    return None
+
+
+def _tree_stats(path: Path) -> tuple[int, list[tuple[Path, os.stat_result]]]:
+    total, items = 0, []
+    for current, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            item = Path(current) / name
+            try:
+                st = item.lstat()
+            except OSError:
+                continue
+            items.append((item, st))
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total, items
+
+
+def permission_problems(path: Path, key: str | None, items: list[tuple[Path, os.stat_result]] | None = None,
+                        ) -> list[Problem]:
+    """Writable by group/others, or owned by someone else: a cubin here runs on the GPU as us."""
+    problems = []
+    uid = os.getuid()
+    try:
+        top = path.lstat()
+    except OSError:
+        return problems
+    for item, st in [(path, top), *(items or [])]:
+        if stat.S_ISLNK(st.st_mode):
+            continue
+        if st.st_uid != uid:
+            problems.append(Problem("foreign_owner", str(item),
+                                    f"owned by uid {st.st_uid}, not by the current user (uid {uid})", key))
+            break
+        if st.st_mode & 0o022:
+            problems.append(Problem("unsafe_permissions", str(item),
+                                    f"writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})", key))
+            break
+    return problems
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def _check_file(path: Path, key: str, problems: list[Problem]) -> bool:
+    """True if ``path`` is a non-empty regular file; records the problem otherwise."""
+    try:
+        st = path.stat()
+    except OSError:
+        problems.append(Problem("missing_file", str(path), f"{path.name} is missing", key))
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        problems.append(Problem("missing_file", str(path), f"{path.name} is not a regular file", key))
+        return False
+    if st.st_size == 0:
+        problems.append(Problem("empty_file", str(path), f"{path.name} is empty", key))
+        return False
+    return True
+
+
+def _last_used(path: Path) -> float | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return max(st.st_mtime, st.st_atime)
+
+
+def read_deep_ep_entry(path: Path, *, check_cubin: bool = True) -> CacheEntry:
+    """Read one ``cache/`` subdirectory of a DeepEP cache (either layout)."""
+    name = path.name
+    kind = classify_deep_ep_name(name)
+    size, items = _tree_stats(path)
+    problems: list[Problem] = permission_problems(path, name, items)
+    if kind is None:
+        problems.append(Problem("unknown_entry", str(path),
+                                "not a DeepEP cache entry name (<name>.<32 hex> or kernel.<name>.<32 hex>)", name))
+        return CacheEntry("deep_ep", "unknown", name, "", str(path), size, _last_used(path), problems=tuple(problems))
+    fmt, family, key = kind
+    params: dict[str, Any] = {}
+    compiler = arch = None
+
+    source = path / "kernel.cu"
+    if _check_file(source, name, problems):
+        text = _read_text(source) or ""
+        decoded = parse_source(text)
+        if decoded is None:
+            problems.append(Problem("undecoded_source", str(source),
+                                    "no template instantiation found in kernel.cu", name))
+        else:
+            params = decoded
+    cubin = path / "kernel.cubin"
+    if _check_file(cubin, name, problems) and check_cubin:
+        try:
+            info = read_cubin(cubin)
+        except InvalidCubin as exc:
+            problems.append(Problem("invalid_cubin", str(cubin), exc.reason, name))
+        else:
+            arch = info.arch
+            compiler = f"ptxas {info.ptxas_version}" if info.ptxas_version else None
+            if (why := entry_symbol_problem(info)) is not None:
+                problems.append(Problem("entry_symbols", str(cubin), why, name))
+
+    last_used = _last_used(cubin)
+    if fmt == "deepjit":
+        marker = path / COMMIT_MARKER
+        if marker.exists():
+            last_used = marker.stat().st_mtime
+        else:
+            problems.append(Problem("not_committed", str(marker),
+                                    "no .committed marker: DeepJIT treats it as absent, then fails to publish "
+                                    "over it and loads it anyway", name))
+        meta_path = path / "meta.json"
+        if not meta_path.exists():
+            problems.append(Problem("missing_meta", str(meta_path), "meta.json is missing", name))
+        else:
+            meta, why = _read_meta(meta_path)
+            if meta is None:
+                problems.append(Problem("bad_meta", str(meta_path), why, name))
+            elif (nvcc := _nvcc_version(meta)) is not None:
+                compiler = f"nvcc {nvcc}"
+    return CacheEntry("deep_ep", fmt, family, key, str(path), size, last_used, params=params,
+                      compiler=compiler, arch=arch, problems=tuple(problems))
+
+
+def _read_meta(path: Path) -> tuple[dict | None, str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return None, f"meta.json is unreadable ({exc.strerror})"
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, f"meta.json is not valid JSON ({exc})"
+    if not isinstance(data, dict):
+        return None, f"meta.json must hold a JSON object, got {type(data).__name__}"
+    return data, ""
+
+
+def _nvcc_version(meta: dict) -> str | None:
+    info = meta.get("compiler_info")
+    version = info.get("version") if isinstance(info, dict) else None
+    if isinstance(version, str) and (match := _NVCC_RELEASE.search(version)):
+        return match.group(2)
+    return None
+
+
+def iter_triton_groups(path: Path) -> Iterator[Path]:
+    return iter(sorted(path.glob("__grp__*.json")))
+
+
+def read_triton_entry(path: Path, *, check_cubin: bool = True) -> CacheEntry:
+    """Read one Triton cache key directory (a compiled kernel group, or a support file such as a launcher)."""
+    key = path.name
+    size, items = _tree_stats(path)
+    problems = permission_problems(path, key, items)
+    groups = list(iter_triton_groups(path))
+    params: dict[str, Any] = {}
+    compiler = arch = None
+    last_used = None
+    family = ""
+    for group in groups:
+        family = group.name[len("__grp__"):-len(".json")]
+        last_used = max(last_used or 0.0, _last_used(group) or 0.0) or None
+        try:
+            data = json.loads(group.read_text(encoding="utf-8"))
+            children = data["child_paths"]
+            if not isinstance(children, dict):
+                raise TypeError("child_paths is not an object")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            problems.append(Problem("bad_group", str(group), f"unreadable Triton group file ({exc})", key))
+            continue
+        for child_name, child_path in sorted(children.items()):
+            local = path / child_name
+            if not (isinstance(child_path, str) and os.path.exists(child_path)):
+                problems.append(Problem("group_missing_file", str(local),
+                                        f"group lists {child_name} at {child_path}, which does not exist "
+                                        "(Triton recompiles the kernel)", key))
+            elif Path(child_path).resolve().parent != path.resolve():
+                problems.append(Problem("group_missing_file", str(local),
+                                        f"group points {child_name} outside its directory: {child_path}", key))
+        meta_file = path / f"{family}.json"
+        meta = json.loads(meta_file.read_text()) if _is_json_object(meta_file) else {}
+        for name in ("num_warps", "num_stages", "num_ctas", "shared"):
+            if name in meta:
+                params[name] = meta[name]
+        if "triton_version" in meta:
+            compiler = f"triton {meta['triton_version']}"
+        target = meta.get("target")
+        if isinstance(target, dict) and "arch" in target:
+            arch = f"{target.get('backend', 'cuda')}:{target['arch']}"
+        cubin = path / f"{family}.cubin"
+        if check_cubin and cubin.exists() and cubin.stat().st_size:
+            try:
+                arch = read_cubin(cubin).arch
+            except InvalidCubin as exc:
+                problems.append(Problem("invalid_cubin", str(cubin), exc.reason, key))
+    if not groups:
+        files = sorted(p.name for p, st in items if stat.S_ISREG(st.st_mode))
+        family = files[0] if files else ""
+        last_used = max((_last_used(p) or 0.0 for p, st in items), default=0.0) or _last_used(path)
+    return CacheEntry("triton", "triton", family, key, str(path), size, last_used, params=params,
+                      compiler=compiler, arch=arch, problems=tuple(problems))
+
+
+def _is_json_object(path: Path) -> bool:
+    try:
+        return isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        return False

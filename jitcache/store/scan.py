@@ -1,0 +1,198 @@
+"""Scan a whole cache into one frozen report; a damaged entry is a problem in it, never an abort.
+
+Entry points: :func:`scan` (a jitcache root: DeepEP and Triton folders),
+:func:`scan_deep_ep` (any DeepEP cache dir, including one DeepEP wrote on its
+own) and :func:`scan_triton`; :func:`coverage` tells which variants of a
+warmup plan have an entry. Scanning never takes the lock and writes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from .formats import TRITON_KEY, permission_problems, read_deep_ep_entry, read_triton_entry
+from .model import SCHEMA_VERSION, CacheEntry, Problem, iso_time
+from .root import CacheRoot
+
+__all__ = ["ORPHAN_AGE_S", "CacheReport", "Coverage", "coverage", "entry_matches", "scan", "scan_deep_ep",
+           "scan_triton"]
+
+#: A build directory untouched for this long belongs to a compile that died
+#: (a DeepEP compile takes ~12 s; a live one keeps writing).
+ORPHAN_AGE_S = 3600.0
+
+
+@dataclass(frozen=True)
+class CacheReport:
+    """Everything one scan saw. ``problems`` holds those outside entries (root, orphans)."""
+
+    root: str | None
+    deep_ep_dir: str | None
+    triton_dir: str | None
+    entries: tuple[CacheEntry, ...]
+    problems: tuple[Problem, ...] = ()
+    scanned_at: float = field(default_factory=time.time)
+
+    @property
+    def size(self) -> int:
+        return sum(e.size for e in self.entries)
+
+    def all_problems(self) -> tuple[Problem, ...]:
+        return self.problems + tuple(p for e in self.entries for p in e.problems)
+
+    @property
+    def broken(self) -> tuple[CacheEntry, ...]:
+        return tuple(e for e in self.entries if e.status == "broken")
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Entries and bytes per (backend, family), sorted."""
+        groups: dict[tuple[str, str], list[CacheEntry]] = defaultdict(list)
+        for entry in self.entries:
+            groups[(entry.backend, entry.family)].append(entry)
+        return [{"backend": b, "family": f, "entries": len(es), "size": sum(e.size for e in es),
+                 "broken": sum(e.status == "broken" for e in es)}
+                for (b, f), es in sorted(groups.items())]
+
+    def to_dict(self) -> dict[str, Any]:
+        problems = self.all_problems()
+        return {
+            "schema": SCHEMA_VERSION,
+            "root": self.root,
+            "deep_ep_dir": self.deep_ep_dir,
+            "triton_dir": self.triton_dir,
+            "scanned_at": iso_time(self.scanned_at),
+            "totals": {"entries": len(self.entries), "size": self.size, "broken": len(self.broken),
+                       "errors": sum(p.severity == "error" for p in problems),
+                       "warnings": sum(p.severity == "warning" for p in problems)},
+            "summary": self.summary(),
+            "entries": [e.to_dict() for e in self.entries],
+            "problems": [p.to_dict() for p in problems],
+        }
+
+
+def _orphans(tmp_dir: Path, now: float, min_age: float) -> list[Problem]:
+    problems = []
+    if not tmp_dir.is_dir():
+        return problems
+    for child in sorted(tmp_dir.iterdir()):
+        try:
+            age = now - child.lstat().st_mtime
+        except OSError:
+            continue
+        if age >= min_age:
+            problems.append(Problem("orphan_build", str(child),
+                                    f"build directory untouched for {age / 3600:.1f} h (a compile that died)"))
+    return problems
+
+
+def scan_deep_ep(directory: str | Path, *, check_cubins: bool = True,
+                 orphan_age: float = ORPHAN_AGE_S) -> tuple[tuple[CacheEntry, ...], tuple[Problem, ...]]:
+    """Every entry under ``<directory>/cache/`` (both DeepEP layouts) and the problems outside them."""
+    directory = Path(directory)
+    cache = directory / "cache"
+    entries = []
+    if cache.is_dir():
+        for child in sorted(cache.iterdir()):
+            if child.name.startswith(".") or not child.is_dir() or child.is_symlink():
+                continue
+            entries.append(read_deep_ep_entry(child, check_cubin=check_cubins))
+    problems = _orphans(directory / "tmp", time.time(), orphan_age)
+    return tuple(entries), tuple(problems)
+
+
+def scan_triton(directory: str | Path, *, check_cubins: bool = True,
+                orphan_age: float = ORPHAN_AGE_S) -> tuple[tuple[CacheEntry, ...], tuple[Problem, ...]]:
+    """Every key directory of a Triton cache, and Triton's leftover ``tmp.pid_*`` write directories."""
+    directory = Path(directory)
+    entries, problems = [], []
+    now = time.time()
+    if directory.is_dir():
+        for child in sorted(directory.iterdir()):
+            if not child.is_dir() or child.is_symlink() or not TRITON_KEY.match(child.name):
+                continue
+            entries.append(read_triton_entry(child, check_cubin=check_cubins))
+            for leftover in sorted(child.glob("tmp.pid_*")):
+                age = now - leftover.lstat().st_mtime
+                if age >= orphan_age:
+                    problems.append(Problem("orphan_build", str(leftover),
+                                            f"Triton write directory left for {age / 3600:.1f} h", child.name))
+    return tuple(entries), tuple(problems)
+
+
+def scan(root: CacheRoot, *, check_cubins: bool = True, orphan_age: float = ORPHAN_AGE_S) -> CacheReport:
+    """Scan a jitcache root (or, for ``CacheRoot.for_deep_ep_dir``, a bare DeepEP cache)."""
+    problems: list[Problem] = []
+    if root.path.exists():
+        problems += permission_problems(root.path, None)
+    deep_entries, deep_problems = scan_deep_ep(root.deep_ep_dir, check_cubins=check_cubins, orphan_age=orphan_age)
+    entries, problems = list(deep_entries), problems + list(deep_problems)
+    if root.triton_dir is not None:
+        tri_entries, tri_problems = scan_triton(root.triton_dir, check_cubins=check_cubins, orphan_age=orphan_age)
+        entries += tri_entries
+        problems += tri_problems
+    return CacheReport(root=str(root.path), deep_ep_dir=str(root.deep_ep_dir),
+                       triton_dir=None if root.triton_dir is None else str(root.triton_dir),
+                       entries=tuple(entries), problems=tuple(problems))
+
+
+# -- coverage against a plan ------------------------------------------------------------------
+
+
+def entry_matches(entry: CacheEntry, variant: Any) -> bool:
+    """Whether ``entry`` is the kernel ``variant`` (a :class:`jitcache.variants.KernelVariant`) asks for.
+
+    Same family, and every parameter the plan decides equal to the decoded
+    one. Parameters the plan leaves to the GPU (SM count, warps, QPs,
+    timeouts) are not compared; a plan parameter the entry does not carry
+    (an older DeepEP's template) does not count against it.
+    """
+    if entry.backend != "deep_ep" or entry.family != variant.family or entry.status == "broken":
+        return False
+    params = entry.params
+    if "template_args" in params:
+        return False
+    for name, value in variant.params:
+        if name in params and params[name] != value:
+            return False
+    return "num_max_tokens_per_rank" in params
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Which variants of a plan have a usable entry: ``present`` maps variant index -> entry paths."""
+
+    plan: Any
+    present: tuple[tuple[int, tuple[str, ...]], ...]
+    missing: tuple[Any, ...]
+
+    @property
+    def num_variants(self) -> int:
+        return len(self.plan.variants)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"profile": self.plan.profile.name, "plan_fingerprint": self.plan.fingerprint(),
+                "num_variants": self.num_variants, "num_present": len(self.present),
+                "num_missing": len(self.missing), "missing": [v.to_dict() for v in self.missing]}
+
+
+def coverage(plan: Any, entries: Iterable[CacheEntry]) -> Coverage:
+    """Match every plan variant against the entries (see :func:`entry_matches`)."""
+    by_family: dict[str, list[CacheEntry]] = defaultdict(list)
+    for entry in entries:
+        by_family[entry.family].append(entry)
+    present, missing = [], []
+    for index, variant in enumerate(plan.variants):
+        found = tuple(e.path for e in by_family.get(variant.family, ()) if entry_matches(e, variant))
+        if found:
+            present.append((index, found))
+        else:
+            missing.append(variant)
+    return Coverage(plan=plan, present=tuple(present), missing=tuple(missing))
