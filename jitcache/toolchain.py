@@ -93,8 +93,57 @@ def deep_ep_api_of(include_root: Path) -> str | None:
     return None
 
 
+def extract_sdist_headers(tarball: Path, into: Path | None = None) -> Path:
+    """Unpack only ``*/deep_ep/include/`` of a DeepEP sdist (e.g. deepinfer_ep-2.5.0.tar.gz); returns the include root.
+
+    The result is cached by the tarball's name and size under ``into`` (default:
+    ``$JITCACHE_HOME``-style ``~/.cache/jitcache/headers``) and published by one rename.
+    """
+    import hashlib
+    import tarfile
+    import tempfile
+
+    from .store.root import default_root_path
+
+    base = into or default_root_path().parent / "jitcache-headers"
+    stamp = hashlib.sha256(f"{tarball.name}:{tarball.stat().st_size}".encode()).hexdigest()[:12]
+    target = base / f"{tarball.name.split('.tar')[0]}-{stamp}"
+    if deep_ep_api_of(target):
+        return target
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=base, prefix=".extract-"))
+    try:
+        with tarfile.open(tarball) as tar:
+            for member in tar.getmembers():
+                parts = member.name.split("/")
+                if "deep_ep" in parts and parts[parts.index("deep_ep") + 1:parts.index("deep_ep") + 2] == ["include"]:
+                    rel = parts[parts.index("deep_ep") + 2:]
+                    if not rel or ".." in rel or not member.isfile():
+                        continue
+                    out = tmp.joinpath(*rel)
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    source = tar.extractfile(member)
+                    out.write_bytes(source.read() if source else b"")
+        if not deep_ep_api_of(tmp):
+            raise ToolchainError(f"{tarball}: no deep_ep/include/ with DeepEP headers in this archive")
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not deep_ep_api_of(target):
+                raise
+    except (OSError, tarfile.TarError) as exc:
+        raise ToolchainError(f"{tarball}: cannot extract DeepEP headers ({exc})") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def _normalise_include(path: Path) -> Path:
-    """Accept the include root (holding ``deep_ep/``), the package dir (holding ``include/``) or ``deep_ep/`` itself."""
+    """Accept the include root (holding ``deep_ep/``), the package dir (holding ``include/``), ``deep_ep/``
+    itself, or a DeepEP sdist tarball."""
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
+        return extract_sdist_headers(path)
     for candidate in (path, path / "include", path.parent if path.name == "deep_ep" else path):
         if deep_ep_api_of(candidate):
             return candidate

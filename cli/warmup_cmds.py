@@ -1,0 +1,114 @@
+"""`jitcache warmup`: compile every kernel a profile needs before serving.
+
+``--aot`` compiles ahead of time with nvcc (no GPU, no DeepEP runtime) into
+DeepEP's native cache layout; without it the live warmup of
+:mod:`jitcache.engine` drives DeepEP itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from jitcache.errors import CompileError, UsageError, WarmupError
+
+from .output import Format, Output
+
+FORMAT = typer.Option(Format.human, "--format", help="human (tables) or json (stdout holds only JSON).")
+
+
+def warmup(
+    profile: str = typer.Option(..., "--profile", "-p", help="A built-in profile name or a path to a profile .toml."),
+    aot: bool = typer.Option(False, "--aot", help="Compile ahead of time with nvcc: no GPU, no DeepEP runtime."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Parallel nvcc processes (default: all cores)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="The jitcache root (default: ~/.cache/jitcache)."),
+    modes: Optional[list[str]] = typer.Option(None, "--mode", "-m", help="Restrict to these modes (repeatable)."),
+    deep_ep_include: Optional[Path] = typer.Option(
+        None, "--deep-ep-include", help="DeepEP headers: an include dir, a deep_ep package dir, or a DeepEP sdist .tar.gz."),
+    nccl_include: Optional[Path] = typer.Option(None, "--nccl-include", help="Local NCCL headers (dir with nccl.h)."),
+    target_nccl_include: Optional[str] = typer.Option(
+        None, "--target-nccl-include",
+        help="The NCCL include dir as the serving machine spells it (it enters DeepEP's digest); default: the local one."),
+    learn_from: Optional[Path] = typer.Option(
+        None, "--learn-from", help="An entry DeepEP wrote (<name>.<digest>/): adopt its flags, paths and compiler text."),
+    nvcc: Optional[Path] = typer.Option(None, "--nvcc", help="The nvcc to compile with (default: PATH, $CUDA_HOME)."),
+    distributed: bool = typer.Option(False, "--distributed",
+                                     help="Split the variants over torch.distributed ranks (torchrun)."),
+    fmt: Format = FORMAT,
+) -> None:
+    """Compile every DeepEP kernel variant of a profile, so that serving compiles nothing."""
+    out = Output(fmt)
+    if not aot:
+        try:
+            from jitcache.engine import live_warmup_cli  # the live path, another module's job
+        except ImportError as exc:
+            raise WarmupError(f"live warmup is not available here ({exc})",
+                              hint="live warmup needs torch.distributed + DeepEP + a GPU; use --aot") from None
+        live_warmup_cli(profile=profile, jobs=jobs, cache_dir=cache_dir, modes=modes, out=out, fmt=fmt)
+        return
+
+    from jitcache.aot import warmup_aot
+    from jitcache.learn import derive_jobs_from_entry
+    from jitcache.profiles import load_profile
+    from jitcache.store.root import resolve_root
+    from jitcache.toolchain import learn_from_entry, resolve_toolchain
+    from jitcache.variants import plan
+
+    prof = load_profile(profile)
+    try:
+        the_plan = plan(prof, modes)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if distributed:
+        _init_distributed()
+    root = resolve_root(cache_dir)
+    toolchain = resolve_toolchain(nvcc=nvcc, deep_ep_include=deep_ep_include, nccl_include=nccl_include,
+                                  target_nccl_include=target_nccl_include)
+    build_jobs = None
+    if learn_from is not None:
+        if toolchain.deep_ep_api == "2.5":
+            toolchain = learn_from_entry(toolchain, learn_from)
+        else:
+            build_jobs = derive_jobs_from_entry(the_plan, toolchain, learn_from)
+    out.info(f"{prof.name}: {len(the_plan)} variants, DeepEP {toolchain.deep_ep_api} rules, nvcc "
+             f"{'.'.join(map(str, toolchain.nvcc_release))}, {jobs or 'all'} jobs -> {root.deep_ep_dir}")
+
+    def progress(result) -> None:
+        if result.status == "failed":
+            out.warn(f"{result.label}: {result.message} (log: {result.log_path})")
+
+    report = warmup_aot(the_plan, toolchain, root, jobs=build_jobs, num_workers=jobs,
+                        distributed=True if distributed else None, on_result=progress)
+    data = report.to_dict()
+
+    def render(o: Output) -> None:
+        rows = [[r.num_max_tokens_per_rank if r.num_max_tokens_per_rank is not None else "-", r.family or r.label,
+                 r.status, f"{r.seconds:.1f}", r.entry] for r in report.results]
+        o.table(f"{prof.name}: AOT warmup into {report.cache_dir}",
+                ["num_max_tokens_per_rank", "kernel", "status", "seconds", "entry"], rows,
+                justify={"num_max_tokens_per_rank": "right", "seconds": "right"})
+        totals = data["totals"]
+        o.print(f"{len(report.results)} variants in {report.wall_seconds:.1f} s with {report.jobs} jobs: "
+                + ", ".join(f"{n} {s}" for s, n in totals.items() if n) + f". Report: {report.report_path}")
+
+    out.result(data, render)
+    if not report.ok:
+        first = report.failed[0]
+        raise CompileError(f"{len(report.failed)} of {len(report.results)} variants failed to compile "
+                           f"(first: {first.label}: {first.message})", log_path=first.log_path,
+                           hint=f"compiler output is saved next to {report.report_path}")
+
+
+def _init_distributed() -> None:
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        raise UsageError("--distributed needs torch", hint="pip install 'jitcache[torch]' or drop --distributed") from None
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")  # CPU work: no GPU needed to share entries
+
+
+def register(app: typer.Typer) -> None:
+    app.command("warmup")(warmup)
