@@ -1,0 +1,448 @@
+"""The DeepEP runtime boundary: buffer detection, the bucketed dispatcher, the miss guard, install().
+
+DeepEP 2.5 (``deep_ep.EPBuffer``, also shipped as ``deep_ep_v25``) and DeepEP
+2.1 (``deep_ep.ElasticBuffer``) share the dispatch/combine shape::
+
+    buf.dispatch(x, topk_idx=, topk_weights=, num_experts=, num_max_tokens_per_rank=None,
+                 expert_alignment=, num_sms=0, ..., handle=None, do_cpu_sync=None, do_expand=False, ...)
+        -> (recv_x, recv_topk_idx, recv_topk_weights, handle, event)
+    buf.combine(x, handle, topk_weights=None, ...) -> (combined_x, combined_topk_weights, event)
+
+Every distinct ``num_max_tokens_per_rank`` is a new JIT-compiled kernel, so
+the dispatcher replaces it (only for ``do_expand=False`` without a cached
+handle) by the policy's bucket and touches nothing else. Nothing here imports
+``deep_ep`` or ``torch`` at module import: buffers are recognised by class
+name, and the DeepEP modules are only imported by :func:`install` when it is
+not told which classes to patch.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .buckets import BucketPolicy
+from .errors import ColdVariantError, UsageError
+from .profiles import Profile, load_profile
+from .stats import DispatchStats, register_for_flush
+
+__all__ = [
+    "API_21",
+    "API_25",
+    "BucketedDispatcher",
+    "Installation",
+    "buffer_api",
+    "committed_entries",
+    "install",
+    "installed",
+    "jit_cache_roots",
+    "local_num_tokens",
+    "uninstall",
+    "warm_buckets_from_cache",
+]
+
+log = logging.getLogger("jitcache.deepep")
+
+API_25 = "2.5"
+API_21 = "2.1"
+
+#: Buffer class name -> DeepEP API. Subclasses are recognised through their MRO.
+_BUFFER_CLASSES = {"EPBuffer": API_25, "ElasticBuffer": API_21}
+#: Importable packages that may hold those classes (``deep_ep_v25``: the sgl wheel of 2.5).
+_PACKAGES = ("deep_ep", "deep_ep_v25")
+
+#: The positional parameters both APIs share, in order, after ``x``.
+_SHARED_POSITIONAL = ("topk_idx", "topk_weights", "cumulative_local_expert_recv_stats", "num_experts",
+                      "num_max_tokens_per_rank", "expert_alignment", "num_sms", "num_qps")
+_NMAX_POSITION = _SHARED_POSITIONAL.index("num_max_tokens_per_rank")
+
+
+# -- detection --------------------------------------------------------------------------------
+
+
+def buffer_api(buffer: Any) -> str:
+    """``"2.5"`` for an ``EPBuffer`` (``deep_ep`` or ``deep_ep_v25``), ``"2.1"`` for an ``ElasticBuffer``.
+
+    Accepts an instance or a class. Raises :class:`UsageError` naming the type otherwise.
+    """
+    cls = buffer if isinstance(buffer, type) else type(buffer)
+    for klass in cls.__mro__:
+        api = _BUFFER_CLASSES.get(klass.__name__)
+        if api is not None:
+            return api
+    raise UsageError(
+        f"{cls.__module__}.{cls.__qualname__} is not a DeepEP buffer "
+        f"(expected {' or '.join(_BUFFER_CLASSES)} from {' or '.join(_PACKAGES)})")
+
+
+def _importable_buffer_classes() -> list[type]:
+    """The DeepEP buffer classes importable in this process (importing deep_ep is heavy: only on demand)."""
+    import importlib
+
+    found: list[type] = []
+    for package in _PACKAGES:
+        try:
+            module = importlib.import_module(package)
+        except Exception:  # noqa: BLE001 - not installed, or built for another torch/CUDA
+            continue
+        for name in _BUFFER_CLASSES:
+            cls = getattr(module, name, None)
+            if isinstance(cls, type) and cls not in found:
+                found.append(cls)
+    return found
+
+
+# -- DeepEP's JIT cache on disk ---------------------------------------------------------------
+
+
+def jit_cache_roots(api: str, environ: Mapping[str, str] | None = None) -> tuple[Path, ...]:
+    """DeepEP's JIT cache roots, the writable one first.
+
+    2.5 (DeepJIT): ``EP_JIT_CACHE_DIR``, else ``DJ_JIT_CACHE_DIR``, else ``$HOME/.dj``; the
+    value may be ``A:B:C`` (first writable, the others read-only lookups).
+    2.1: ``EP_JIT_CACHE_DIR``, else ``$HOME/.deep_ep`` (one root).
+    """
+    env = os.environ if environ is None else environ
+    home = Path(env.get("HOME") or Path.home())
+    if api == API_25:
+        value = env.get("EP_JIT_CACHE_DIR") or env.get("DJ_JIT_CACHE_DIR")
+        if not value:
+            return (home / ".dj",)
+        return tuple(Path(part) for part in value.split(":") if part)
+    value = env.get("EP_JIT_CACHE_DIR")
+    return (Path(value) if value else home / ".deep_ep",)
+
+
+def _entry_family(api: str, dirname: str) -> str | None:
+    # 2.5: "<name>.<32 hex>"; 2.1: "kernel.<name>.<32 hex>"
+    if api == API_21:
+        if not dirname.startswith("kernel."):
+            return None
+        dirname = dirname[len("kernel."):]
+    name, dot, digest = dirname.rpartition(".")
+    if not dot or not name or len(digest) != 32:
+        return None
+    return name
+
+
+def _is_committed(api: str, entry: Path) -> bool:
+    if api == API_25:
+        return (entry / ".committed").is_file()
+    # 2.1 has no marker: DeepEP itself requires kernel.cu and kernel.cubin.
+    return (entry / "kernel.cu").is_file() and (entry / "kernel.cubin").is_file()
+
+
+def committed_entries(api: str, roots: Iterable[str | Path]) -> frozenset[str]:
+    """Names of the complete kernel entries under ``<root>/cache/`` of every root (a missing root is empty)."""
+    names: set[str] = set()
+    for root in roots:
+        cache = Path(root) / "cache"
+        try:
+            children = list(os.scandir(cache))
+        except OSError:
+            continue
+        for child in children:
+            if child.is_dir() and _entry_family(api, child.name) and _is_committed(api, Path(child.path)):
+                names.add(child.name)
+    return frozenset(names)
+
+
+def warm_buckets_from_cache(api: str, roots: Iterable[str | Path], profile: Profile | None = None) -> frozenset[int]:
+    """Buckets whose decode-mode kernels are already in DeepEP's cache (a scan of ``roots``).
+
+    With a ``profile``: a bucket is warm when every decode variant the plan
+    names for it (dispatch, copy epilogue, combine, reduce epilogue) has a
+    usable entry (:func:`jitcache.store.scan.coverage`). Without one (a bare
+    policy does not know the model): when a ``dispatch`` entry for that
+    ``num_max_tokens_per_rank`` exists with ``do_cpu_sync=false`` and no slot
+    reuse (the decode path), whatever its model.
+    """
+    from .store.kernels import parse_source
+    from .store.scan import coverage, scan_deep_ep
+    from .variants import plan
+
+    entries = []
+    for root in roots:
+        found, _ = scan_deep_ep(root, check_cubins=False)
+        entries.extend(e for e in found if e.status != "broken" and _is_committed(api, Path(e.path)))
+    if profile is not None:
+        the_plan = plan(profile, ["decode"])
+        missing = {v.num_max_tokens_per_rank for v in coverage(the_plan, entries).missing}
+        return frozenset(b for b in the_plan.buckets if b not in missing)
+    warm: set[int] = set()
+    for entry in entries:
+        params = entry.params if entry.family == "dispatch" else {}
+        if not params and entry.family == "dispatch":
+            try:
+                params = parse_source((Path(entry.path) / "kernel.cu").read_text(errors="replace")) or {}
+            except OSError:
+                params = {}
+        nmax = params.get("num_max_tokens_per_rank")
+        if isinstance(nmax, int) and params.get("do_cpu_sync") is False and params.get("reuse_slot_indices") is False:
+            warm.add(nmax)
+    return frozenset(warm)
+
+
+# -- the dispatcher ---------------------------------------------------------------------------
+
+
+def local_num_tokens(x: Any) -> int:
+    """Rows of ``x``, or of ``x[0]`` for an fp8 ``(x, scales)`` tuple."""
+    data = x[0] if isinstance(x, tuple) else x
+    try:
+        return int(data.shape[0])
+    except (AttributeError, IndexError, TypeError):
+        raise UsageError(f"cannot tell the token count of x={type(data).__name__}: it has no shape[0]") from None
+
+
+def _as_policy(policy_or_profile: BucketPolicy | Profile | str | os.PathLike) -> tuple[BucketPolicy, Profile | None]:
+    if isinstance(policy_or_profile, BucketPolicy):
+        return policy_or_profile, None
+    profile = load_profile(policy_or_profile)  # a Profile passes through unchanged
+    return profile.policy, profile
+
+
+class BucketedDispatcher:
+    """Wraps a DeepEP buffer so that decode dispatches use the bucket policy and never JIT unnoticed.
+
+    ``policy`` is a :class:`BucketPolicy` or a :class:`Profile` (or its name).
+    ``warm`` says which buckets are compiled: a :class:`~jitcache.engine.WarmupReport`,
+    an iterable of bucket values, or ``None`` for a scan of DeepEP's cache
+    directory (matched against the profile when there is one). A dispatch to a
+    bucket outside that set is a miss: logged once per bucket and counted; with
+    ``strict=True`` it raises :class:`ColdVariantError` before DeepEP is called.
+    """
+
+    def __init__(self, buffer: Any, policy: BucketPolicy | Profile | str, strict: bool = False,
+                 warm: Any = None, *, stats: DispatchStats | None = None, _target: Any = None) -> None:
+        self.buffer = buffer
+        self.api = buffer_api(buffer)
+        self.policy, self.profile = _as_policy(policy)
+        self.strict = bool(strict)
+        self._dispatch = _target if _target is not None else _original_bound_dispatch(buffer)
+        self._warm = set(self._resolve_warm(warm))
+        self._warned: set[int] = set()
+        self._lock = threading.Lock()
+        self._stats = stats if stats is not None else DispatchStats()
+        register_for_flush(self._stats)
+
+    def _resolve_warm(self, warm: Any) -> Iterable[int]:
+        if warm is None:
+            return warm_buckets_from_cache(self.api, jit_cache_roots(self.api), self.profile)
+        buckets = getattr(warm, "warm_buckets", None)
+        if callable(buckets):  # a WarmupReport
+            return buckets()
+        return (int(b) for b in warm)
+
+    # -- what the dispatcher knows ------------------------------------------------------------
+
+    @property
+    def warm_buckets(self) -> frozenset[int]:
+        return frozenset(self._warm)
+
+    def stats(self):
+        """A frozen snapshot of this dispatcher's counters (:class:`~jitcache.stats.StatsSnapshot`)."""
+        return self._stats.snapshot()
+
+    def bucket_for(self, x: Any, num_tokens_across_dp: Any = None, requested: Any = None) -> tuple[int, int]:
+        """``(bucket, num_tokens)`` for a dispatch.
+
+        The DP list wins (``max`` over DP ranks, the same on every rank). Else an
+        explicit integer ``num_max_tokens_per_rank`` from the caller (a framework
+        that passes the raw DP-padded size, as vLLM did before its fix). Else the
+        local row count, which is DP-uniform only at EP1 or with DP padding.
+        """
+        try:
+            if num_tokens_across_dp is not None:
+                values = num_tokens_across_dp.tolist() if hasattr(num_tokens_across_dp, "tolist") else num_tokens_across_dp
+                values = list(values)
+                return self.policy.for_dp(values), (max(int(v) for v in values) if values else 0)
+            if requested is not None and not isinstance(requested, bool):
+                count = int(requested)
+            else:
+                count = local_num_tokens(x)
+            return self.policy.bucket(count), count
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+    # -- DeepEP's API -------------------------------------------------------------------------
+
+    def dispatch(self, x: Any, *args: Any, num_tokens_across_dp: Any = None, **kwargs: Any) -> Any:
+        """DeepEP's ``dispatch`` with ``num_max_tokens_per_rank`` bucketed; returns DeepEP's result as is."""
+        if len(args) > len(_SHARED_POSITIONAL):
+            # Beyond the shared prefix the two APIs differ: name every argument once (slow, rare).
+            kwargs = _name_arguments(self._dispatch, args, kwargs)
+            args = ()
+        if kwargs.get("do_expand", False) or kwargs.get("handle") is not None:
+            # Prefill (expanded layout, exact sizes) and cached-handle dispatches keep their value:
+            # a cached handle fixes num_max_tokens_per_rank itself.
+            self._stats.record_passthrough()
+            return self._dispatch(x, *args, **kwargs)
+        if len(args) > _NMAX_POSITION:
+            requested = args[_NMAX_POSITION]
+        else:
+            requested = kwargs.get("num_max_tokens_per_rank")
+        bucket, count = self.bucket_for(x, num_tokens_across_dp, requested)
+        miss = bucket not in self._warm
+        if miss:
+            self._on_cold(bucket)
+        if len(args) > _NMAX_POSITION:
+            args = args[:_NMAX_POSITION] + (bucket,) + args[_NMAX_POSITION + 1:]
+        else:
+            kwargs["num_max_tokens_per_rank"] = bucket
+        result = self._dispatch(x, *args, **kwargs)
+        if miss:
+            with self._lock:
+                self._warm.add(bucket)  # DeepEP compiled it just now: warn and count it once
+        self._stats.record(bucket, count, miss)
+        return result
+
+    def combine(self, *args: Any, **kwargs: Any) -> Any:
+        """DeepEP's ``combine``, untouched: the handle carries ``num_max_tokens_per_rank``."""
+        return self.buffer.combine(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (barrier, destroy, get_comm_stream...) is the buffer's own.
+        return getattr(self.buffer, name)
+
+    def _on_cold(self, bucket: int) -> None:
+        if self.strict:
+            self._stats.record_refused(bucket)
+            raise ColdVariantError(bucket, message=(
+                f"num_max_tokens_per_rank={bucket} is not warm (warm buckets: "
+                f"{sorted(self._warm) or 'none'}): DeepEP would JIT-compile it on the serving path"))
+        with self._lock:
+            first = bucket not in self._warned
+            self._warned.add(bucket)
+        if first:
+            log.warning("jitcache: num_max_tokens_per_rank=%d is cold: DeepEP is JIT-compiling it on the "
+                        "serving path (~12 s per bucket); run `jitcache warmup` for this profile", bucket)
+
+
+def _name_arguments(function: Any, args: tuple, kwargs: dict) -> dict:
+    bound = inspect.signature(function).bind_partial(None, *args, **kwargs)  # None stands in for x
+    named = dict(bound.arguments)
+    named.pop(next(iter(named)))
+    extra = named.pop("kwargs", None)
+    if isinstance(extra, dict):
+        named.update(extra)
+    return named
+
+
+# -- install / uninstall ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Installation:
+    """What :func:`install` patched, with which policy."""
+
+    classes: tuple[str, ...]
+    policy: BucketPolicy
+    profile: str | None
+    strict: bool
+
+
+class _Patch:
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+        self.had_own = "dispatch" in cls.__dict__
+        self.original = cls.__dict__.get("dispatch")
+        self.inherited = cls.dispatch  # what instances called before the patch
+
+
+_LOCK = threading.RLock()
+_PATCHES: dict[type, _Patch] = {}
+_STATE: dict[str, Any] = {}
+_INSTANCE_ATTR = "_jitcache_dispatcher"
+
+
+def _original_bound_dispatch(buffer: Any) -> Any:
+    """``buffer.dispatch`` as DeepEP wrote it, even while :func:`install` has patched the class."""
+    for klass in type(buffer).__mro__:
+        patch = _PATCHES.get(klass)
+        if patch is not None:
+            return patch.inherited.__get__(buffer, type(buffer))
+    return buffer.dispatch
+
+
+def _patched_dispatch(self: Any, x: Any, *args: Any, num_tokens_across_dp: Any = None, **kwargs: Any) -> Any:
+    generation = _STATE.get("generation")
+    cached = self.__dict__.get(_INSTANCE_ATTR) if hasattr(self, "__dict__") else None
+    if cached is None or cached[0] != generation:
+        dispatcher = BucketedDispatcher(self, _STATE["profile"] or _STATE["policy"], strict=_STATE["strict"],
+                                        warm=_STATE["warm"], stats=_STATE["stats"])
+        cached = (generation, dispatcher)
+        try:
+            self.__dict__[_INSTANCE_ATTR] = cached
+        except (AttributeError, TypeError):
+            pass
+    return cached[1].dispatch(x, *args, num_tokens_across_dp=num_tokens_across_dp, **kwargs)
+
+
+_patched_dispatch.__jitcache_patch__ = True  # type: ignore[attr-defined]
+
+
+def install(policy: BucketPolicy | Profile | str, strict: bool = False, *, classes: Iterable[type] | None = None,
+            warm: Any = None) -> Installation:
+    """Patch DeepEP's buffer classes so that every ``dispatch`` goes through a :class:`BucketedDispatcher`.
+
+    One line in a worker gives a framework that calls DeepEP directly (with
+    ``num_max_tokens_per_rank=None`` or a raw size in decode mode) the
+    bucketing and the miss guard. Idempotent: installing again replaces the
+    policy without wrapping twice. :func:`uninstall` restores the classes.
+    ``classes`` defaults to every ``EPBuffer``/``ElasticBuffer`` importable from
+    ``deep_ep`` and ``deep_ep_v25``.
+    """
+    bucket_policy, profile = _as_policy(policy)
+    targets = list(classes) if classes is not None else _importable_buffer_classes()
+    if not targets:
+        raise UsageError("no DeepEP buffer class to patch: neither deep_ep nor deep_ep_v25 is importable",
+                         hint="install DeepEP (deepinfer-ep 2.5 or DeepEP 2.1) in this environment")
+    for cls in targets:
+        buffer_api(cls)  # refuse anything that is not a DeepEP buffer before patching anything
+    with _LOCK:
+        _STATE.update(policy=bucket_policy, profile=profile, strict=bool(strict), warm=warm,
+                      generation=_STATE.get("generation", 0) + 1,
+                      stats=_STATE.get("stats") or DispatchStats())
+        for cls in targets:
+            if cls in _PATCHES:
+                continue
+            _PATCHES[cls] = _Patch(cls)
+            cls.dispatch = _patched_dispatch
+        return installed()  # type: ignore[return-value]
+
+
+def uninstall() -> None:
+    """Undo :func:`install` on every class it patched (a no-op when nothing is installed)."""
+    with _LOCK:
+        for cls, patch in list(_PATCHES.items()):
+            if patch.had_own:
+                cls.dispatch = patch.original
+            elif "dispatch" in cls.__dict__:
+                delattr(cls, "dispatch")
+            del _PATCHES[cls]
+        for key in ("policy", "profile", "strict", "warm"):
+            _STATE.pop(key, None)
+        # The generation keeps counting so that dispatchers cached on instances are rebuilt.
+        _STATE["generation"] = _STATE.get("generation", 0) + 1
+
+
+def installed() -> Installation | None:
+    """The current installation, or ``None``."""
+    with _LOCK:
+        if not _PATCHES or "policy" not in _STATE:
+            return None
+        profile = _STATE["profile"]
+        return Installation(classes=tuple(f"{c.__module__}.{c.__qualname__}" for c in _PATCHES),
+                            policy=_STATE["policy"], profile=profile.name if profile else None,
+                            strict=_STATE["strict"])
+
+
+def installed_stats() -> DispatchStats | None:
+    """The counters shared by every buffer :func:`install` patched."""
+    return _STATE.get("stats")

@@ -1,0 +1,370 @@
+"""Dispatch counters: per process in memory, flushed to the cache root, aggregated by `jitcache stats`.
+
+Each serving process owns one file, ``<root>/stats/<host>-<pid>.json``, holding
+its *cumulative* counters since it started. Nobody else writes that file, and
+every write is a new file in the same directory, fsync'ed, then
+``os.replace``'d over the old one, so a reader sees either the previous or the
+next complete file, and several processes flushing at once cannot lose each
+other's counts (there is no read-modify-write of a shared file to lose them
+in). ``jitcache stats --zero`` does not delete files that live processes will
+rewrite; it records a baseline that aggregation subtracts.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "AggregateStats",
+    "DispatchStats",
+    "StatsSnapshot",
+    "aggregate",
+    "flush",
+    "process_file",
+    "register_for_flush",
+    "stats_dir",
+    "write_json_atomic",
+    "zero",
+]
+
+log = logging.getLogger("jitcache.stats")
+
+#: Seconds between background flushes (``JITCACHE_STATS_INTERVAL``); ``JITCACHE_STATS=0`` disables flushing.
+DEFAULT_FLUSH_INTERVAL = 60.0
+BASELINE_FILE = "baseline.json"
+_FORMAT = 1
+
+
+def _pairs(counter: dict[int, int]) -> tuple[tuple[int, int], ...]:
+    return tuple(sorted((int(k), int(v)) for k, v in counter.items() if v))
+
+
+@dataclass(frozen=True)
+class StatsSnapshot:
+    """Counters at one moment. ``real_rows``: the token counts buckets were computed from;
+    ``padded_rows``: the buckets DeepEP was given (so padding = padded - real)."""
+
+    calls: tuple[tuple[int, int], ...] = ()
+    misses: tuple[tuple[int, int], ...] = ()
+    refused: tuple[tuple[int, int], ...] = ()
+    passthrough: int = 0
+    real_rows: int = 0
+    padded_rows: int = 0
+
+    @property
+    def bucketed_calls(self) -> int:
+        return sum(n for _, n in self.calls)
+
+    @property
+    def total_misses(self) -> int:
+        return sum(n for _, n in self.misses)
+
+    @property
+    def total_refused(self) -> int:
+        return sum(n for _, n in self.refused)
+
+    @property
+    def padding_ratio(self) -> float | None:
+        """``padded_rows / real_rows`` (1.0 = no padding), ``None`` before any row was seen."""
+        return self.padded_rows / self.real_rows if self.real_rows else None
+
+    def __add__(self, other: "StatsSnapshot") -> "StatsSnapshot":
+        return StatsSnapshot(
+            calls=_pairs(Counter(dict(self.calls)) + Counter(dict(other.calls))),
+            misses=_pairs(Counter(dict(self.misses)) + Counter(dict(other.misses))),
+            refused=_pairs(Counter(dict(self.refused)) + Counter(dict(other.refused))),
+            passthrough=self.passthrough + other.passthrough,
+            real_rows=self.real_rows + other.real_rows,
+            padded_rows=self.padded_rows + other.padded_rows,
+        )
+
+    def __sub__(self, other: "StatsSnapshot") -> "StatsSnapshot":
+        def minus(a, b):
+            result = Counter(dict(a))
+            result.subtract(dict(b))
+            return _pairs({k: max(v, 0) for k, v in result.items()})
+        return StatsSnapshot(calls=minus(self.calls, other.calls), misses=minus(self.misses, other.misses),
+                             refused=minus(self.refused, other.refused),
+                             passthrough=max(self.passthrough - other.passthrough, 0),
+                             real_rows=max(self.real_rows - other.real_rows, 0),
+                             padded_rows=max(self.padded_rows - other.padded_rows, 0))
+
+    def is_empty(self) -> bool:
+        return not (self.calls or self.misses or self.refused or self.passthrough)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bucketed_calls": self.bucketed_calls,
+            "passthrough_calls": self.passthrough,
+            "misses": self.total_misses,
+            "refused": self.total_refused,
+            "real_rows": self.real_rows,
+            "padded_rows": self.padded_rows,
+            "padding_ratio": self.padding_ratio,
+            "calls_per_bucket": {str(b): n for b, n in self.calls},
+            "misses_per_bucket": {str(b): n for b, n in self.misses},
+            "refused_per_bucket": {str(b): n for b, n in self.refused},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StatsSnapshot":
+        def pairs(key):
+            return _pairs({int(b): int(n) for b, n in (data.get(key) or {}).items()})
+        return cls(calls=pairs("calls_per_bucket"), misses=pairs("misses_per_bucket"),
+                   refused=pairs("refused_per_bucket"), passthrough=int(data.get("passthrough_calls", 0)),
+                   real_rows=int(data.get("real_rows", 0)), padded_rows=int(data.get("padded_rows", 0)))
+
+
+class DispatchStats:
+    """Thread-safe counters of one dispatcher (or of everything :func:`jitcache.install` patched)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: Counter = Counter()
+        self._misses: Counter = Counter()
+        self._refused: Counter = Counter()
+        self._passthrough = 0
+        self._real = 0
+        self._padded = 0
+
+    def record(self, bucket: int, num_tokens: int, miss: bool = False) -> None:
+        with self._lock:
+            self._calls[bucket] += 1
+            self._real += num_tokens
+            self._padded += bucket
+            if miss:
+                self._misses[bucket] += 1
+
+    def record_passthrough(self) -> None:
+        with self._lock:
+            self._passthrough += 1
+
+    def record_refused(self, bucket: int) -> None:
+        with self._lock:
+            self._refused[bucket] += 1
+
+    def snapshot(self) -> StatsSnapshot:
+        with self._lock:
+            return StatsSnapshot(calls=_pairs(self._calls), misses=_pairs(self._misses),
+                                 refused=_pairs(self._refused), passthrough=self._passthrough,
+                                 real_rows=self._real, padded_rows=self._padded)
+
+
+# -- files ------------------------------------------------------------------------------------
+
+
+def stats_dir(root: Any) -> Path:
+    """``<root>/stats`` for a :class:`~jitcache.store.root.CacheRoot` (or a plain path)."""
+    if getattr(root, "external", False):
+        return Path(root.meta_dir) / "stats"
+    return Path(getattr(root, "path", root)) / "stats"
+
+
+def process_file(directory: Path, host: str | None = None, pid: int | None = None) -> Path:
+    return Path(directory) / f"{host or socket.gethostname()}-{pid or os.getpid()}.json"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON next to ``path``, fsync, then ``os.replace``: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        with open(tmp, "w") as handle:
+            json.dump(data, handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+
+
+_STARTED = time.time()
+_REGISTRY: list[DispatchStats] = []
+_REGISTRY_LOCK = threading.Lock()
+_FLUSHER: dict[str, Any] = {}
+
+
+def _process_total() -> StatsSnapshot:
+    with _REGISTRY_LOCK:
+        members = list(_REGISTRY)
+    total = StatsSnapshot()
+    for member in members:
+        total = total + member.snapshot()
+    return total
+
+
+def flush(directory: Path, snapshot: StatsSnapshot | None = None) -> Path:
+    """Write this process's cumulative counters to ``<directory>/<host>-<pid>.json``."""
+    snapshot = _process_total() if snapshot is None else snapshot
+    path = process_file(directory)
+    write_json_atomic(path, {
+        "format": _FORMAT, "host": socket.gethostname(), "pid": os.getpid(), "started": _STARTED,
+        "updated": time.time(), "process": _process_key(socket.gethostname(), os.getpid(), _STARTED),
+        "stats": snapshot.to_dict(),
+    })
+    return path
+
+
+def _process_key(host: str, pid: int, started: float) -> str:
+    return f"{host}-{pid}-{started:.6f}"
+
+
+def _flush_quietly() -> None:
+    directory = _FLUSHER.get("dir")
+    if directory is None:
+        return
+    total = _process_total()
+    if total.is_empty():
+        return
+    try:
+        flush(directory, total)
+    except OSError as exc:  # a read-only or full cache root must never break serving
+        if not _FLUSHER.get("warned"):
+            _FLUSHER["warned"] = True
+            log.warning("jitcache: cannot write dispatch stats to %s: %s", directory, exc)
+
+
+def _flush_loop(interval: float, stop: threading.Event) -> None:
+    while not stop.wait(interval):
+        _flush_quietly()
+
+
+def register_for_flush(stats: DispatchStats) -> None:
+    """Count ``stats`` in this process's file, flushed every ``JITCACHE_STATS_INTERVAL`` s and at exit.
+
+    ``JITCACHE_STATS=0`` turns flushing off (the counters still work). The file
+    goes to the default cache root's ``stats/`` (``JITCACHE_HOME``...), or to
+    ``JITCACHE_STATS_DIR`` when set.
+    """
+    with _REGISTRY_LOCK:
+        if any(member is stats for member in _REGISTRY):
+            return
+        _REGISTRY.append(stats)
+    if os.environ.get("JITCACHE_STATS", "1").lower() in ("0", "false", "no", "off"):
+        return
+    with _REGISTRY_LOCK:
+        if "thread" in _FLUSHER:
+            return
+        try:
+            if os.environ.get("JITCACHE_STATS_DIR"):
+                directory = Path(os.environ["JITCACHE_STATS_DIR"])
+            else:
+                from .store.root import resolve_root
+                directory = stats_dir(resolve_root(None))
+            interval = float(os.environ.get("JITCACHE_STATS_INTERVAL", DEFAULT_FLUSH_INTERVAL))
+        except Exception as exc:  # noqa: BLE001 - stats are best effort, serving is not
+            log.warning("jitcache: dispatch stats will not be flushed: %s", exc)
+            return
+        stop = threading.Event()
+        thread = threading.Thread(target=_flush_loop, args=(max(interval, 0.05), stop),
+                                  name="jitcache-stats", daemon=True)
+        _FLUSHER.update(dir=directory, thread=thread, stop=stop)
+        thread.start()
+        atexit.register(_flush_quietly)
+
+
+# -- aggregation ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcessStats:
+    host: str
+    pid: int
+    process: str
+    updated: float
+    stats: StatsSnapshot
+
+
+@dataclass(frozen=True)
+class AggregateStats:
+    """Every process's counters added up, less the baseline of the last ``--zero``."""
+
+    directory: str
+    total: StatsSnapshot
+    processes: tuple[ProcessStats, ...] = ()
+    zeroed_at: float | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"directory": self.directory, "processes": len(self.processes), "zeroed_at": self.zeroed_at,
+                **self.total.to_dict(),
+                "per_process": [{"host": p.host, "pid": p.pid, "updated": p.updated,
+                                 "bucketed_calls": p.stats.bucketed_calls, "misses": p.stats.total_misses}
+                                for p in self.processes],
+                "warnings": list(self.warnings)}
+
+
+def _read_process_files(directory: Path) -> tuple[list[ProcessStats], list[str]]:
+    processes, warnings = [], []
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return [], []
+    for name in names:
+        if not name.endswith(".json") or name.startswith(".") or name == BASELINE_FILE:
+            continue
+        path = directory / name
+        try:
+            data = json.loads(path.read_text())
+            processes.append(ProcessStats(host=str(data["host"]), pid=int(data["pid"]), process=str(data["process"]),
+                                          updated=float(data.get("updated", 0.0)),
+                                          stats=StatsSnapshot.from_dict(data["stats"])))
+        except FileNotFoundError:
+            continue  # removed while we listed
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            warnings.append(f"{path}: unreadable stats file, skipped ({exc})")
+    return processes, warnings
+
+
+def _read_baseline(directory: Path) -> tuple[dict[str, StatsSnapshot], float | None]:
+    try:
+        data = json.loads((directory / BASELINE_FILE).read_text())
+        return ({key: StatsSnapshot.from_dict(value) for key, value in data["processes"].items()},
+                float(data["zeroed_at"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}, None
+
+
+def aggregate(directory: str | Path) -> AggregateStats:
+    """Add up every process file in ``directory`` (a damaged file is a warning, not an error)."""
+    directory = Path(directory)
+    processes, warnings = _read_process_files(directory)
+    baseline, zeroed_at = _read_baseline(directory)
+    total = StatsSnapshot()
+    adjusted = []
+    for proc in processes:
+        stats = proc.stats - baseline[proc.process] if proc.process in baseline else proc.stats
+        if zeroed_at is not None and proc.process not in baseline and proc.updated < zeroed_at:
+            continue  # written before the zero by a process that did not exist any more then
+        adjusted.append(ProcessStats(proc.host, proc.pid, proc.process, proc.updated, stats))
+        total = total + stats
+    return AggregateStats(directory=str(directory), total=total, processes=tuple(adjusted),
+                          zeroed_at=zeroed_at, warnings=tuple(warnings))
+
+
+def zero(directory: str | Path) -> AggregateStats:
+    """Make the next :func:`aggregate` count from now; returns what was counted before."""
+    directory = Path(directory)
+    before = aggregate(directory)
+    processes, _ = _read_process_files(directory)
+    write_json_atomic(directory / BASELINE_FILE, {
+        "zeroed_at": time.time(),
+        "processes": {p.process: p.stats.to_dict() for p in processes},
+    })
+    return before
+
