@@ -1,0 +1,135 @@
+"""install()/uninstall() on both DeepEP buffer classes, and the vLLM plugin entry point."""
+
+from __future__ import annotations
+
+import pytest
+
+import fake_deep_ep as fake
+import jitcache
+from jitcache import BucketPolicy, ColdVariantError, UsageError
+from jitcache import deepep, plugin
+
+Rows = fake.Rows
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path, monkeypatch):
+    monkeypatch.setenv("JITCACHE_STATS", "0")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("EP_JIT_CACHE_DIR", str(tmp_path / "dj"))
+    monkeypatch.delenv("JITCACHE_PROFILE", raising=False)
+    monkeypatch.delenv("JITCACHE_STRICT", raising=False)
+    yield
+    deepep.uninstall()
+
+
+def args(n):
+    return {"topk_idx": Rows(n, 4), "topk_weights": Rows(n, 4), "num_experts": 16}
+
+
+@pytest.mark.parametrize("cls", [fake.EPBuffer, fake.ElasticBuffer])
+def test_install_buckets_direct_calls_and_uninstall_restores(cls):
+    original = cls.__dict__["dispatch"]
+    buf = cls(num_max_tokens_per_rank=64, hidden=256)
+    info = jitcache.install(BucketPolicy(64), classes=[cls], warm=range(1, 65))
+    assert info.classes == (f"fake_deep_ep.{cls.__qualname__}",) and not info.strict
+    result = buf.dispatch(Rows(5, 256), **args(5), num_max_tokens_per_rank=None, do_cpu_sync=False)
+    assert result is buf.last_result
+    assert buf.calls[-1]["num_max_tokens_per_rank"] == 8
+    buf.dispatch(Rows(5, 256), **args(5), num_max_tokens_per_rank=37)  # a raw size
+    assert buf.calls[-1]["num_max_tokens_per_rank"] == 64
+    jitcache.uninstall()
+    assert cls.__dict__["dispatch"] is original
+    buf.dispatch(Rows(5, 256), **args(5))
+    assert buf.calls[-1]["num_max_tokens_per_rank"] is None
+    jitcache.uninstall()  # a second uninstall is a no-op
+    assert cls.__dict__["dispatch"] is original and deepep.installed() is None
+
+
+def test_install_is_idempotent_and_a_second_install_replaces_the_policy():
+    buf = fake.EPBuffer(hidden=256)
+    jitcache.install(BucketPolicy(64), classes=[fake.EPBuffer], warm=range(1, 65))
+    before = deepep.installed_stats().snapshot()  # process-wide counters: cumulative across installs
+    patched = fake.EPBuffer.__dict__["dispatch"]
+    jitcache.install(BucketPolicy(64, min_bucket=16), classes=[fake.EPBuffer], warm=range(1, 65))
+    assert fake.EPBuffer.__dict__["dispatch"] is patched  # not wrapped twice
+    buf.dispatch(Rows(3, 256), **args(3))
+    assert len(buf.calls) == 1 and buf.calls[-1]["num_max_tokens_per_rank"] == 16
+    stats = deepep.installed_stats().snapshot() - before
+    assert dict(stats.calls) == {16: 1}  # counted once, not once per layer of wrapping
+
+
+def test_inherited_dispatch_is_restored_by_removing_the_override():
+    class EPBuffer(fake.EPBuffer):  # a subclass that does not define dispatch itself
+        pass
+
+    jitcache.install(BucketPolicy(64), classes=[EPBuffer], warm=range(1, 65))
+    assert "dispatch" in EPBuffer.__dict__
+    buf = EPBuffer(hidden=256)
+    buf.dispatch(Rows(2, 256), **args(2))
+    assert buf.calls[-1]["num_max_tokens_per_rank"] == 2
+    jitcache.uninstall()
+    assert "dispatch" not in EPBuffer.__dict__ and EPBuffer.dispatch is fake.EPBuffer.dispatch
+
+
+def test_both_classes_at_once_with_strict():
+    ep, elastic = fake.EPBuffer(hidden=256), fake.ElasticBuffer(hidden=256)
+    jitcache.install(BucketPolicy(64), strict=True, classes=[fake.EPBuffer, fake.ElasticBuffer], warm=[1, 2, 4])
+    for buf in (ep, elastic):
+        buf.dispatch(Rows(3, 256), **args(3))
+        with pytest.raises(ColdVariantError):
+            buf.dispatch(Rows(5, 256), **args(5))
+        assert len(buf.calls) == 1
+
+
+def test_install_refuses_what_is_not_a_deepep_buffer_and_needs_a_class(monkeypatch):
+    class NotABuffer:
+        def dispatch(self):
+            pass
+
+    with pytest.raises(UsageError, match="NotABuffer is not a DeepEP buffer"):
+        jitcache.install(BucketPolicy(64), classes=[fake.EPBuffer, NotABuffer])
+    assert "dispatch" in NotABuffer.__dict__ and deepep.installed() is None
+    assert fake.EPBuffer.__dict__["dispatch"].__name__ == "dispatch"  # untouched
+    monkeypatch.setattr(deepep, "_importable_buffer_classes", lambda: [])
+    with pytest.raises(UsageError, match="no DeepEP buffer class to patch"):
+        jitcache.install(BucketPolicy(64))
+
+
+def test_install_accepts_a_profile_by_name():
+    info = jitcache.install("h200-ep1", classes=[fake.EPBuffer], warm=())
+    assert info.profile == "h200-ep1" and info.policy.max_num_batched_tokens == 8192
+
+
+def test_plugin_does_nothing_without_a_profile(monkeypatch):
+    monkeypatch.setattr(deepep, "_importable_buffer_classes", lambda: [fake.EPBuffer])
+    plugin.register()
+    assert deepep.installed() is None
+
+
+def test_plugin_installs_the_profile_policy(monkeypatch):
+    monkeypatch.setattr(deepep, "_importable_buffer_classes", lambda: [fake.EPBuffer, fake.ElasticBuffer])
+    monkeypatch.setenv("JITCACHE_PROFILE", "h200-ep1")
+    monkeypatch.setenv("JITCACHE_STRICT", "1")
+    plugin.register()
+    info = deepep.installed()
+    assert info is not None and info.strict and info.profile == "h200-ep1" and len(info.classes) == 2
+    buf = fake.EPBuffer(hidden=7168)
+    with pytest.raises(ColdVariantError):  # empty cache: strict refuses before DeepEP compiles
+        buf.dispatch(Rows(3, 7168), topk_idx=Rows(3, 8), topk_weights=Rows(3, 8), num_experts=256)
+    assert buf.calls == []
+
+
+def test_plugin_without_deepep_only_logs(monkeypatch, caplog):
+    monkeypatch.setattr(deepep, "_importable_buffer_classes", lambda: [])
+    monkeypatch.setenv("JITCACHE_PROFILE", "h200-ep1")
+    plugin.register()
+    assert deepep.installed() is None
+    assert "DeepEP is not importable" in caplog.text
+
+
+def test_plugin_entry_point_is_declared():
+    from importlib.metadata import entry_points
+
+    names = {ep.name: ep.value for ep in entry_points(group="vllm.general_plugins")}
+    assert names.get("jitcache") == "jitcache.plugin:register"
