@@ -1,0 +1,72 @@
+"""`jitcache stats`: dispatch counters of every serving process, added up (ccache -s style)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from jitcache.stats import aggregate, stats_dir, zero
+from jitcache.store.root import resolve_root
+
+from .output import Format, Output
+
+
+def _rows(data: dict) -> list[list]:
+    ratio = data["padding_ratio"]
+    calls = data["bucketed_calls"]
+    miss_rate = f"{100 * data['misses'] / calls:.2f} %" if calls else "-"
+    return [
+        ["Bucketed dispatch calls", calls],
+        ["Passed through (prefill, cached handle)", data["passthrough_calls"]],
+        ["Cold-variant misses (JIT on the serving path)", data["misses"]],
+        ["Miss rate", miss_rate],
+        ["Refused by strict mode", data["refused"]],
+        ["Real rows", data["real_rows"]],
+        ["Rows given to DeepEP (bucketed)", data["padded_rows"]],
+        ["Padding overhead", f"{(ratio - 1) * 100:.1f} %" if ratio else "-"],
+        ["Processes counted", data["processes"]],
+    ]
+
+
+def stats(
+    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="The cache root (default: JITCACHE_HOME, "
+                                                                      "XDG_CACHE_HOME/jitcache, ~/.cache/jitcache)."),
+    fmt: Format = typer.Option(Format.human, "--format", help="human (tables) or json (stdout holds only JSON)."),
+    zero_: bool = typer.Option(False, "--zero", "-z", help="Count from zero from now on (files of live "
+                                                            "processes are kept; a baseline is recorded)."),
+) -> None:
+    """Show dispatch statistics of the serving processes: calls per bucket, misses, padding."""
+    root = resolve_root(cache_dir)
+    directory = stats_dir(root)
+    out = Output(fmt)
+    if zero_:
+        before = zero(directory)
+        data = {**before.to_dict(), "zeroed": True}
+        out.result(data, lambda o: o.print(
+            f"Statistics zeroed ({before.total.bucketed_calls} bucketed calls, "
+            f"{before.total.total_misses} misses counted before)."))
+        return
+    result = aggregate(directory)
+    for warning in result.warnings:
+        out.warn(warning)
+    data = result.to_dict()
+
+    def render(o: Output) -> None:
+        o.table(None, ["", "value"], _rows(data), justify={"value": "right"})
+        calls = dict(result.total.calls)
+        misses = dict(result.total.misses)
+        if calls or misses:
+            o.table("Per bucket (num_max_tokens_per_rank)", ["bucket", "calls", "misses", "share"],
+                    [[b, calls.get(b, 0), misses.get(b, 0),
+                      f"{100 * calls.get(b, 0) / max(result.total.bucketed_calls, 1):.1f} %"]
+                     for b in sorted(set(calls) | set(misses))],
+                    justify={"bucket": "right", "calls": "right", "misses": "right", "share": "right"})
+        if not result.processes:
+            o.info(f"No statistics in {directory} yet: serving processes write them while they run.")
+
+    out.result(data, render)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("stats")(stats)
