@@ -27,7 +27,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import subprocess
+import sys
 import tarfile
 import time
 import uuid
@@ -296,11 +298,31 @@ def write_report(report: AotReport, run_dir: Path) -> AotReport:
 
 
 def _dist():
+    # No process group can exist in a process that never imported torch.distributed: skip the heavy import.
+    if "torch.distributed" not in sys.modules:
+        return None
     try:
         import torch.distributed as dist  # noqa: PLC0415 - optional, heavy
     except ImportError:
         return None
     return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def _all_gather_bytes(dist: Any, payload: bytes, group: Any) -> list[bytes]:
+    """all_gather of one byte string per rank, with plain tensors (``all_gather_object`` needs numpy)."""
+    import torch  # noqa: PLC0415 - only under torch.distributed
+
+    world = dist.get_world_size(group)
+    size = torch.tensor([len(payload)], dtype=torch.int64)
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+    dist.all_gather(sizes, size, group=group)
+    longest = max(int(s.item()) for s in sizes) or 1
+    mine = torch.zeros(longest, dtype=torch.uint8)
+    if payload:
+        mine[:len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+    gathered = [torch.zeros(longest, dtype=torch.uint8) for _ in range(world)]
+    dist.all_gather(gathered, mine, group=group)
+    return [bytes(t[:int(n.item())].tolist()) for t, n in zip(gathered, sizes)]
 
 
 def _pack(directory: Path) -> bytes:
@@ -340,8 +362,7 @@ def exchange_entries(jobs: Sequence[BuildJob], root: CacheRoot, group: Any = Non
         return ()
     backend_dir = root.deep_ep_dir
     missing = [j.entry for j in jobs if not _entry_present(backend_dir / "cache" / j.entry, j)]
-    wanted: list[Any] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(wanted, missing, group=group)
+    wanted = [json.loads(b) for b in _all_gather_bytes(dist, json.dumps(missing).encode(), group)]
     wanted_anywhere = {e for rank_missing in wanted for e in rank_missing}
     if not wanted_anywhere:
         return ()
@@ -350,8 +371,7 @@ def exchange_entries(jobs: Sequence[BuildJob], root: CacheRoot, group: Any = Non
         final = backend_dir / "cache" / job.entry
         if job.entry in wanted_anywhere and job.entry not in missing and _entry_present(final, job):
             offer[job.entry] = _pack(final)
-    offers: list[Any] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(offers, offer, group=group)
+    offers = [pickle.loads(b) for b in _all_gather_bytes(dist, pickle.dumps(offer), group)]
     markers = {j.entry: j.marker for j in jobs}
     received = []
     for entry in missing:
@@ -365,7 +385,7 @@ def exchange_entries(jobs: Sequence[BuildJob], root: CacheRoot, group: Any = Non
 # -- the whole warmup -----------------------------------------------------------------------------------
 
 
-def warmup_aot(the_plan: WarmupPlan, toolchain: Toolchain, root: CacheRoot, *, jobs: Sequence[BuildJob] | None = None,
+def warmup_aot(the_plan: WarmupPlan, toolchain: Toolchain | None, root: CacheRoot, *, jobs: Sequence[BuildJob] | None = None,
                num_workers: int | None = None, distributed: bool | None = None, group: Any = None,
                on_result: Callable[[VariantResult], None] | None = None) -> AotReport:
     """Compile every variant of ``the_plan`` into ``root`` (see the module docstring); returns the report.
@@ -392,9 +412,10 @@ def warmup_aot(the_plan: WarmupPlan, toolchain: Toolchain, root: CacheRoot, *, j
             VariantResult(entry=j.entry, label=j.label, status="received" if j.entry in received else "cached",
                           seconds=0.0, family=j.family, num_max_tokens_per_rank=j.num_max_tokens_per_rank)
             for j in others)
-    report = AotReport(profile=the_plan.profile.name, deep_ep_api=toolchain.deep_ep_api,
+    report = AotReport(profile=the_plan.profile.name, deep_ep_api=toolchain.deep_ep_api if toolchain else "n/a",
                        cache_dir=str(root.deep_ep_dir), jobs=max(1, num_workers or os.cpu_count() or 1),
-                       wall_seconds=time.perf_counter() - start, results=results, toolchain=toolchain.to_dict(),
+                       wall_seconds=time.perf_counter() - start, results=results,
+                       toolchain=toolchain.to_dict() if toolchain else {},
                        rank=rank, world_size=world)
     return write_report(report, run_dir)
 
