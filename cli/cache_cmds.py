@@ -1,0 +1,274 @@
+"""`jitcache env | inspect | verify | prune | export | import`: the persistent cache, seen and maintained.
+
+Each command parses, calls :mod:`jitcache.store`, and renders the frozen
+report it gets back; errors are raised as :class:`~jitcache.errors.JitCacheError`
+and handled once, in ``app.py``.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from jitcache.errors import UsageError
+from jitcache.profiles import load_profile
+from jitcache.store.bundle import export_bundle, import_bundle
+from jitcache.store.model import SCHEMA_VERSION, iso_time
+from jitcache.store.prune import parse_age, parse_size, plan_prune, prune
+from jitcache.store.root import CacheRoot, LockHolder, env_exports, resolve_root
+from jitcache.store.scan import coverage, scan
+from jitcache.store.verify import repair, verify
+from jitcache.variants import plan
+
+from .output import Format, Output, human_bytes
+
+FORMAT = typer.Option(Format.human, "--format", help="human (tables) or json (stdout holds only JSON).")
+CACHE_DIR = typer.Option(None, "--cache-dir", help="The jitcache root (default: JITCACHE_HOME, "
+                         "$XDG_CACHE_HOME/jitcache, ~/.cache/jitcache).")
+DEEP_EP_DIR = typer.Option(None, "--deep-ep-dir", help="A DeepEP cache dir used directly (what EP_JIT_CACHE_DIR "
+                           "pointed at), e.g. one DeepEP wrote on its own.")
+
+# Template parameters shown in the entries table, besides num_max_tokens_per_rank.
+_SHOWN = ("hidden", "hidden_bytes", "num_experts", "num_topk", "num_ranks", "num_sms", "do_expand",
+          "do_cpu_sync", "cached_mode", "use_expanded_layout")
+
+
+def _root(cache_dir: Optional[Path], deep_ep_dir: Optional[Path]) -> CacheRoot:
+    if cache_dir is not None and deep_ep_dir is not None:
+        raise UsageError("give --cache-dir or --deep-ep-dir, not both")
+    if deep_ep_dir is not None:
+        if not deep_ep_dir.is_dir():
+            raise UsageError(f"--deep-ep-dir {deep_ep_dir}: no such directory")
+        return CacheRoot.for_deep_ep_dir(deep_ep_dir)
+    root = resolve_root(cache_dir)
+    root.check_layout()
+    return root
+
+
+def _waiting(out: Output):
+    def notice(holder: LockHolder) -> None:
+        out.info(f"Waiting for the cache lock {holder.describe()} holds...")
+    return notice
+
+
+def _params_text(params: dict) -> str:
+    if "template_args" in params:
+        return f"{params.get('kernel', '?')}<{', '.join(map(str, params['template_args']))}>"
+    return " ".join(f"{k}={params[k]}" for k in _SHOWN if k in params)
+
+
+def env_cmd(
+    cache_dir: Optional[Path] = CACHE_DIR,
+    read_only_roots: Optional[list[Path]] = typer.Option(None, "--read-only-root", help="Another cache to "
+                                                         "look kernels up in, read-only (repeatable; DeepEP 2.5)."),
+    fmt: Format = FORMAT,
+) -> None:
+    """Print the exports a worker needs to use the cache (EP_JIT_CACHE_DIR, TRITON_CACHE_DIR)."""
+    root = resolve_root(cache_dir)
+    exports = env_exports(root, read_only_roots or ())
+
+    def render(o: Output) -> None:
+        for name, value in exports.items():
+            o.print(f"export {name}={shlex.quote(value)}", markup=False)
+
+    Output(fmt).result({"schema": SCHEMA_VERSION, "root": str(root.path), "env": exports}, render)
+
+
+def inspect_cmd(
+    cache_dir: Optional[Path] = CACHE_DIR,
+    deep_ep_dir: Optional[Path] = DEEP_EP_DIR,
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Show coverage of this profile's plan."),
+    fmt: Format = FORMAT,
+) -> None:
+    """What the cache holds: a summary per backend and family, then every entry, then problems."""
+    root = _root(cache_dir, deep_ep_dir)
+    out = Output(fmt)
+    report = scan(root)
+    data = report.to_dict()
+    cov = None
+    if profile is not None:
+        cov = coverage(plan(load_profile(profile)), report.entries)
+        data["coverage"] = cov.to_dict()
+
+    def render(o: Output) -> None:
+        if not report.entries:
+            o.print(f"No entries in {report.deep_ep_dir}" + (f" or {report.triton_dir}" if report.triton_dir else ""))
+        else:
+            o.table(f"{root.path}: {len(report.entries)} entries, {human_bytes(report.size)}",
+                    ["backend", "family", "entries", "size", "broken"],
+                    [[s["backend"], s["family"] or "-", s["entries"], human_bytes(s["size"]), s["broken"]]
+                     for s in report.summary()], justify={"entries": "right", "size": "right", "broken": "right"})
+            entries = sorted(report.entries, key=lambda e: (e.backend, e.family, e.num_max_tokens_per_rank or 0))
+            o.table(None, ["backend", "family", "num_max_tokens_per_rank", "parameters", "arch", "size",
+                           "last used", "status"],
+                    [[e.backend, e.family or "-", e.num_max_tokens_per_rank if e.num_max_tokens_per_rank is not None
+                      else "-", _params_text(e.params), e.arch or "-", human_bytes(e.size),
+                      (iso_time(e.last_used) or "-").replace("+00:00", "Z"), e.status] for e in entries],
+                    justify={"num_max_tokens_per_rank": "right", "size": "right"})
+        problems = report.all_problems()
+        if problems:
+            o.print(f"{len(problems)} problem(s) found (run `jitcache verify` for details and --repair):")
+            for p in problems[:20]:
+                o.print(f"  {p.severity}: {p.code}: {p.path}: {p.message}", markup=False)
+        if cov is not None:
+            if cov.complete:
+                o.print(f"Profile {cov.plan.profile.name}: all {cov.num_variants} variants are in the cache.")
+            else:
+                o.print(f"Profile {cov.plan.profile.name}: {len(cov.present)}/{cov.num_variants} variants cached; "
+                        f"serving would compile {len(cov.missing)} kernels:")
+                for v in cov.missing:
+                    o.print(f"  missing: {v.family} num_max_tokens_per_rank={v.num_max_tokens_per_rank} "
+                            f"(mode {v.mode})", markup=False)
+
+    out.result(data, render)
+
+
+def verify_cmd(
+    cache_dir: Optional[Path] = CACHE_DIR,
+    deep_ep_dir: Optional[Path] = DEEP_EP_DIR,
+    do_repair: bool = typer.Option(False, "--repair", help="Move broken entries and dead builds to quarantine."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="With --repair: show the moves, make none."),
+    fmt: Format = FORMAT,
+) -> None:
+    """Find entries that would crash or mislead a runtime; --repair quarantines them (never deletes)."""
+    root = _root(cache_dir, deep_ep_dir)
+    out = Output(fmt)
+    result = verify(root)
+    data = result.to_dict()
+    outcome = None
+    if do_repair and not dry_run:
+        outcome = repair(root, result, on_wait=_waiting(out))
+        data["repair"] = outcome.to_dict()
+    data["dry_run"] = dry_run
+
+    def render(o: Output) -> None:
+        for p in result.problems:
+            o.print(f"{p.severity}: {p.code}: {p.path}: {p.message}", markup=False)
+        o.print(f"Checked {len(result.scan.entries)} entries: {len(result.errors)} error(s), "
+                f"{len(result.problems) - len(result.errors)} warning(s).")
+        if result.moves and outcome is None:
+            verb = "Would move" if dry_run else "To repair, run with --repair; it would move"
+            o.print(f"{verb} {len(result.moves)} item(s) to {root.quarantine_dir}:")
+            for m in result.moves:
+                o.print(f"  {m.source} -> {m.destination}  ({', '.join(m.codes)})", markup=False)
+        if outcome is not None:
+            for m in outcome.moved:
+                o.print(f"Quarantined {m.source} -> {m.destination} ({', '.join(m.codes)})", markup=False)
+            for m, why in outcome.failed:
+                o.print(f"Could not move {m.source}: {why}", markup=False)
+            if outcome.moved:
+                o.print(f"Moved {len(outcome.moved)} item(s) to quarantine; the runtime will recompile them.")
+        for p in result.unrepairable:
+            o.print(f"Not repaired (fix by hand): {p.path}: {p.message}", markup=False)
+
+    out.result(data, render)
+    remaining = len(result.errors) > 0
+    if outcome is not None:
+        remaining = bool(outcome.failed or result.unrepairable)
+    if remaining:
+        raise typer.Exit(1)
+
+
+def prune_cmd(
+    cache_dir: Optional[Path] = CACHE_DIR,
+    deep_ep_dir: Optional[Path] = DEEP_EP_DIR,
+    max_size: Optional[str] = typer.Option(None, "--max-size", help="Shrink to this size (500M, 10G, 1.5GiB)."),
+    older_than: Optional[str] = typer.Option(None, "--older-than", help="Remove entries unused this long (30d, 12h)."),
+    keep_profiles: Optional[list[str]] = typer.Option(None, "--keep-profile", help="Never remove entries this "
+                                                      "profile needs (repeatable)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be removed, remove nothing."),
+    fmt: Format = FORMAT,
+) -> None:
+    """Evict least-recently-used entries; a kept profile's entries are never removed."""
+    if max_size is None and older_than is None:
+        raise UsageError("prune needs --max-size and/or --older-than")
+    root = _root(cache_dir, deep_ep_dir)
+    out = Output(fmt)
+    kept = [plan(load_profile(p)) for p in keep_profiles or ()]
+    the_plan = plan_prune(scan(root, check_cubins=False), max_size=None if max_size is None else parse_size(max_size),
+                          older_than=None if older_than is None else parse_age(older_than), keep_plans=kept)
+    data = the_plan.to_dict()
+    data["dry_run"] = dry_run
+    result = None
+    if not dry_run and the_plan.remove:
+        result = prune(root, the_plan, on_wait=_waiting(out))
+        data["removed"] = [e.path for e in result.removed]
+        data["failed"] = [{"path": e.path, "error": why} for e, why in result.failed]
+
+    def render(o: Output) -> None:
+        if not the_plan.remove:
+            o.print(f"Nothing to remove: the cache holds {human_bytes(the_plan.size_before)} and every entry is "
+                    "within the limits" + (f" or kept ({len(the_plan.protected)} protected)" if kept else "") + ".")
+            return
+        if dry_run:
+            for e, why in zip(the_plan.remove, the_plan.reasons):
+                o.print(f"Would remove {e.path} ({human_bytes(e.size)}, {why})", markup=False)
+            o.print(f"Would remove {len(the_plan.remove)} entries ({human_bytes(the_plan.freed)}).")
+            return
+        assert result is not None
+        for e, why in result.failed:
+            o.print(f"Could not remove {e.path}: {why}", markup=False)
+        o.print(f"Removed {len(result.removed)} entries ({human_bytes(result.freed)}).")
+
+    out.result(data, render)
+    if result is not None and result.failed:
+        raise typer.Exit(1)
+
+
+def export_cmd(
+    output: Path = typer.Option(..., "--output", "-o", help="The bundle file to write (.tar.zst)."),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Only the entries this profile needs."),
+    cache_dir: Optional[Path] = CACHE_DIR,
+    deep_ep_dir: Optional[Path] = DEEP_EP_DIR,
+    fmt: Format = FORMAT,
+) -> None:
+    """Write the cache's healthy entries (or a profile's) to a tar + zstd bundle with checksums."""
+    root = _root(cache_dir, deep_ep_dir)
+    out = Output(fmt)
+    result = export_bundle(root, output, plan=None if profile is None else plan(load_profile(profile)))
+    if result.missing_variants:
+        out.warn(f"{result.missing_variants} variants of the profile are not in the cache and are not in the bundle")
+    for name in result.skipped:
+        out.warn(f"{name} vanished while being exported (pruned?); left out")
+
+    def render(o: Output) -> None:
+        o.print(f"Exported {len(result.entries)} entries to {result.path} ({human_bytes(result.size)}).")
+
+    out.result(result.to_dict(), render)
+
+
+def import_cmd(
+    bundle: Path = typer.Argument(..., help="A bundle written by `jitcache export`."),
+    force: bool = typer.Option(False, "--force", help="Import even if built for another nvcc/DeepEP/Triton."),
+    cache_dir: Optional[Path] = CACHE_DIR,
+    deep_ep_dir: Optional[Path] = DEEP_EP_DIR,
+    fmt: Format = FORMAT,
+) -> None:
+    """Verify a bundle completely, then publish each entry atomically (identical ones are skipped)."""
+    root = _root(cache_dir, deep_ep_dir)
+    out = Output(fmt)
+    result = import_bundle(root, bundle, force=force, on_wait=_waiting(out))
+    for mismatch in result.forced_mismatches:
+        out.warn(f"imported despite a mismatch ({mismatch})")
+    for name in result.conflicts:
+        out.warn(f"{name} is already in the cache with other files; kept the cache's (run `jitcache verify`)")
+
+    def render(o: Output) -> None:
+        o.print(f"Imported {len(result.published)} entries; {len(result.identical)} already present"
+                + (f", {len(result.conflicts)} conflicting kept" if result.conflicts else "")
+                + (f", {len(result.lost_race)} published meanwhile by another process" if result.lost_race else "")
+                + ".")
+
+    out.result(result.to_dict(), render)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("env")(env_cmd)
+    app.command("inspect")(inspect_cmd)
+    app.command("verify")(verify_cmd)
+    app.command("prune")(prune_cmd)
+    app.command("export")(export_cmd)
+    app.command("import")(import_cmd)

@@ -1,0 +1,426 @@
+"""Bundles: a cache (or one profile's part of it) as a single tar + zstd file, to ship between machines.
+
+Layout of a bundle (a tar stream, zstd-compressed)::
+
+    deep_ep/cache/<entry>/<file>      DeepEP entries, either layout (``.committed`` is not shipped:
+    triton/<key>/<file>               import writes it last, on publish); Triton key directories
+    manifest.json                     last: schema, environment fingerprint, and per entry its files
+                                      with size and sha256
+
+Export reads the cache without the lock (it is a reader); an entry that
+vanishes while being read (a concurrent prune) is left out whole and listed
+as skipped. The bundle is written to a temporary file and renamed into place.
+
+Import is all-or-nothing. It streams the bundle into a private staging
+directory inside the root (same filesystem), refusing on the way any member
+that is not a regular file or directory (symlinks, hard links, devices,
+FIFOs), any absolute path or ``..``, and anything outside the two trees
+above. It then checks every file against the manifest (size and sha256,
+nothing missing, nothing extra) and the environment fingerprint (refused on
+a mismatch unless ``force``). Only then, under the root lock, is each entry
+published with one atomic rename; an identical entry already present is
+skipped. If publishing fails part-way, the entries this import published
+are taken back out, so the cache is exactly as before; a process killed
+outright leaves only whole entries and a staging directory that
+``verify --repair`` cleans up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterable
+
+from jitcache.errors import BundleError, CacheError
+
+from .formats import TRITON_KEY, classify_deep_ep_name
+from .model import SCHEMA_VERSION, CacheEntry
+from .publish import COMMIT_MARKER, TEMP_PREFIX, fsync_dir, make_temp_dir, publish_entry, remove_tree
+from .root import CacheRoot, LockHolder
+from .scan import coverage, scan
+
+__all__ = ["BUNDLE_KIND", "ExportResult", "ImportResult", "environment_fingerprint", "export_bundle",
+           "import_bundle"]
+
+BUNDLE_KIND = "jitcache-bundle"
+_CHUNK = 1 << 20
+_ENTRY_FILE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+# -- environment ------------------------------------------------------------------------------
+
+
+def _package_version(*names: str) -> str | None:
+    for name in names:
+        try:
+            return f"{name} {importlib.metadata.version(name)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _nvcc_version() -> str | None:
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"release (\d+\.\d+), V([\d.]+)", out)
+    return match.group(2) if match else None
+
+
+def environment_fingerprint(entries: Iterable[CacheEntry] = ()) -> dict[str, Any]:
+    """What decides whether kernels built here run there: compiler, DeepEP/Triton versions, target archs."""
+    archs = sorted({e.arch for e in entries if e.arch})
+    return {"nvcc": _nvcc_version(),
+            "deep_ep": _package_version("deepinfer-ep", "sgl-deep-ep-v25", "tokenspeed-deepep", "sgl-deep-ep",
+                                        "deep-ep"),
+            "triton": _package_version("triton"),
+            "archs": archs}
+
+
+def fingerprint_mismatches(bundle: dict[str, Any], local: dict[str, Any]) -> list[str]:
+    """Fields known on both sides that differ. ``archs`` are what the bundle holds, not compared here."""
+    return [f"{name}: bundle {bundle.get(name)!r}, here {local.get(name)!r}"
+            for name in ("nvcc", "deep_ep", "triton")
+            if bundle.get(name) and local.get(name) and bundle.get(name) != local.get(name)]
+
+
+# -- export -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: str
+    entries: tuple[str, ...]
+    skipped: tuple[str, ...]           # vanished while being read
+    missing_variants: int              # of the profile's plan, with no entry in the cache
+    size: int                          # bytes of the bundle file
+    manifest: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, "bundle": self.path, "entries": len(self.entries), "size": self.size,
+                "skipped": list(self.skipped), "missing_variants": self.missing_variants,
+                "fingerprint": self.manifest["fingerprint"]}
+
+
+def _bundle_prefix(root: CacheRoot, entry: CacheEntry) -> str:
+    return f"deep_ep/cache/{entry.name}" if entry.backend == "deep_ep" else f"triton/{entry.name}"
+
+
+def _read_entry(path: Path) -> list[tuple[str, bytes]] | None:
+    """All shippable files of an entry, or ``None`` if it vanished or changed shape while read."""
+    files = []
+    try:
+        names = sorted(p.name for p in path.iterdir())
+        for name in names:
+            item = path / name
+            if name == COMMIT_MARKER or name.startswith("tmp.pid_") or item.is_symlink() or not item.is_file():
+                continue
+            files.append((name, item.read_bytes()))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return files
+
+
+def export_bundle(root: CacheRoot, output: str | Path, *, plan: Any = None,
+                  level: int = 10) -> ExportResult:
+    """Write the healthy entries of ``root`` (only those ``plan`` needs, if given) to ``output``."""
+    import zstandard
+
+    report = scan(root)
+    entries = [e for e in report.entries if e.status == "ok"]
+    missing = 0
+    if plan is not None:
+        cov = coverage(plan, entries)
+        wanted = {p for _, paths in cov.present for p in paths}
+        entries = [e for e in entries if e.path in wanted]
+        missing = len(cov.missing)
+    output = Path(output).expanduser().absolute()
+    if output.is_dir():
+        raise BundleError(f"{output}: is a directory; give a file name such as cache.jcb.tar.zst", path=output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.tmp")
+    manifest_entries, exported, skipped = [], [], []
+    try:
+        with open(tmp, "wb") as raw:
+            writer = zstandard.ZstdCompressor(level=level).stream_writer(raw, closefd=False)
+            with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                for entry in entries:
+                    files = _read_entry(Path(entry.path))
+                    if files is None:
+                        skipped.append(entry.name)
+                        continue
+                    prefix = _bundle_prefix(root, entry)
+                    listed = []
+                    for name, data in files:
+                        info = tarfile.TarInfo(f"{prefix}/{name}")
+                        info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+                        tar.addfile(info, io.BytesIO(data))
+                        listed.append({"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+                    manifest_entries.append({"backend": entry.backend, "format": entry.format, "name": entry.name,
+                                             "family": entry.family, "key": entry.key, "files": listed})
+                    exported.append(entry)
+                manifest = {"schema": SCHEMA_VERSION, "kind": BUNDLE_KIND, "created_at": time.time(),
+                            "profile": None if plan is None else plan.profile.name,
+                            "fingerprint": environment_fingerprint(exported), "entries": manifest_entries}
+                blob = json.dumps(manifest, indent=1, sort_keys=True).encode()
+                info = tarfile.TarInfo("manifest.json")
+                info.size, info.mode, info.mtime = len(blob), 0o644, int(time.time())
+                tar.addfile(info, io.BytesIO(blob))
+            writer.close()
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, output)
+        fsync_dir(output.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return ExportResult(str(output), tuple(e.name for e in exported), tuple(skipped), missing,
+                        output.stat().st_size, manifest)
+
+
+# -- import -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    bundle: str
+    published: tuple[str, ...]
+    identical: tuple[str, ...]         # already present with the same files
+    conflicts: tuple[str, ...]         # present with other files: kept as they were
+    lost_race: tuple[str, ...]         # another process published the same entry meanwhile
+    fingerprint: dict[str, Any]
+    forced_mismatches: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, "bundle": self.bundle, "published": list(self.published),
+                "identical": list(self.identical), "conflicts": list(self.conflicts),
+                "lost_race": list(self.lost_race), "fingerprint": self.fingerprint,
+                "forced_mismatches": list(self.forced_mismatches)}
+
+
+def _member_target(name: str, bundle: Path, *, is_dir: bool = False) -> tuple[str, str, str] | None:
+    """``(tree, entry, file)`` for a file member; ``None`` for ``manifest.json`` or a directory; raises if unsafe."""
+    if name.startswith("/") or "\\" in name or "\0" in name:
+        raise BundleError(f"{bundle}: member {name!r} has an absolute or odd path; refused", path=bundle)
+    parts = PurePosixPath(name).parts
+    if not parts or any(part in ("..", ".") for part in parts) or "//" in name:
+        raise BundleError(f"{bundle}: member {name!r} escapes the cache root; refused", path=bundle)
+    if is_dir:
+        if parts[0] not in ("deep_ep", "triton") or len(parts) > 3:
+            raise BundleError(f"{bundle}: directory {name!r} is outside deep_ep/cache/ and triton/; refused",
+                              path=bundle)
+        return None
+    if parts == ("manifest.json",):
+        return None
+    if len(parts) == 4 and parts[:2] == ("deep_ep", "cache") and classify_deep_ep_name(parts[2]):
+        tree, entry, file = "deep_ep", parts[2], parts[3]
+    elif len(parts) == 3 and parts[0] == "triton" and TRITON_KEY.match(parts[1]):
+        tree, entry, file = "triton", parts[1], parts[2]
+    else:
+        raise BundleError(f"{bundle}: member {name!r} is not a file of a deep_ep/cache/ or triton/ entry; refused",
+                          path=bundle)
+    if not _ENTRY_FILE.match(file) or file == COMMIT_MARKER:
+        raise BundleError(f"{bundle}: member {name!r} has a file name jitcache does not ship; refused", path=bundle)
+    return tree, entry, file
+
+
+def _valid_entry_name(tree: Any, name: Any) -> bool:
+    if not isinstance(name, str):
+        return False
+    return bool(classify_deep_ep_name(name)) if tree == "deep_ep" else bool(TRITON_KEY.match(name))
+
+
+def _stage(bundle: Path, staging: Path) -> dict[str, Any]:
+    """Extract safely into ``staging/<tree>/<entry>/``; return the manifest (checked later)."""
+    import zstandard
+
+    manifest = None
+    try:
+        with open(bundle, "rb") as raw:
+            reader = zstandard.ZstdDecompressor().stream_reader(raw)
+            with tarfile.open(fileobj=reader, mode="r|") as tar:
+                for member in tar:
+                    target = _member_target(member.name, bundle, is_dir=member.isdir())
+                    if member.isdir():
+                        continue
+                    if not member.isfile():
+                        kind = ("symlink" if member.issym() else "hard link" if member.islnk() else
+                                "device file" if member.isdev() else "special file")
+                        raise BundleError(f"{bundle}: member {member.name!r} is a {kind}; refused", path=bundle)
+                    source = tar.extractfile(member)
+                    assert source is not None
+                    if target is None:
+                        try:
+                            manifest = json.loads(source.read(64 << 20))
+                        except ValueError as exc:
+                            raise BundleError(f"{bundle}: manifest.json is not valid JSON ({exc})",
+                                              path=bundle) from None
+                        continue
+                    tree, entry, file = target
+                    directory = staging / tree / entry
+                    directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+                    dest = directory / file
+                    if dest.exists():
+                        raise BundleError(f"{bundle}: member {member.name!r} appears twice; refused", path=bundle)
+                    with open(dest, "xb") as out:
+                        shutil.copyfileobj(source, out, _CHUNK)
+                    os.chmod(dest, 0o644)
+    except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
+        raise BundleError(f"{bundle}: not a readable jitcache bundle ({exc})", path=bundle) from None
+    if not isinstance(manifest, dict) or manifest.get("kind") != BUNDLE_KIND:
+        raise BundleError(f"{bundle}: no jitcache manifest in the bundle", path=bundle)
+    if manifest.get("schema") != SCHEMA_VERSION:
+        raise BundleError(f"{bundle}: manifest schema {manifest.get('schema')!r} is not {SCHEMA_VERSION}",
+                          path=bundle, hint="import it with the jitcache version that exported it")
+    return manifest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_staged(bundle: Path, staging: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    entries = manifest.get("entries")
+    if not isinstance(entries, list):
+        raise BundleError(f"{bundle}: manifest field 'entries' must be a list", path=bundle)
+    seen: set[tuple[str, str]] = set()
+    for index, entry in enumerate(entries):
+        try:
+            tree, name, files = entry["backend"], entry["name"], entry["files"]
+            listed = {f["path"]: f for f in files}
+        except (KeyError, TypeError):
+            raise BundleError(f"{bundle}: manifest entries[{index}] is malformed", path=bundle) from None
+        if tree not in ("deep_ep", "triton") or not _valid_entry_name(tree, name):
+            raise BundleError(f"{bundle}: manifest entries[{index}] ({tree!r}, {name!r}) is not a cache entry",
+                              path=bundle)
+        if (tree, name) in seen:
+            raise BundleError(f"{bundle}: manifest lists entry {name} twice", path=bundle)
+        directory = staging / tree / str(name)
+        present = {p.name for p in directory.iterdir()} if directory.is_dir() else set()
+        if present != set(listed):
+            extra, lost = sorted(present - set(listed)), sorted(set(listed) - present)
+            raise BundleError(f"{bundle}: entry {name}: files differ from the manifest "
+                              f"(missing {lost or 'none'}, unlisted {extra or 'none'})", path=bundle)
+        for file_name, spec in listed.items():
+            path = directory / file_name
+            if path.stat().st_size != spec.get("size") or _sha256(path) != spec.get("sha256"):
+                raise BundleError(f"{bundle}: entry {name}: {file_name} fails its sha256 check "
+                                  f"(expected {spec.get('sha256')})", path=bundle)
+        seen.add((tree, str(name)))
+    for tree_dir in (staging / "deep_ep", staging / "triton"):
+        for directory in tree_dir.iterdir() if tree_dir.is_dir() else ():
+            if (tree_dir.name, directory.name) not in seen:
+                raise BundleError(f"{bundle}: entry {directory.name} is not in the manifest; refused", path=bundle)
+    return entries
+
+
+def _same_entry(staged: Path, final: Path, tree: str) -> bool:
+    """Identical files (Triton group files compared by the names they list: their paths differ by root)."""
+    try:
+        ours = {p.name for p in staged.iterdir()}
+        theirs = {p.name for p in final.iterdir() if p.name != COMMIT_MARKER}
+    except OSError:
+        return False
+    if ours != theirs:
+        return False
+    for name in ours:
+        if tree == "triton" and name.startswith("__grp__"):
+            try:
+                a = json.loads((staged / name).read_text())["child_paths"].keys()
+                b = json.loads((final / name).read_text())["child_paths"].keys()
+            except (OSError, ValueError, KeyError, AttributeError):
+                return False
+            if set(a) != set(b):
+                return False
+        elif _sha256(staged / name) != _sha256(final / name):
+            return False
+    return True
+
+
+def _rewrite_triton_groups(directory: Path, final: Path) -> None:
+    """Triton's group files hold absolute paths: point them at where the entry will live."""
+    for group in directory.glob("__grp__*.json"):
+        data = json.loads(group.read_text())
+        data["child_paths"] = {name: str(final / name) for name in data["child_paths"]}
+        group.write_text(json.dumps(data))
+
+
+def import_bundle(root: CacheRoot, bundle: str | Path, *, force: bool = False,
+                  on_wait: Callable[[LockHolder], None] | None = None, timeout: float | None = None,
+                  _after_publish: Callable[[str], None] | None = None) -> ImportResult:
+    """Import ``bundle`` into ``root``: verify everything, then publish entry by entry (see module doc)."""
+    bundle = Path(bundle).expanduser().absolute()
+    if not bundle.is_file():
+        raise BundleError(f"{bundle}: no such bundle file", path=bundle)
+    root.ensure()
+    staging = make_temp_dir(root.deep_ep_dir)
+    staging = staging.rename(staging.with_name(f"{TEMP_PREFIX}import-{staging.name[len(TEMP_PREFIX):]}"))
+    published: list[Path] = []
+    try:
+        manifest = _stage(bundle, staging)
+        entries = _check_staged(bundle, staging, manifest)
+        fingerprint = manifest.get("fingerprint") or {}
+        mismatches = fingerprint_mismatches(fingerprint, environment_fingerprint())
+        if mismatches and not force:
+            raise BundleError(f"{bundle}: built for another environment: {'; '.join(mismatches)}", path=bundle,
+                              hint="pass --force to import anyway (entries for another compiler are never hit)")
+        if any(e["backend"] == "triton" for e in entries) and root.triton_dir is None:
+            raise BundleError(f"{bundle}: holds Triton entries, but {root.path} is a bare DeepEP cache", path=bundle)
+        result = {"published": [], "identical": [], "conflicts": [], "lost_race": []}
+        with root.lock(command=f"jitcache import {bundle.name}", on_wait=on_wait, timeout=timeout):
+            for entry in entries:
+                tree, name = entry["backend"], entry["name"]
+                staged = staging / tree / name
+                final = (root.deep_ep_dir / "cache" / name) if tree == "deep_ep" else root.triton_dir / name
+                if final.exists():
+                    key = "identical" if _same_entry(staged, final, tree) else "conflicts"
+                    result[key].append(name)
+                    continue
+                if tree == "triton":
+                    _rewrite_triton_groups(staged, final)
+                marker = COMMIT_MARKER if entry.get("format") == "deepjit" else None
+                if publish_entry(staged, final, marker=marker):
+                    published.append(final)
+                    result["published"].append(name)
+                    if _after_publish is not None:
+                        _after_publish(name)
+                else:
+                    result["lost_race"].append(name)
+    except BaseException:
+        _take_back(root, published)
+        raise
+    finally:
+        remove_tree(staging)
+    return ImportResult(str(bundle), tuple(result["published"]), tuple(result["identical"]),
+                        tuple(result["conflicts"]), tuple(result["lost_race"]), fingerprint,
+                        tuple(mismatches) if force else ())
+
+
+def _take_back(root: CacheRoot, published: list[Path]) -> None:
+    """Undo this import's publishes after a failure: out of ``cache/`` by rename, then deleted."""
+    for final in reversed(published):
+        try:
+            doomed = make_temp_dir(root.deep_ep_dir)
+            os.rename(final, doomed / final.name)
+            remove_tree(doomed)
+        except (OSError, CacheError):
+            pass
