@@ -1,0 +1,471 @@
+"""Live warmup: run every (mode, bucket) of the plan through DeepEP itself so that it compiles or loads each kernel.
+
+``warmup(buffer, profile)`` issues, on every rank and in the plan's order, one
+dispatch + combine per step with synthetic routing, and decides for each step
+whether DeepEP compiled something or found it cached by listing DeepEP's cache
+directory before and after (never by timing). Before the first dispatch the
+ranks compare a hash of what they are about to run: a rank with another
+profile, plan or policy would issue a different collective sequence and hang
+the group, so that is an error naming the ranks instead.
+
+Only ``cli/`` prints: progress goes to a callback (the CLI draws the bar).
+``torch`` is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from ._version import __version__
+from .buckets import BucketPolicy
+from .deepep import _original_bound_dispatch, buffer_api, committed_entries, jit_cache_roots
+from .errors import UsageError, WarmupError
+from .profiles import MODES, Profile, load_profile
+from .stats import write_json_atomic
+from .variants import plan
+
+__all__ = [
+    "VariantResult",
+    "WarmupProgress",
+    "WarmupReport",
+    "live_warmup_cli",
+    "load_report",
+    "report_path",
+    "warmup",
+]
+
+log = logging.getLogger("jitcache.engine")
+
+COMPILED = "compiled"
+CACHED = "cached"
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    """One warmup step: a mode and a ``num_max_tokens_per_rank``, and what DeepEP did for it."""
+
+    mode: str
+    num_max_tokens_per_rank: int
+    status: str  # "compiled": new cache entries appeared during the step; "cached": none did
+    seconds: float
+    entries_written: tuple[str, ...] = ()
+    num_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class WarmupProgress:
+    """Sent to the progress callback before (``result is None``) and after each step, on rank 0 only."""
+
+    done: int
+    total: int
+    mode: str
+    num_max_tokens_per_rank: int
+    elapsed: float
+    eta: float | None
+    result: VariantResult | None = None
+
+
+@dataclass(frozen=True)
+class WarmupReport:
+    """What a live warmup did, per step and in total. Saved as JSON in the cache root's ``meta/``."""
+
+    profile: str | None
+    profile_fingerprint: str | None
+    plan_fingerprint: str
+    api: str
+    policy: dict
+    modes: tuple[str, ...]
+    rank: int
+    world_size: int
+    cache_dirs: tuple[str, ...]
+    results: tuple[VariantResult, ...]
+    seconds: float
+    created: float = field(default_factory=time.time)
+    host: str = field(default_factory=socket.gethostname)
+    jitcache_version: str = __version__
+
+    @property
+    def num_compiled(self) -> int:
+        return sum(r.status == COMPILED for r in self.results)
+
+    @property
+    def num_cached(self) -> int:
+        return sum(r.status == CACHED for r in self.results)
+
+    @property
+    def num_entries_written(self) -> int:
+        return sum(len(r.entries_written) for r in self.results)
+
+    def warm_buckets(self, mode: str = "decode") -> frozenset[int]:
+        """Buckets this warmup left compiled for ``mode`` (what a :class:`BucketedDispatcher` may trust)."""
+        return frozenset(r.num_max_tokens_per_rank for r in self.results if r.mode == mode)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["modes"] = list(self.modes)
+        data["cache_dirs"] = list(self.cache_dirs)
+        data["results"] = [{**asdict(r), "entries_written": list(r.entries_written)} for r in self.results]
+        data["totals"] = {"steps": len(self.results), "compiled": self.num_compiled, "cached": self.num_cached,
+                          "entries_written": self.num_entries_written, "seconds": self.seconds}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "WarmupReport":
+        fields = dict(data)
+        fields.pop("totals", None)
+        fields["modes"] = tuple(fields["modes"])
+        fields["cache_dirs"] = tuple(fields["cache_dirs"])
+        fields["results"] = tuple(VariantResult(**{**r, "entries_written": tuple(r["entries_written"])})
+                                  for r in fields["results"])
+        return cls(**fields)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        write_json_atomic(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "WarmupReport":
+        from .errors import CacheError
+
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise CacheError(f"{path}: no warmup report", path=path,
+                             hint="run `jitcache warmup` for this profile first") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CacheError(f"{path}: unreadable warmup report ({exc})", path=path) from None
+
+
+def report_path(meta_dir: str | Path, profile: Profile | str | None, plan_fingerprint: str = "") -> Path:
+    """``<meta>/warmup-<profile>.json`` (``warmup-policy-<plan hash>.json`` for a bare policy)."""
+    name = profile.name if isinstance(profile, Profile) else profile
+    return Path(meta_dir) / (f"warmup-{name}.json" if name else f"warmup-policy-{plan_fingerprint}.json")
+
+
+def load_report(profile: Profile | str, cache_dir: str | Path | None = None) -> WarmupReport:
+    """The last saved warmup report of ``profile`` in the cache root."""
+    from .store.root import resolve_root
+
+    name = profile.name if isinstance(profile, Profile) else load_profile(profile).name
+    return WarmupReport.load(report_path(resolve_root(cache_dir).meta_dir, name))
+
+
+# -- what every rank must agree on ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Spec:
+    profile: Profile | None
+    policy: BucketPolicy
+    steps: tuple[tuple[str, int], ...]
+    plan_fingerprint: str
+    hidden: int
+    num_experts: int
+    num_topk: int
+    fp8: bool
+    expert_alignment: int
+    num_sms: int
+
+
+def _build_spec(target: Profile | BucketPolicy | str, modes: Iterable[str] | None,
+                dims: dict[str, Any]) -> _Spec:
+    if isinstance(target, BucketPolicy):
+        missing = [k for k in ("hidden", "num_experts", "num_topk") if dims.get(k) is None]
+        if missing:
+            raise UsageError(f"warmup with a bare BucketPolicy needs {', '.join(missing)} "
+                             "(or pass a profile, which has them)")
+        if modes is not None and tuple(modes) != ("decode",):
+            raise UsageError(f"a bare BucketPolicy warms the decode mode only, got modes={list(modes)}")
+        steps = tuple(("decode", b) for b in target.buckets())
+        fp8 = dims.get("dispatch_dtype", "bf16") == "fp8"
+        blob = json.dumps({"steps": steps, **{k: dims.get(k) for k in sorted(dims)}}, sort_keys=True, default=str)
+        return _Spec(None, target, steps, hashlib.sha256(blob.encode()).hexdigest()[:16],
+                     dims["hidden"], dims["num_experts"], dims["num_topk"], fp8,
+                     dims.get("expert_alignment") or 1, dims.get("num_sms") or 0)
+    profile = load_profile(target)
+    try:
+        the_plan = plan(profile, modes)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    m = the_plan.profile.model
+    return _Spec(the_plan.profile, the_plan.profile.policy, the_plan.steps(), the_plan.fingerprint(),
+                 m.hidden, m.num_experts, m.num_topk, m.dispatch_dtype == "fp8",
+                 profile.deep_ep.expert_alignment, profile.deep_ep.num_sms)
+
+
+def _agreement_record(spec: _Spec, api: str) -> dict[str, Any]:
+    record = {
+        "profile": spec.profile.name if spec.profile else None,
+        "profile_fingerprint": spec.profile.fingerprint() if spec.profile else None,
+        "plan_fingerprint": spec.plan_fingerprint,
+        "policy": spec.policy.to_dict(),
+        "steps": [list(s) for s in spec.steps],
+        "api": api,
+        "jitcache": __version__,
+    }
+    record["hash"] = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+    return record
+
+
+def check_group_agreement(record: dict[str, Any], group: Any = None) -> tuple[int, int]:
+    """All-gather ``record`` over ``group``; raise :class:`WarmupError` naming the ranks that differ.
+
+    Returns ``(rank, world_size)``; ``(0, 1)`` outside torch.distributed.
+    """
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return 0, 1
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    if world == 1:
+        return rank, world
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, record, group=group)
+    reference = gathered[0]
+    odd = [r for r, rec in enumerate(gathered) if rec["hash"] != reference["hash"]]
+    if odd:
+        first = gathered[odd[0]]
+        differing = [key for key in ("profile", "profile_fingerprint", "plan_fingerprint", "policy", "steps",
+                                     "api", "jitcache") if first.get(key) != reference.get(key)]
+        ranks = ", ".join(map(str, odd))
+        raise WarmupError(
+            f"warmup plan differs across ranks: rank{'s' if len(odd) > 1 else ''} {ranks} "
+            f"(hash {first['hash']}, profile {first['profile']!r}) disagree with rank 0 "
+            f"(hash {reference['hash']}, profile {reference['profile']!r}) on {', '.join(differing)}; "
+            "no dispatch was issued",
+            hint="start every rank with the same profile, --modes and jitcache version")
+    return rank, world
+
+
+# -- synthetic inputs -------------------------------------------------------------------------
+
+
+def synthetic_inputs(spec: _Spec, num_tokens: int, *, seed: int, device: Any) -> dict[str, Any]:
+    """Deterministic routing for one step: ``num_tokens`` tokens, ``num_topk`` distinct experts each.
+
+    ``x`` is bf16, or an ``(fp8, float32 scales [n, hidden / 128])`` tuple when the profile dispatches fp8.
+    """
+    import torch
+
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    scores = torch.rand((num_tokens, spec.num_experts), generator=generator, device=device)
+    topk_idx = scores.topk(spec.num_topk, dim=1).indices.to(torch.int64)  # distinct experts per token
+    topk_weights = torch.rand((num_tokens, spec.num_topk), generator=generator, device=device,
+                              dtype=torch.float32)
+    x = torch.randn((num_tokens, spec.hidden), generator=generator, device=device,
+                    dtype=torch.float32).to(torch.bfloat16)
+    if spec.fp8:
+        scales = torch.ones((num_tokens, spec.hidden // 128), device=device, dtype=torch.float32)
+        x = (x.to(torch.float8_e4m3fn), scales)
+    return {"x": x, "topk_idx": topk_idx, "topk_weights": topk_weights}
+
+
+def _step_seed(seed: int, rank: int, mode: str, bucket: int) -> int:
+    return (seed * 1_000_003 + rank * 7919 + bucket * 31 + MODES.index(mode)) % (2 ** 63)
+
+
+def _run_step(buffer: Any, dispatch: Callable, spec: _Spec, mode: str, bucket: int, inputs: dict) -> None:
+    import torch
+
+    x, topk_idx, topk_weights = inputs["x"], inputs["topk_idx"], inputs["topk_weights"]
+    common = {"num_experts": spec.num_experts, "expert_alignment": spec.expert_alignment, "num_sms": spec.num_sms}
+    if mode == "prefill":
+        # Prefill keeps DeepEP's default (None -> the buffer's capacity), as serving does.
+        result = dispatch(x, topk_idx=topk_idx, topk_weights=topk_weights, num_max_tokens_per_rank=None,
+                          do_expand=True, do_cpu_sync=True, **common)
+    else:
+        result = dispatch(x, topk_idx=topk_idx, topk_weights=topk_weights, num_max_tokens_per_rank=bucket,
+                          do_expand=False, do_cpu_sync=False, **common)
+        if mode == "cached":
+            result = dispatch(x, topk_weights=topk_weights, handle=result[3], do_expand=False,
+                              do_cpu_sync=False, **common)
+    recv_x, _, recv_topk_weights, handle, _ = result
+    if isinstance(recv_x, tuple):  # fp8: combine takes bf16
+        recv_x = recv_x[0].to(torch.bfloat16)
+    buffer.combine(recv_x, handle, topk_weights=recv_topk_weights)
+    if getattr(recv_x, "is_cuda", False):
+        torch.cuda.synchronize()
+
+
+def _emit(progress: Any, event: WarmupProgress) -> None:
+    if callable(progress):
+        progress(event)
+    elif progress:
+        if event.result is None:
+            log.info("warmup %d/%d: %s num_max_tokens_per_rank=%d", event.done + 1, event.total, event.mode,
+                     event.num_max_tokens_per_rank)
+        else:
+            log.info("warmup %d/%d: %s num_max_tokens_per_rank=%d %s in %.2f s", event.done, event.total,
+                     event.mode, event.num_max_tokens_per_rank, event.result.status, event.result.seconds)
+
+
+def warmup(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, modes: Iterable[str] | None = None,
+           progress: bool | Callable[[WarmupProgress], None] = True, *, group: Any = None,
+           cache_dir: str | Path | None = None, save: bool = True, seed: int = 0,
+           hidden: int | None = None, num_experts: int | None = None, num_topk: int | None = None,
+           dispatch_dtype: str = "bf16", device: Any = None) -> WarmupReport:
+    """Compile (or load) every kernel the plan names, through ``buffer`` itself; collective over ``group``.
+
+    Every rank must call it with the same profile and modes (checked before any
+    dispatch). ``progress``: a callable receiving :class:`WarmupProgress` on rank
+    0, ``True`` to log progress, ``False`` for silence. The report is saved on
+    rank 0 in the cache root's ``meta/`` (``save=False`` to skip); ``hidden``,
+    ``num_experts``, ``num_topk`` and ``dispatch_dtype`` are needed only with a
+    bare :class:`BucketPolicy`.
+    """
+    import torch
+
+    api = buffer_api(buffer)
+    spec = _build_spec(profile_or_policy, modes, {
+        "hidden": hidden, "num_experts": num_experts, "num_topk": num_topk, "dispatch_dtype": dispatch_dtype})
+    group = group if group is not None else getattr(buffer, "group", None)
+    rank, world = check_group_agreement(_agreement_record(spec, api), group)
+    if device is None:
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    roots = jit_cache_roots(api)
+    dispatch = _original_bound_dispatch(buffer)  # an install()ed guard must not refuse the warmup itself
+    notify = progress if rank == 0 else False
+
+    results: list[VariantResult] = []
+    start = time.perf_counter()
+    total = len(spec.steps)
+    for index, (mode, bucket) in enumerate(spec.steps):
+        elapsed = time.perf_counter() - start
+        eta = elapsed / index * (total - index) if index else None
+        _emit(notify, WarmupProgress(index, total, mode, bucket, elapsed, eta))
+        num_tokens = bucket if mode != "prefill" else spec.policy.max_num_batched_tokens
+        inputs = synthetic_inputs(spec, num_tokens, seed=_step_seed(seed, rank, mode, bucket), device=device)
+        before = committed_entries(api, roots)
+        t0 = time.perf_counter()
+        try:
+            _run_step(buffer, dispatch, spec, mode, bucket, inputs)
+        except Exception as exc:
+            raise WarmupError(f"warmup step {mode} num_max_tokens_per_rank={bucket} failed on rank {rank}: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        seconds = time.perf_counter() - t0
+        written = tuple(sorted(committed_entries(api, roots) - before))
+        result = VariantResult(mode, bucket, COMPILED if written else CACHED, seconds, written, num_tokens)
+        results.append(result)
+        elapsed = time.perf_counter() - start
+        remaining = total - index - 1
+        _emit(notify, WarmupProgress(index + 1, total, mode, bucket, elapsed,
+                                     elapsed / (index + 1) * remaining if remaining else 0.0, result))
+
+    report = WarmupReport(
+        profile=spec.profile.name if spec.profile else None,
+        profile_fingerprint=spec.profile.fingerprint() if spec.profile else None,
+        plan_fingerprint=spec.plan_fingerprint, api=api, policy=spec.policy.to_dict(),
+        modes=tuple(dict.fromkeys(m for m, _ in spec.steps)), rank=rank, world_size=world,
+        cache_dirs=tuple(str(r) for r in roots), results=tuple(results), seconds=time.perf_counter() - start)
+    if save and rank == 0:
+        from .store.root import resolve_root
+
+        root = resolve_root(cache_dir)
+        report.save(report_path(root.meta_dir, spec.profile, spec.plan_fingerprint))
+    return report
+
+
+# -- the CLI's entry point --------------------------------------------------------------------
+
+
+def _aot_hint(profile: Profile) -> str:
+    return (f"on a machine without a GPU or DeepEP, fill the cache ahead of time: "
+            f"`jitcache warmup --aot --profile {profile.name}`, then ship it")
+
+
+def _buffer_class(profile: Profile) -> type:
+    import importlib
+
+    wanted = {"2.5": ("EPBuffer",), "2.1": ("ElasticBuffer",), "auto": ("EPBuffer", "ElasticBuffer")}
+    errors = []
+    for name in wanted[profile.deep_ep.api]:
+        for package in ("deep_ep", "deep_ep_v25"):
+            try:
+                module = importlib.import_module(package)
+            except Exception as exc:  # noqa: BLE001 - ImportError, or a wheel built for another torch
+                errors.append(f"{package}: {type(exc).__name__}: {exc}")
+                continue
+            cls = getattr(module, name, None)
+            if isinstance(cls, type):
+                return cls
+    raise WarmupError(
+        f"DeepEP is not importable, so a live warmup cannot run ({'; '.join(dict.fromkeys(errors)) or 'no buffer class'})",
+        hint=f"install DeepEP 2.5 (`pip install deepinfer-ep`) in this environment, or {_aot_hint(profile)}")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def live_warmup_cli(profile: Profile | str, modes: Sequence[str] | None = None, cache_dir: str | Path | None = None,
+                    progress: bool | Callable[[WarmupProgress], None] = True, *, seed: int = 0,
+                    read_only_roots: Sequence[str | Path] = ()) -> WarmupReport:
+    """``jitcache warmup`` without ``--aot``: build a DeepEP buffer from the profile and warm it.
+
+    Runs inside an initialised torch.distributed job (torchrun); for an EP1
+    profile it starts a one-process group itself. Points DeepEP at the cache
+    root before importing it. Raises :class:`WarmupError` saying what to run
+    instead when torch, a GPU, DeepEP or the right number of ranks is missing.
+    """
+    prof = load_profile(profile)
+    try:
+        import torch
+        import torch.distributed as dist
+    except ImportError:
+        raise WarmupError("a live warmup needs PyTorch, which is not installed here", hint=_aot_hint(prof)) from None
+    if not torch.cuda.is_available():
+        raise WarmupError("a live warmup needs an NVIDIA GPU, and torch sees none (torch.cuda.is_available() is False)",
+                          hint=_aot_hint(prof))
+    from .store.root import activate
+
+    root = activate(cache_dir, read_only_roots)  # before deep_ep is imported: it reads EP_JIT_CACHE_DIR once
+    buffer_cls = _buffer_class(prof)
+    ep_size = prof.parallel.ep_size
+    created_group = False
+    if not dist.is_initialized():
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+            dist.init_process_group("nccl")
+        elif ep_size == 1:
+            dist.init_process_group("nccl", world_size=1, rank=0, init_method=f"tcp://127.0.0.1:{_free_port()}")
+        else:
+            raise WarmupError(
+                f"profile {prof.name} has ep_size={ep_size}: the live warmup must run on all {ep_size} ranks",
+                hint=(f"torchrun --nnodes {prof.parallel.nodes} --nproc-per-node {prof.parallel.ranks_per_node} "
+                      f"-m jitcache.cli.app warmup --profile {prof.name}; or {_aot_hint(prof)}"))
+        created_group = True
+    try:
+        world = dist.get_world_size()
+        if world != ep_size:
+            raise WarmupError(f"profile {prof.name} has ep_size={ep_size} but this job has {world} ranks",
+                              hint=f"launch with {ep_size} ranks, or pick the profile made for {world}")
+        local_rank = int(os.environ.get("LOCAL_RANK", dist.get_rank() % max(torch.cuda.device_count(), 1)))
+        torch.cuda.set_device(local_rank)
+        group = dist.group.WORLD
+        m, t = prof.model, prof.target
+        buffer = buffer_cls(group, num_max_tokens_per_rank=prof.serving.max_num_batched_tokens, hidden=m.hidden,
+                            num_topk=m.num_topk, use_fp8_dispatch=m.dispatch_dtype == "fp8",
+                            allow_multiple_reduction=prof.deep_ep.allow_multiple_reduction,
+                            num_allocated_qps=t.num_allocated_qps, num_gpu_timeout_secs=t.gpu_timeout_secs,
+                            explicitly_destroy=True)
+        try:
+            return warmup(buffer, prof, modes, progress, group=group, cache_dir=root.path, seed=seed)
+        finally:
+            buffer.destroy()
+    finally:
+        if created_group:
+            dist.destroy_process_group()
