@@ -133,3 +133,22 @@ def test_real_entries(deep_ep25_include):  # noqa: F811
         learned = options_from_meta((entry / "meta.json").read_text())
         name, digest = entry.name.rsplit(".", 1)
         assert cache_key(kernel_cu.read_bytes(), learned.options, learned.nvcc_version_output, hasher) == digest, entry
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="no real DeepEP 2.5 cache sample in tests/data/deepep25-h200")
+def test_rendered_entries_are_the_ones_deepep_wrote(deep_ep25_include):  # noqa: F811
+    """Renderer + digest, end to end: for every real entry we render the same name and the same kernel.cu bytes."""
+    from dataclasses import replace
+
+    from jitcache import load_profile, plan
+    from jitcache.render import render_plan
+
+    profile = load_profile("h200-ep1")
+    profile = replace(profile, serving=replace(profile.serving, modes=("decode", "prefill", "cached")))
+    opts = deep_ep_compiler_options("sm_90a", RIG_NCCL_INCLUDE)
+    hasher = IncludeHasher([deep_ep25_include])
+    ours = {f"{k.name}.{cache_key(k.source, opts, NVCC_13_0, hasher)}": k.source for k in render_plan(plan(profile))}
+    real = {cu.parent.name: cu.read_text() for cu in DATA.rglob("kernel.cu")}
+    assert len(real) == 22
+    assert set(real) <= set(ours)
+    assert all(ours[name] == text for name, text in real.items())
