@@ -231,8 +231,7 @@ def check_group_agreement(record: dict[str, Any], group: Any = None) -> tuple[in
     rank = dist.get_rank(group)
     if world == 1:
         return rank, world
-    gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, record, group=group)
+    gathered = [json.loads(blob) for blob in _all_gather_bytes(json.dumps(record).encode(), group, world)]
     reference = gathered[0]
     odd = [r for r, rec in enumerate(gathered) if rec["hash"] != reference["hash"]]
     if odd:
@@ -247,6 +246,26 @@ def check_group_agreement(record: dict[str, Any], group: Any = None) -> tuple[in
             "no dispatch was issued",
             hint="start every rank with the same profile, --modes and jitcache version")
     return rank, world
+
+
+def _all_gather_bytes(payload: bytes, group: Any, world: int) -> list[bytes]:
+    # Not all_gather_object: it needs numpy, which a serving image may lack. Lengths first, then
+    # the padded bytes, on the device the group's backend talks to (NCCL: CUDA only).
+    import torch
+    import torch.distributed as dist
+
+    backend = str(dist.get_backend(group)).lower()
+    device = torch.device("cuda", torch.cuda.current_device()) if "nccl" in backend else torch.device("cpu")
+    size = torch.tensor([len(payload)], dtype=torch.int64, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size, group=group)
+    lengths = [int(s.item()) for s in sizes]
+    mine = torch.zeros(max(lengths), dtype=torch.uint8)
+    mine[:len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+    mine = mine.to(device)
+    buffers = [torch.zeros_like(mine) for _ in range(world)]
+    dist.all_gather(buffers, mine, group=group)
+    return [bytes(b[:n].cpu().tolist()) for b, n in zip(buffers, lengths)]
 
 
 # -- synthetic inputs -------------------------------------------------------------------------
