@@ -46,7 +46,8 @@ def warmup(
         except ImportError as exc:
             raise WarmupError(f"live warmup is not available here ({exc})",
                               hint="live warmup needs torch.distributed + DeepEP + a GPU; use --aot") from None
-        live_warmup_cli(profile=profile, jobs=jobs, cache_dir=cache_dir, modes=modes, out=out, fmt=fmt)
+        live = live_warmup_cli(profile, modes=modes, cache_dir=cache_dir, progress=not out.is_json)
+        out.result(live.to_dict() if hasattr(live, "to_dict") else live)
         return
 
     from jitcache.aot import warmup_aot
