@@ -33,6 +33,7 @@ DEEP_EP_DIR = typer.Option(None, "--deep-ep-dir", help="A DeepEP cache dir used 
 
 # Template parameters shown in the entries table, besides num_max_tokens_per_rank.
 _SHOWN = ("hidden", "hidden_bytes", "num_experts", "num_topk", "num_ranks", "num_sms", "do_expand",
+          "reuse_slot_indices",
           "do_cpu_sync", "cached_mode", "use_expanded_layout")
 
 
@@ -97,8 +98,8 @@ def inspect_cmd(
         if not report.entries:
             o.print(f"No entries in {report.deep_ep_dir}" + (f" or {report.triton_dir}" if report.triton_dir else ""))
         else:
-            o.table(f"{root.path}: {len(report.entries)} entries, {human_bytes(report.size)}",
-                    ["backend", "family", "entries", "size", "broken"],
+            o.print(f"{root.path}: {len(report.entries)} entries, {human_bytes(report.size)}", markup=False)
+            o.table(None, ["backend", "family", "entries", "size", "broken"],
                     [[s["backend"], s["family"] or "-", s["entries"], human_bytes(s["size"]), s["broken"]]
                      for s in report.summary()], justify={"entries": "right", "size": "right", "broken": "right"})
             entries = sorted(report.entries, key=lambda e: (e.backend, e.family, e.num_max_tokens_per_rank or 0))

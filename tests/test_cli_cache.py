@@ -1,0 +1,129 @@
+"""The cache commands end to end through the CLI entry point: output, JSON schema, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from jitcache.cli.app import main
+from store_fixtures import *  # noqa: F401,F403 (fixtures)
+
+pytestmark = pytest.mark.nvcc
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_env(capsys, tmp_path):
+    code, out, _ = run(capsys, "env", "--cache-dir", str(tmp_path / "c"), "--read-only-root", str(tmp_path / "ro"))
+    assert code == 0
+    assert f"export EP_JIT_CACHE_DIR={tmp_path}/c/deep_ep:{tmp_path}/ro" in out
+    assert f"export TRITON_CACHE_DIR={tmp_path}/c/triton" in out
+    code, out, _ = run(capsys, "env", "--cache-dir", str(tmp_path / "c"), "--format", "json")
+    assert json.loads(out)["env"]["TRITON_CACHE_DIR"] == f"{tmp_path}/c/triton"
+
+
+def test_inspect_human_and_json(capsys, filled_root, test_profile):
+    code, out, _ = run(capsys, "inspect", "--cache-dir", str(filled_root.path))
+    assert code == 0
+    assert "17 entries" in out and "dispatch_copy_epilogue" in out and "add_one" in out
+    code, out, err = run(capsys, "inspect", "--cache-dir", str(filled_root.path), "--format", "json",
+                         "--profile", test_profile.source)
+    data = json.loads(out)  # stdout is only JSON
+    assert data["schema"] == 1 and data["totals"]["entries"] == 17 and data["coverage"]["num_missing"] == 0
+    entry = next(e for e in data["entries"] if e["family"] == "dispatch")
+    assert set(entry) >= {"backend", "format", "family", "key", "path", "size", "last_used", "status",
+                          "params", "compiler", "arch", "problems"}
+
+
+def test_inspect_coverage_names_missing(capsys, filled_root, test_profile):
+    for p in (filled_root.deep_ep_dir / "cache").iterdir():
+        if p.name.startswith("combine."):
+            import shutil
+            shutil.rmtree(p)
+    code, out, _ = run(capsys, "inspect", "--cache-dir", str(filled_root.path), "--profile", test_profile.source)
+    assert code == 0 and "serving would compile 4 kernels" in out
+    assert "missing: combine num_max_tokens_per_rank=8" in out
+
+
+def test_inspect_deep_ep_dir(capsys, filled_root):
+    code, out, _ = run(capsys, "inspect", "--deep-ep-dir", str(filled_root.deep_ep_dir), "--format", "json")
+    data = json.loads(out)
+    assert code == 0 and data["totals"]["entries"] == 16 and data["triton_dir"] is None
+    code, _, err = run(capsys, "inspect", "--deep-ep-dir", "/nonexistent/x")
+    assert code == 2 and "no such directory" in err
+
+
+def test_verify_repair_dry_run_then_repair(capsys, filled_root):
+    victim = sorted((filled_root.deep_ep_dir / "cache").iterdir())[3]
+    (victim / "kernel.cubin").write_bytes(b"")
+    code, out, _ = run(capsys, "verify", "--cache-dir", str(filled_root.path))
+    assert code == 1 and "empty_file" in out
+    code, out, _ = run(capsys, "verify", "--cache-dir", str(filled_root.path), "--repair", "--dry-run")
+    assert code == 1 and "Would move 1 item" in out and victim.exists()
+    code, out, _ = run(capsys, "verify", "--cache-dir", str(filled_root.path), "--repair", "--format", "json")
+    data = json.loads(out)
+    assert code == 0 and len(data["repair"]["moved"]) == 1 and not victim.exists()
+    code, out, _ = run(capsys, "verify", "--cache-dir", str(filled_root.path), "--format", "json")
+    assert code == 0 and json.loads(out)["ok"] is True
+
+
+def test_prune_messages(capsys, filled_root, test_profile):
+    code, out, _ = run(capsys, "prune", "--cache-dir", str(filled_root.path), "--max-size", "10G")
+    assert code == 0 and "Nothing to remove" in out
+    code, out, _ = run(capsys, "prune", "--cache-dir", str(filled_root.path), "--max-size", "0",
+                       "--keep-profile", test_profile.source, "--dry-run")
+    assert code == 0 and "Would remove 1 entries" in out
+    code, out, _ = run(capsys, "prune", "--cache-dir", str(filled_root.path), "--max-size", "0",
+                       "--keep-profile", test_profile.source)
+    assert code == 0 and "Removed 1 entries" in out
+    code, _, err = run(capsys, "prune", "--cache-dir", str(filled_root.path))
+    assert code == 2 and "--max-size" in err
+    code, _, err = run(capsys, "prune", "--cache-dir", str(filled_root.path), "--older-than", "soon")
+    assert code == 2 and "soon" in err
+
+
+def test_export_import(capsys, filled_root, test_profile, tmp_path):
+    bundle = tmp_path / "b.tar.zst"
+    code, out, _ = run(capsys, "export", "--cache-dir", str(filled_root.path), "-o", str(bundle),
+                       "--profile", test_profile.source)
+    assert code == 0 and "Exported 16 entries" in out
+    code, out, _ = run(capsys, "import", str(bundle), "--cache-dir", str(tmp_path / "new"))
+    assert code == 0 and "Imported 16 entries; 0 already present" in out
+    code, out, _ = run(capsys, "import", str(bundle), "--cache-dir", str(tmp_path / "new"), "--format", "json")
+    assert code == 0 and len(json.loads(out)["identical"]) == 16
+    bundle.write_bytes(b"garbage")
+    code, out, err = run(capsys, "import", str(bundle), "--cache-dir", str(tmp_path / "new"))
+    assert code == 2 and "Error:" in err and out == ""
+
+
+def test_lock_wait_is_announced(capsys, filled_root, monkeypatch):
+    import multiprocessing
+
+    from test_store_root import _hold_lock
+
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_hold_lock, args=(str(filled_root.path), ready, release))
+    proc.start()
+    try:
+        assert ready.wait(30)
+        monkeypatch.setenv("JITCACHE_LOCK_TIMEOUT", "4")
+        (sorted((filled_root.deep_ep_dir / "cache").iterdir())[0] / "kernel.cubin").write_bytes(b"")
+        code, _, err = run(capsys, "verify", "--cache-dir", str(filled_root.path), "--repair")
+        assert "Waiting for the cache lock" in err and f"pid {proc.pid}" in err
+        assert code == 1 and "gave up" in err
+    finally:
+        release.set()
+        proc.join(30)

@@ -1,0 +1,64 @@
+"""The store against a cache DeepEP 2.5 wrote by itself on the H200 (tests/data/deepep25-h200)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from jitcache.profiles import load_profile
+from jitcache.store.root import CacheRoot
+from jitcache.store.scan import coverage, scan
+from jitcache.store.verify import verify
+from jitcache.variants import plan
+
+DATA = Path(__file__).parent / "data" / "deepep25-h200"
+pytestmark = pytest.mark.skipif(not (DATA / "cache").is_dir(), reason="no captured DeepEP cache in tests/data")
+
+
+@pytest.fixture
+def real_root(tmp_path) -> CacheRoot:
+    # a copy: git checkouts may carry group-writable modes, and tests must not touch tests/data
+    shutil.copytree(DATA / "cache", tmp_path / "dj" / "cache")
+    for p in (tmp_path / "dj").rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return CacheRoot.for_deep_ep_dir(tmp_path / "dj")
+
+
+def test_every_entry_reads_and_decodes(real_root):
+    report = scan(real_root)
+    names = sorted(p.name for p in (DATA / "cache").iterdir())
+    assert sorted(e.name for e in report.entries) == names and len(names) >= 20
+    for e in report.entries:
+        assert e.format == "deepjit" and e.status == "ok", (e.name, e.problems)
+        assert "template_args" not in e.params, e.name
+        assert e.params["num_experts"] == 256 and e.params["num_topk"] == 8, e.name
+        assert e.num_max_tokens_per_rank in (1, 2, 4, 8192), e.name
+        assert e.arch == "sm_90a" and e.compiler == "nvcc 13.0.88", e.name
+    assert {e.family for e in report.entries} == {"dispatch", "dispatch_copy_epilogue", "combine",
+                                                   "combine_reduce_epilogue"}
+    assert verify(real_root).ok
+
+
+def test_coverage_of_the_rig_profile(real_root):
+    # decode buckets 1, 2, 4 and the cap 8192 were run: 4 kernels each
+    cov = coverage(plan(load_profile("h200-ep1")), scan(real_root).entries)
+    assert len(cov.present) == 16
+    assert {v.num_max_tokens_per_rank for v in cov.missing} == {8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096}
+    # prefill (do_expand) and cached entries are the plan's too
+    full = load_profile("h200-ep1")
+    from dataclasses import replace
+    with_modes = replace(full, serving=replace(full.serving, modes=("decode", "prefill", "cached")))
+    cov = coverage(plan(with_modes, ["prefill"]), scan(real_root).entries)
+    assert cov.complete
+
+
+def test_cli_inspect_json(real_root, capsys):
+    from jitcache.cli.app import main
+    with pytest.raises(SystemExit) as info:
+        main(["inspect", "--deep-ep-dir", str(real_root.path), "--format", "json"])
+    assert info.value.code in (0, None)
+    data = json.loads(capsys.readouterr().out)
+    assert data["totals"]["entries"] == len(list((DATA / "cache").iterdir())) and data["totals"]["errors"] == 0
