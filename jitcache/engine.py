@@ -38,6 +38,7 @@ __all__ = [
     "WarmupReport",
     "live_warmup_cli",
     "load_report",
+    "make_buffer",
     "report_path",
     "warmup",
 ]
@@ -431,15 +432,34 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def make_buffer(profile: Profile, group: Any, buffer_cls: type | None = None) -> Any:
+    """A DeepEP buffer built from the profile as serving builds it (capacity, dims, dtype, QPs, timeout).
+
+    The settings that enter kernel templates (QPs, GPU timeout) must match
+    serving's for the warmed kernels to be the ones serving asks for.
+    """
+    cls = buffer_cls or _buffer_class(profile)
+    m, t = profile.model, profile.target
+    return cls(group, num_max_tokens_per_rank=profile.serving.max_num_batched_tokens, hidden=m.hidden,
+               num_topk=m.num_topk, use_fp8_dispatch=m.dispatch_dtype == "fp8",
+               allow_multiple_reduction=profile.deep_ep.allow_multiple_reduction,
+               num_allocated_qps=t.num_allocated_qps, num_gpu_timeout_secs=t.gpu_timeout_secs,
+               explicitly_destroy=True)
+
+
 def live_warmup_cli(profile: Profile | str, modes: Sequence[str] | None = None, cache_dir: str | Path | None = None,
                     progress: bool | Callable[[WarmupProgress], None] = True, *, seed: int = 0,
-                    read_only_roots: Sequence[str | Path] = ()) -> WarmupReport:
+                    read_only_roots: Sequence[str | Path] = (), jobs: int | None = None,
+                    **_cli_extras: Any) -> WarmupReport:
     """``jitcache warmup`` without ``--aot``: build a DeepEP buffer from the profile and warm it.
 
     Runs inside an initialised torch.distributed job (torchrun); for an EP1
     profile it starts a one-process group itself. Points DeepEP at the cache
     root before importing it. Raises :class:`WarmupError` saying what to run
     instead when torch, a GPU, DeepEP or the right number of ranks is missing.
+    ``jobs`` is accepted for the CLI's sake and unused (DeepEP compiles in-process,
+    one kernel at a time); other keywords the CLI may pass (``out``, ``fmt``) are
+    ignored too: the caller renders the returned report (only ``cli/`` prints).
     """
     prof = load_profile(profile)
     try:
@@ -475,12 +495,7 @@ def live_warmup_cli(profile: Profile | str, modes: Sequence[str] | None = None, 
         local_rank = int(os.environ.get("LOCAL_RANK", dist.get_rank() % max(torch.cuda.device_count(), 1)))
         torch.cuda.set_device(local_rank)
         group = dist.group.WORLD
-        m, t = prof.model, prof.target
-        buffer = buffer_cls(group, num_max_tokens_per_rank=prof.serving.max_num_batched_tokens, hidden=m.hidden,
-                            num_topk=m.num_topk, use_fp8_dispatch=m.dispatch_dtype == "fp8",
-                            allow_multiple_reduction=prof.deep_ep.allow_multiple_reduction,
-                            num_allocated_qps=t.num_allocated_qps, num_gpu_timeout_secs=t.gpu_timeout_secs,
-                            explicitly_destroy=True)
+        buffer = make_buffer(prof, group, buffer_cls)
         try:
             return warmup(buffer, prof, modes, progress, group=group, cache_dir=root.path, seed=seed)
         finally:
