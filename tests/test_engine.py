@@ -172,3 +172,18 @@ def test_live_warmup_says_what_to_run_without_torch(monkeypatch):
     with pytest.raises(WarmupError, match="needs PyTorch") as info:
         live_warmup_cli("h200-ep1")
     assert "--aot" in info.value.hint
+
+
+def test_cli_progress_bar_and_report_rendering(capsys):
+    from jitcache.cli.live_view import progress_bar, render_report
+    from jitcache.cli.output import Format, Output
+
+    out = Output(Format.human)
+    with progress_bar(out) as on_event:
+        report = warmup(buffer(), profile(), progress=on_event, save=False)
+    render_report(out, report)
+    captured = capsys.readouterr()
+    assert "7 steps: 7 compiled, 0 already cached, 28 cache entries written" in captured.out
+    assert "warmup" in captured.err
+    render_report(Output(Format.json), report)
+    assert json.loads(capsys.readouterr().out)["totals"]["compiled"] == 7
