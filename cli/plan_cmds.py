@@ -8,13 +8,13 @@ import typer
 
 from jitcache.buckets import BucketPolicy
 from jitcache.errors import UsageError
-from jitcache.profiles import Profile, builtin_profile_names, load_profile
+from jitcache.profiles import DEFAULT_PROFILE, Profile, builtin_profile_names, load_profile
 from jitcache.variants import FAMILIES, plan
 
 from .output import Format, Output
 
 FORMAT = typer.Option(Format.human, "--format", help="human (tables) or json (stdout holds only JSON).")
-PROFILE = typer.Option(..., "--profile", "-p", help="A built-in profile name or a path to a profile .toml.")
+PROFILE = typer.Option(DEFAULT_PROFILE, "--profile", "-p", help="A built-in profile name or a path to a profile .toml.")
 
 
 def _policy_rows(policy: BucketPolicy) -> list[list]:

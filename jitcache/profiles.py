@@ -27,6 +27,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 __all__ = [
+    "DEFAULT_PROFILE",
     "MODES",
     "DeepEPSettings",
     "ModelSpec",
@@ -43,6 +44,8 @@ __all__ = [
 #: sync (the bucketed path); ``prefill``: ``do_expand=True`` with CPU sync;
 #: ``cached``: a dispatch that reuses a previous handle (cached layout).
 MODES = ("decode", "prefill", "cached")
+#: The profile commands use when none is given: the H200 test rig (EP1, DeepSeek-V3 MoE shape).
+DEFAULT_PROFILE = "h200-ep1"
 DTYPES = ("bf16", "fp8")
 APIS = ("auto", "2.5", "2.1")
 

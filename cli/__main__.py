@@ -1,0 +1,5 @@
+"""`python -m jitcache.cli` == `jitcache`."""
+
+from .app import main
+
+main()
