@@ -234,24 +234,33 @@ def test_kill_9_mid_import_leaves_only_whole_entries(tmp_path, bundle):
     assert len(scan(root).entries) == 17
 
 
-def _prune_loop(root: str, stop) -> None:
+def _prune_loop(root: str, started, stop) -> None:
+    """Evict the least recently used entry, one at a time, until told to stop."""
     from jitcache.store.prune import plan_prune, prune
     r = resolve_root(root)
+    started.set()
     while not stop.is_set():
-        prune(r, plan_prune(scan(r, check_cubins=False), max_size=0))
+        report = scan(r, check_cubins=False)
+        if not report.entries:
+            break
+        prune(r, plan_prune(report, max_size=report.size - 1))
+        time.sleep(0.005)
 
 
 def test_prune_during_export(filled_root, tmp_path):
     ctx = multiprocessing.get_context("spawn")
-    stop = ctx.Event()
-    pruner = ctx.Process(target=_prune_loop, args=(str(filled_root.path), stop))
+    started, stop = ctx.Event(), ctx.Event()
+    pruner = ctx.Process(target=_prune_loop, args=(str(filled_root.path), started, stop))
+    original = {e.name for e in scan(filled_root).entries}
     pruner.start()
     try:
-        time.sleep(0.3)
+        assert started.wait(60)
         result = export_bundle(filled_root, tmp_path / "racy.tar.zst")
     finally:
         stop.set()
         pruner.join(60)
+    assert pruner.exitcode == 0
+    assert set(result.entries) | set(result.skipped) <= original
     # whatever made it into the bundle is whole: it imports cleanly and verifies
     target = resolve_root(tmp_path / "t")
     imported = import_bundle(target, result.path)

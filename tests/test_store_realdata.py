@@ -53,6 +53,10 @@ def test_coverage_of_the_rig_profile(real_root):
     with_modes = replace(full, serving=replace(full.serving, modes=("decode", "prefill", "cached")))
     cov = coverage(plan(with_modes, ["prefill"]), scan(real_root).entries)
     assert cov.complete
+    # the cached-handle dispatch of the nmax=1 handle: its dispatch + copy epilogue are there
+    cov = coverage(plan(with_modes, ["cached"]), scan(real_root).entries)
+    present = {(cov.plan.variants[i].family, cov.plan.variants[i].num_max_tokens_per_rank) for i, _ in cov.present}
+    assert {("dispatch", 1), ("dispatch_copy_epilogue", 1)} <= present
 
 
 def test_cli_inspect_json(real_root, capsys):

@@ -96,9 +96,12 @@ def test_root_writable_by_others_is_flagged_not_moved(filled_root):
     try:
         result = verify(filled_root)
         assert [p.code for p in result.unrepairable] == ["unsafe_permissions"]
+        assert result.unrepairable[0].path == str(filled_root.path)
         assert result.moves == ()
     finally:
         os.chmod(filled_root.path, 0o755)
+    os.chmod(filled_root.deep_ep_dir / "cache", 0o775)
+    assert [p.path for p in verify(filled_root).unrepairable] == [str(filled_root.deep_ep_dir / "cache")]
 
 
 def test_bare_deep_ep_dir(tmp_path, cubins, test_profile):

@@ -126,8 +126,10 @@ def scan_triton(directory: str | Path, *, check_cubins: bool = True,
 def scan(root: CacheRoot, *, check_cubins: bool = True, orphan_age: float = ORPHAN_AGE_S) -> CacheReport:
     """Scan a jitcache root (or, for ``CacheRoot.for_deep_ep_dir``, a bare DeepEP cache)."""
     problems: list[Problem] = []
-    if root.path.exists():
-        problems += permission_problems(root.path, None)
+    # The folders a runtime resolves entries through: whoever can write them can swap a cubin.
+    for directory in (root.path, root.deep_ep_dir, root.deep_ep_dir / "cache", root.triton_dir):
+        if directory is not None and directory.exists():
+            problems += permission_problems(directory, None)
     deep_entries, deep_problems = scan_deep_ep(root.deep_ep_dir, check_cubins=check_cubins, orphan_age=orphan_age)
     entries, problems = list(deep_entries), problems + list(deep_problems)
     if root.triton_dir is not None:
