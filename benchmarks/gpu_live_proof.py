@@ -111,11 +111,10 @@ def _setup(cache_dir: str):
     root = activate(cache_dir)
     import torch
     import torch.distributed as dist
-    from jitcache.engine import _free_port, make_buffer
+    from jitcache.engine import init_single_rank_group, make_buffer
     from jitcache.profiles import load_profile
 
-    torch.cuda.set_device(0)
-    dist.init_process_group("nccl", world_size=1, rank=0, init_method=f"tcp://127.0.0.1:{_free_port()}")
+    init_single_rank_group(0)
     profile = load_profile(PROFILE)
     buffer = make_buffer(profile, dist.group.WORLD)
     return root, profile, buffer

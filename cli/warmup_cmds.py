@@ -12,7 +12,9 @@ from typing import Optional
 
 import typer
 
-from jitcache.errors import CompileError, UsageError, WarmupError
+from jitcache.errors import CompileError, UsageError
+
+from jitcache.profiles import DEFAULT_PROFILE
 
 from .output import Format, Output
 
@@ -20,7 +22,8 @@ FORMAT = typer.Option(Format.human, "--format", help="human (tables) or json (st
 
 
 def warmup(
-    profile: str = typer.Option(..., "--profile", "-p", help="A built-in profile name or a path to a profile .toml."),
+    profile: str = typer.Option(DEFAULT_PROFILE, "--profile", "-p",
+                                help="A built-in profile name or a path to a profile .toml."),
     aot: bool = typer.Option(False, "--aot", help="Compile ahead of time with nvcc: no GPU, no DeepEP runtime."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Parallel nvcc processes (default: all cores)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="The jitcache root (default: ~/.cache/jitcache)."),
@@ -41,13 +44,9 @@ def warmup(
     """Compile every DeepEP kernel variant of a profile, so that serving compiles nothing."""
     out = Output(fmt)
     if not aot:
-        try:
-            from jitcache.engine import live_warmup_cli  # the live path, another module's job
-        except ImportError as exc:
-            raise WarmupError(f"live warmup is not available here ({exc})",
-                              hint="live warmup needs torch.distributed + DeepEP + a GPU; use --aot") from None
-        live = live_warmup_cli(profile, modes=modes, cache_dir=cache_dir, progress=not out.is_json)
-        out.result(live.to_dict() if hasattr(live, "to_dict") else live)
+        from .live_view import run_live_warmup
+
+        run_live_warmup(profile, modes, cache_dir, out)
         return
 
     from jitcache.aot import warmup_aot

@@ -447,6 +447,23 @@ def make_buffer(profile: Profile, group: Any, buffer_cls: type | None = None) ->
                explicitly_destroy=True)
 
 
+def init_single_rank_group(device: int = 0) -> None:
+    """Start a one-process NCCL group on ``device`` that DeepEP can build an EP1 buffer on.
+
+    Learned on the H200 rig: the NCCL communicator must exist before DeepEP
+    asks the group for it (a lazily initialised group, or a ``new_group``,
+    makes ``EPBuffer.__init__`` segfault), hence ``device_id`` (eager init)
+    and one collective first.
+    """
+    import torch
+    import torch.distributed as dist
+
+    torch.cuda.set_device(device)
+    dist.init_process_group("nccl", world_size=1, rank=0, init_method=f"tcp://127.0.0.1:{_free_port()}",
+                            device_id=torch.device("cuda", device))
+    dist.all_reduce(torch.ones(1, device="cuda"))
+
+
 def live_warmup_cli(profile: Profile | str, modes: Sequence[str] | None = None, cache_dir: str | Path | None = None,
                     progress: bool | Callable[[WarmupProgress], None] = True, *, seed: int = 0,
                     read_only_roots: Sequence[str | Path] = (), jobs: int | None = None,
@@ -480,7 +497,7 @@ def live_warmup_cli(profile: Profile | str, modes: Sequence[str] | None = None, 
         if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
             dist.init_process_group("nccl")
         elif ep_size == 1:
-            dist.init_process_group("nccl", world_size=1, rank=0, init_method=f"tcp://127.0.0.1:{_free_port()}")
+            init_single_rank_group()
         else:
             raise WarmupError(
                 f"profile {prof.name} has ep_size={ep_size}: the live warmup must run on all {ep_size} ranks",
