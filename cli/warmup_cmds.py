@@ -39,10 +39,21 @@ def warmup(
     nvcc: Optional[Path] = typer.Option(None, "--nvcc", help="The nvcc to compile with (default: PATH, $CUDA_HOME)."),
     distributed: bool = typer.Option(False, "--distributed",
                                      help="Split the variants over torch.distributed ranks (torchrun)."),
+    triton_modules: Optional[list[str]] = typer.Option(
+        None, "--triton-module",
+        help="Import this module (repeatable); the Triton kernels it registers with jitcache.triton.register "
+             "are compiled for every bucket in the same pool (--aot only)."),
+    triton_only: bool = typer.Option(False, "--triton-only",
+                                     help="Compile only the registered Triton kernels: no DeepEP toolchain needed."),
     fmt: Format = FORMAT,
 ) -> None:
     """Compile every DeepEP kernel variant of a profile, so that serving compiles nothing."""
     out = Output(fmt)
+    if (triton_modules or triton_only) and not aot:
+        raise UsageError("--triton-module and --triton-only need --aot",
+                         hint="Triton kernels are compiled ahead of time only")
+    if triton_only and not triton_modules:
+        raise UsageError("--triton-only needs at least one --triton-module registering kernels")
     if not aot:
         from .live_view import run_live_warmup
 
@@ -64,6 +75,23 @@ def warmup(
     if distributed:
         _init_distributed()
     root = resolve_root(cache_dir)
+    triton_jobs: tuple = ()
+    if triton_modules:
+        from jitcache.triton_aot import import_kernel_modules, jobs_for_triton
+
+        kernels = import_kernel_modules(triton_modules)
+        if not kernels:
+            raise UsageError(f"--triton-module {', '.join(triton_modules)}: no kernel was registered",
+                             hint="the module must call jitcache.triton.register(kernel, args_for_bucket) on import")
+        buckets = sorted({nmax for _, nmax in the_plan.steps()})
+        triton_jobs = jobs_for_triton(kernels, buckets, prof.target.arch)
+        out.info(f"triton: {len(kernels)} kernels x {len(buckets)} buckets -> {len(triton_jobs)} cache entries "
+                 f"for {prof.target.arch} -> {root.triton_dir}")
+    if triton_only:
+        report = warmup_aot(the_plan, None, root, jobs=(), extra_jobs=triton_jobs, num_workers=jobs,
+                            distributed=True if distributed else None, on_result=_progress(out))
+        _render(out, prof, report)
+        return
     toolchain = resolve_toolchain(nvcc=nvcc, deep_ep_include=deep_ep_include, nccl_include=nccl_include,
                                   target_nccl_include=target_nccl_include)
     build_jobs = None
@@ -75,18 +103,27 @@ def warmup(
     out.info(f"{prof.name}: {len(the_plan)} variants, DeepEP {toolchain.deep_ep_api} rules, nvcc "
              f"{'.'.join(map(str, toolchain.nvcc_release))}, {jobs or 'all'} jobs -> {root.deep_ep_dir}")
 
+    report = warmup_aot(the_plan, toolchain, root, jobs=build_jobs, extra_jobs=triton_jobs, num_workers=jobs,
+                        distributed=True if distributed else None, on_result=_progress(out))
+    _render(out, prof, report)
+
+
+def _progress(out: Output):
     def progress(result) -> None:
         if result.status == "failed":
             out.warn(f"{result.label}: {result.message} (log: {result.log_path})")
+    return progress
 
-    report = warmup_aot(the_plan, toolchain, root, jobs=build_jobs, num_workers=jobs,
-                        distributed=True if distributed else None, on_result=progress)
+
+def _render(out: Output, prof, report) -> None:
     data = report.to_dict()
 
     def render(o: Output) -> None:
-        rows = [[r.num_max_tokens_per_rank if r.num_max_tokens_per_rank is not None else "-", r.family or r.label,
+        rows = [[r.num_max_tokens_per_rank if r.num_max_tokens_per_rank is not None else "-",
+                 ("triton:" if r.backend == "triton" else "") + (r.family or r.label),
                  r.status, f"{r.seconds:.1f}", r.entry] for r in report.results]
-        o.table(f"{prof.name}: AOT warmup into {report.cache_dir}",
+        only_triton = bool(report.results) and all(r.backend == "triton" for r in report.results)
+        o.table(f"{prof.name}: AOT warmup into {report.triton_dir if only_triton else report.cache_dir}",
                 ["num_max_tokens_per_rank", "kernel", "status", "seconds", "entry"], rows,
                 justify={"num_max_tokens_per_rank": "right", "seconds": "right"})
         totals = data["totals"]

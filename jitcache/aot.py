@@ -17,6 +17,11 @@ Concurrency:
   the nodes share no filesystem, ship the entries they built to every rank
   over the process group (:func:`exchange_entries`).
 
+Triton kernels registered with ``jitcache.triton.register`` become jobs of
+the same kind (:mod:`jitcache.triton_aot`): ``backend="triton"`` puts the
+entry under the root's ``triton/`` folder, the command is a Python worker
+running ``triton.compile``, and Triton's group file stands in for the marker.
+
 A failing compile does not stop the others: its stderr goes to a file next
 to the run's ``report.json``, the report marks it failed, and the CLI exits
 non-zero. The library prints nothing.
@@ -41,7 +46,7 @@ from typing import Any, Callable, Iterable, Sequence
 import filelock
 
 from .deepjit import CompilerOptions, IncludeHasher, cache_key, deep_ep_compiler_options, meta_json, nvcc_command
-from .errors import ToolchainError, UsageError
+from .errors import CacheError, ToolchainError, UsageError
 from .render import RenderedKernel, render_plan, target_facts
 from .store.publish import COMMIT_MARKER, atomic_write_text, make_temp_dir, publish_entry, remove_tree
 from .store.root import CacheRoot
@@ -70,9 +75,11 @@ class BuildJob:
     outputs: tuple[str, ...] = ("kernel.cubin",)
     num_max_tokens_per_rank: int | None = None
     family: str | None = None
+    backend: str = "deep_ep"        # the root's folder the entry goes to: "deep_ep" (cache/<entry>) or "triton" (<entry>)
+    tool: str = "nvcc"              # what runs, for messages
 
     def to_dict(self) -> dict[str, Any]:
-        return {"entry": self.entry, "label": self.label, "family": self.family,
+        return {"entry": self.entry, "label": self.label, "family": self.family, "backend": self.backend,
                 "num_max_tokens_per_rank": self.num_max_tokens_per_rank}
 
 
@@ -86,6 +93,7 @@ class VariantResult:
     num_max_tokens_per_rank: int | None = None
     log_path: str | None = None
     message: str | None = None
+    backend: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -103,6 +111,7 @@ class AotReport:
     report_path: str | None = None
     rank: int = 0
     world_size: int = 1
+    triton_dir: str | None = None
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.status == status)
@@ -122,6 +131,7 @@ class AotReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "profile": self.profile, "deep_ep_api": self.deep_ep_api, "cache_dir": self.cache_dir,
+            "triton_dir": self.triton_dir,
             "jobs": self.jobs, "rank": self.rank, "world_size": self.world_size,
             "wall_seconds": round(self.wall_seconds, 3), "compile_seconds": round(self.compile_seconds, 3),
             "num_variants": len(self.results),
@@ -136,13 +146,17 @@ class AotReport:
 
 def jobs_for_plan(the_plan: WarmupPlan, toolchain: Toolchain, *, options: CompilerOptions | None = None,
                   with_barrier: bool = False) -> tuple[BuildJob, ...]:
-    """One :class:`BuildJob` per variant of ``the_plan``, keyed by DeepEP 2.5's own digest."""
-    if toolchain.deep_ep_api != "2.5":
+    """One :class:`BuildJob` per variant of ``the_plan``, keyed by the digest of the headers' DeepEP (2.5 or 2.1)."""
+    wanted = the_plan.profile.deep_ep.api
+    if wanted not in ("auto", toolchain.deep_ep_api):
         raise ToolchainError(
-            f"the DeepEP headers in {toolchain.deep_ep_include} are DeepEP {toolchain.deep_ep_api}; jitcache renders "
-            "DeepEP 2.5 kernels from its rules",
-            hint="pass --deep-ep-include with DeepEP 2.5 headers (the deepinfer-ep sdist's deep_ep/include, or the "
-                 "sdist .tar.gz itself), or --learn-from an entry DeepEP wrote to derive the other buckets from it")
+            f"{the_plan.profile.source}: [deep_ep] api = {wanted!r}, but the DeepEP headers found "
+            f"({toolchain.deep_ep_include}) are DeepEP {toolchain.deep_ep_api}",
+            hint="pass --deep-ep-include with that version's headers, `jitcache sources fetch` (2.5), "
+                 "`pip install tokenspeed-deepep` (2.1), or set api = \"auto\"")
+    if toolchain.deep_ep_api == "2.1":
+        from .aot21 import jobs_for_plan21  # noqa: PLC0415 - aot21 imports this module
+        return jobs_for_plan21(the_plan, toolchain, with_barrier=with_barrier)
     profile = the_plan.profile
     kernels = list(render_plan(the_plan))
     if with_barrier:
@@ -195,20 +209,45 @@ def build_jobs(kernels: Iterable[RenderedKernel], toolchain: Toolchain, arch: st
 # -- running jobs ---------------------------------------------------------------------------------
 
 
+def _backend_dir(root: CacheRoot, job: BuildJob) -> Path:
+    if job.backend == "triton":
+        if root.triton_dir is None:
+            raise UsageError(f"{root.path} is a bare DeepEP cache: it has no triton/ folder for {job.label}")
+        return root.triton_dir
+    return root.deep_ep_dir
+
+
+def _final_path(root: CacheRoot, job: BuildJob) -> Path:
+    # DeepEP entries live in <deep_ep>/cache/, Triton's key directories right under TRITON_CACHE_DIR.
+    return _backend_dir(root, job) / job.entry if job.backend == "triton" else root.deep_ep_dir / "cache" / job.entry
+
+
 def _entry_present(final: Path, job: BuildJob) -> bool:
+    if job.backend == "triton":
+        from .triton_aot import triton_entry_present
+        return all(triton_entry_present(final, group) for group in job.outputs)
     if job.marker is not None:
         return (final / job.marker).is_file()
     return all((final / name).is_file() for name in ("kernel.cu", *job.outputs))
 
 
-def _run_one(job: BuildJob, backend_dir: Path, lock_dir: Path, log_dir: Path,
+def _publish(build: Path, final: Path, job: BuildJob) -> bool:
+    if job.backend == "triton":
+        from .triton_aot import publish_triton_entry
+        return publish_triton_entry(build, final)
+    return publish_entry(build, final, marker=job.marker)
+
+
+def _run_one(job: BuildJob, root: CacheRoot, lock_dir: Path, log_dir: Path,
              on_compile: Callable[[BuildJob], None] | None) -> VariantResult:
     start = time.perf_counter()
-    final = backend_dir / "cache" / job.entry
+    backend_dir = _backend_dir(root, job)
+    final = _final_path(root, job)
 
     def result(status: str, **extra: Any) -> VariantResult:
         return VariantResult(entry=job.entry, label=job.label, status=status, seconds=time.perf_counter() - start,
-                             family=job.family, num_max_tokens_per_rank=job.num_max_tokens_per_rank, **extra)
+                             family=job.family, num_max_tokens_per_rank=job.num_max_tokens_per_rank,
+                             backend=job.backend, **extra)
 
     if _entry_present(final, job):
         return result("cached")
@@ -237,16 +276,16 @@ def _run_one(job: BuildJob, backend_dir: Path, lock_dir: Path, log_dir: Path,
                 log.write_text(f"$ {' '.join(argv)}\n(exit {done.returncode})\n{done.stdout}{done.stderr}")
                 first = (done.stderr or done.stdout).strip().splitlines()[:1]
                 return result("failed", log_path=str(log),
-                              message=f"nvcc exit {done.returncode}" + (f": {first[0]}" if first else ""))
+                              message=f"{job.tool} exit {done.returncode}" + (f": {first[0]}" if first else ""))
             for name, text in job.after:
                 (build / name).write_text(text.replace("{dir}", str(build)), encoding="utf-8")
-            publish_entry(build, final, marker=job.marker)
+            _publish(build, final, job)
             build = None
         finally:
             if build is not None:
                 remove_tree(build)
         return result("compiled")
-    except OSError as exc:
+    except (OSError, CacheError) as exc:
         return result("failed", message=f"{exc.__class__.__name__}: {exc}")
     finally:
         lock.release()
@@ -266,16 +305,15 @@ def run_jobs(jobs: Sequence[BuildJob], root: CacheRoot, *, num_workers: int | No
              run_id: str | None = None,
              on_result: Callable[[VariantResult], None] | None = None,
              on_compile: Callable[[BuildJob], None] | None = None) -> tuple[tuple[VariantResult, ...], Path]:
-    """Build ``jobs`` into ``root``'s DeepEP dir, ``num_workers`` compiles at a time; results in job order."""
+    """Build ``jobs`` into ``root`` (DeepEP or Triton folder, by job), ``num_workers`` at a time; results in job order."""
     root.ensure()
-    backend_dir = root.deep_ep_dir
     lock_dir = root.meta_dir / "locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     run_dir = root.meta_dir / "aot" / (run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}")
     workers = max(1, num_workers or os.cpu_count() or 1)
     results: list[VariantResult | None] = [None] * len(jobs)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jitcache-aot") as pool:
-        futures = {pool.submit(_run_one, job, backend_dir, lock_dir, run_dir, on_compile): i
+        futures = {pool.submit(_run_one, job, root, lock_dir, run_dir, on_compile): i
                    for i, job in enumerate(jobs)}
         for future, index in futures.items():
             results[index] = future.result()
@@ -334,8 +372,8 @@ def _pack(directory: Path) -> bytes:
     return buffer.getvalue()
 
 
-def _unpack_and_publish(blob: bytes, backend_dir: Path, entry: str, marker: str | None) -> bool:
-    build = make_temp_dir(backend_dir)
+def _unpack_and_publish(blob: bytes, root: CacheRoot, job: BuildJob) -> bool:
+    build = make_temp_dir(_backend_dir(root, job))
     try:
         with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as tar:
             for member in tar.getmembers():
@@ -343,7 +381,7 @@ def _unpack_and_publish(blob: bytes, backend_dir: Path, entry: str, marker: str 
                     continue  # entries are flat; the marker is written by publish_entry, last
                 data = tar.extractfile(member)
                 (build / member.name).write_bytes(data.read() if data else b"")
-        published = publish_entry(build, backend_dir / "cache" / entry, marker=marker)
+        published = _publish(build, _final_path(root, job), job)
         build = None
         return published
     finally:
@@ -360,24 +398,23 @@ def exchange_entries(jobs: Sequence[BuildJob], root: CacheRoot, group: Any = Non
     dist = _dist()
     if dist is None:
         return ()
-    backend_dir = root.deep_ep_dir
-    missing = [j.entry for j in jobs if not _entry_present(backend_dir / "cache" / j.entry, j)]
+    missing = [j.entry for j in jobs if not _entry_present(_final_path(root, j), j)]
     wanted = [json.loads(b) for b in _all_gather_bytes(dist, json.dumps(missing).encode(), group)]
     wanted_anywhere = {e for rank_missing in wanted for e in rank_missing}
     if not wanted_anywhere:
         return ()
     offer = {}
     for job in jobs:
-        final = backend_dir / "cache" / job.entry
+        final = _final_path(root, job)
         if job.entry in wanted_anywhere and job.entry not in missing and _entry_present(final, job):
             offer[job.entry] = _pack(final)
     offers = [pickle.loads(b) for b in _all_gather_bytes(dist, pickle.dumps(offer), group)]
-    markers = {j.entry: j.marker for j in jobs}
+    by_entry = {j.entry: j for j in jobs}
     received = []
     for entry in missing:
         blob = next((o[entry] for o in offers if entry in o), None)
         if blob is not None:
-            _unpack_and_publish(blob, backend_dir, entry, markers[entry])
+            _unpack_and_publish(blob, root, by_entry[entry])
             received.append(entry)
     return tuple(received)
 
@@ -386,16 +423,22 @@ def exchange_entries(jobs: Sequence[BuildJob], root: CacheRoot, group: Any = Non
 
 
 def warmup_aot(the_plan: WarmupPlan, toolchain: Toolchain | None, root: CacheRoot, *, jobs: Sequence[BuildJob] | None = None,
-               num_workers: int | None = None, distributed: bool | None = None, group: Any = None,
+               extra_jobs: Sequence[BuildJob] = (), num_workers: int | None = None, distributed: bool | None = None, group: Any = None,
                on_result: Callable[[VariantResult], None] | None = None) -> AotReport:
     """Compile every variant of ``the_plan`` into ``root`` (see the module docstring); returns the report.
 
     ``distributed=None`` splits the work over torch.distributed ranks when a
     process group is initialised; ``False`` makes every rank build everything
-    (locks still make that once per node).
+    (locks still make that once per node). ``extra_jobs`` (Triton's, from
+    :func:`jitcache.triton_aot.jobs_for_triton`) run in the same pool; with
+    ``toolchain=None`` and no ``jobs`` they are the whole run.
     """
     start = time.perf_counter()
-    all_jobs = tuple(jobs) if jobs is not None else jobs_for_plan(the_plan, toolchain)
+    if jobs is not None:
+        deep_ep_jobs = tuple(jobs)
+    else:
+        deep_ep_jobs = jobs_for_plan(the_plan, toolchain) if toolchain is not None else ()
+    all_jobs = deep_ep_jobs + tuple(extra_jobs)
     dist = _dist() if distributed in (None, True) else None
     if distributed and dist is None:
         raise UsageError("--distributed needs an initialised torch.distributed process group")
@@ -410,12 +453,14 @@ def warmup_aot(the_plan: WarmupPlan, toolchain: Toolchain | None, root: CacheRoo
         others = [j for j in all_jobs if j not in mine]
         results = results + tuple(
             VariantResult(entry=j.entry, label=j.label, status="received" if j.entry in received else "cached",
-                          seconds=0.0, family=j.family, num_max_tokens_per_rank=j.num_max_tokens_per_rank)
+                          seconds=0.0, family=j.family, num_max_tokens_per_rank=j.num_max_tokens_per_rank,
+                          backend=j.backend)
             for j in others)
     report = AotReport(profile=the_plan.profile.name, deep_ep_api=toolchain.deep_ep_api if toolchain else "n/a",
                        cache_dir=str(root.deep_ep_dir), jobs=max(1, num_workers or os.cpu_count() or 1),
                        wall_seconds=time.perf_counter() - start, results=results,
                        toolchain=toolchain.to_dict() if toolchain else {},
-                       rank=rank, world_size=world)
+                       rank=rank, world_size=world,
+                       triton_dir=None if root.triton_dir is None else str(root.triton_dir))
     return write_report(report, run_dir)
 
