@@ -2,8 +2,12 @@
 
 - nvcc: ``--nvcc``, else ``nvcc`` on PATH, ``$CUDA_HOME/bin/nvcc``, ``/usr/local/cuda/bin/nvcc``,
   or the ``nvidia-cuda-nvcc`` package's binary;
-- DeepEP headers: ``--deep-ep-include``, else the installed ``deep_ep`` package's ``include/``
-  (located with ``importlib.util.find_spec``, which does not run the package);
+- DeepEP headers (:func:`locate_deep_ep_headers`): ``--deep-ep-include``, else, for ``api``
+  ``"auto"``/``"2.5"``, an installed DeepEP 2.5 ``deep_ep`` package, then a DeepEP 2.5 sdist
+  fetched by ``jitcache sources fetch`` (``<cache root>/sources/``, only ``deep_ep/include``
+  extracted), then, for ``"auto"``/``"2.1"``, an installed DeepEP 2.1 package (the
+  ``tokenspeed-deepep`` wheel); packages are located with ``importlib.util.find_spec``,
+  which does not run them;
 - NCCL headers: ``--nccl-include``, else ``$EP_NCCL_ROOT_DIR/include`` / ``$NCCL_DIR/include``
   (DeepEP's own overrides), else the ``nvidia-nccl-cu13`` package.
 
@@ -27,8 +31,8 @@ from pathlib import Path
 from .deepjit import LearnedEntry, options_from_meta
 from .errors import ToolchainError
 
-__all__ = ["Toolchain", "deep_ep_api_of", "find_deep_ep_include", "find_nccl_include", "find_nvcc",
-           "learn_from_entry", "nvcc_version", "resolve_toolchain"]
+__all__ = ["HeaderSource", "Toolchain", "deep_ep_api_of", "find_deep_ep_include", "find_nccl_include", "find_nvcc",
+           "learn_from_entry", "locate_deep_ep_headers", "nvcc_version", "resolve_toolchain"]
 
 _INSTALL_HINT = "pip install 'jitcache[aot]'  (tokenspeed-deepep: DeepEP headers; nvidia-nccl-cu13: NCCL headers)"
 
@@ -151,19 +155,77 @@ def _normalise_include(path: Path) -> Path:
                          "(expected deep_ep/impls/ep/dispatch.cuh for 2.5 or deep_ep/impls/dispatch.cuh for 2.1)")
 
 
-def find_deep_ep_include(explicit: str | Path | None = None) -> Path:
-    if explicit:
-        return _normalise_include(Path(explicit))
+@dataclass(frozen=True)
+class HeaderSource:
+    """Which DeepEP headers a compile uses, and where they came from."""
+
+    include_root: Path     # the directory holding deep_ep/
+    api: str               # "2.5" or "2.1"
+    origin: str            # "--deep-ep-include" | "package" | "sources"
+    location: Path         # what was found: the option's value, the package dir, or the sdist
+
+    def describe(self) -> str:
+        what = {"--deep-ep-include": "--deep-ep-include", "package": "installed package",
+                "sources": "fetched sdist"}[self.origin]
+        return f"DeepEP {self.api} headers from {what} {self.location}"
+
+
+_NO_HEADERS_HINT = ("run `jitcache sources fetch` (DeepEP 2.5: the deepinfer-ep sdist's headers), or "
+                    "`pip install tokenspeed-deepep` (DeepEP 2.1), or pass --deep-ep-include DIR|SDIST.tar.gz")
+
+
+def _installed_packages() -> list[Path]:
     try:
         spec = importlib.util.find_spec("deep_ep")
     except (ImportError, ValueError):
         spec = None
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        include = Path(location) / "include"
-        if deep_ep_api_of(include):
-            return include
-    raise ToolchainError("DeepEP headers not found: no installed deep_ep package with include/",
-                         hint=f"{_INSTALL_HINT}, or pass --deep-ep-include DIR")
+    return [Path(loc) for loc in ((spec.submodule_search_locations or []) if spec else [])]
+
+
+def locate_deep_ep_headers(explicit: str | Path | None = None, *, api: str = "auto",
+                           sources_dir: str | Path | None = None) -> HeaderSource:
+    """The DeepEP headers to compile against (order in the module docstring).
+
+    ``api`` is the profile's ``[deep_ep] api``; an explicit path of the other
+    version is refused here rather than rendered with the wrong rules.
+    """
+    if explicit:
+        include = _normalise_include(Path(explicit))
+        found = deep_ep_api_of(include)
+        assert found is not None
+        if api not in ("auto", found):
+            raise ToolchainError(f"--deep-ep-include {explicit}: DeepEP {found} headers, but the profile asks for "
+                                 f"api {api!r}", hint=_NO_HEADERS_HINT)
+        return HeaderSource(include, found, "--deep-ep-include", Path(explicit))
+    packages = [(Path(loc) / "include", Path(loc)) for loc in _installed_packages()]
+    packages = [(inc, loc, deep_ep_api_of(inc)) for inc, loc in packages]
+    if api in ("auto", "2.5"):
+        for include, location, found in packages:
+            if found == "2.5":
+                return HeaderSource(include, "2.5", "package", location)
+        from .sources import find_sdists  # noqa: PLC0415 - sources imports the store
+
+        if sources_dir is None:
+            from .store.root import default_root_path  # noqa: PLC0415
+
+            sources_dir = default_root_path() / "sources"
+        for sdist in find_sdists(sources_dir):
+            include = extract_sdist_headers(sdist, into=Path(sources_dir) / "headers")
+            return HeaderSource(include, "2.5", "sources", sdist)
+    if api in ("auto", "2.1"):
+        for include, location, found in packages:
+            if found == "2.1":
+                return HeaderSource(include, "2.1", "package", location)
+    wanted = "DeepEP headers" if api == "auto" else f"DeepEP {api} headers"
+    looked = [f"installed deep_ep packages ({', '.join(str(loc) for _, loc, _ in packages) or 'none'})"]
+    if api in ("auto", "2.5"):
+        looked.append(f"fetched sdists in {sources_dir}")
+    raise ToolchainError(f"{wanted} not found: looked in {' and '.join(looked)}", hint=_NO_HEADERS_HINT)
+
+
+def find_deep_ep_include(explicit: str | Path | None = None) -> Path:
+    """The include root of :func:`locate_deep_ep_headers` (any version)."""
+    return locate_deep_ep_headers(explicit).include_root
 
 
 def find_nccl_include(explicit: str | Path | None = None) -> Path:
@@ -196,6 +258,7 @@ class Toolchain:
     target_nccl_include: str       # the -I path as the serving machine spells it (enters the 2.5 digest)
     python_library_root: str       # deep_ep's package dir as the serving machine spells it (meta.json; 2.1 digest)
     learned: LearnedEntry | None = None
+    deep_ep_headers_from: str = ""  # HeaderSource.describe(): which DeepEP, from where
 
     @property
     def nvcc_release(self) -> tuple[int, int]:
@@ -204,6 +267,7 @@ class Toolchain:
     def to_dict(self) -> dict:
         return {"nvcc": str(self.nvcc), "nvcc_release": release_line(self.nvcc_version_output),
                 "deep_ep_include": str(self.deep_ep_include), "deep_ep_api": self.deep_ep_api,
+                "deep_ep_headers_from": self.deep_ep_headers_from,
                 "nccl_include": str(self.nccl_include), "target_nccl_include": self.target_nccl_include,
                 "python_library_root": self.python_library_root,
                 "learned_from_entry": self.learned is not None}
@@ -211,15 +275,18 @@ class Toolchain:
 
 def resolve_toolchain(*, nvcc: str | Path | None = None, deep_ep_include: str | Path | None = None,
                       nccl_include: str | Path | None = None, target_nccl_include: str | None = None,
-                      python_library_root: str | None = None) -> Toolchain:
+                      python_library_root: str | None = None, api: str = "auto",
+                      sources_dir: str | Path | None = None) -> Toolchain:
+    """Everything a compile needs; ``api`` is the profile's ``[deep_ep] api``, ``sources_dir`` the
+    ``<cache root>/sources`` that ``jitcache sources fetch`` fills (default: the default root's)."""
     nvcc_path = find_nvcc(nvcc)
-    include = find_deep_ep_include(deep_ep_include)
+    headers = locate_deep_ep_headers(deep_ep_include, api=api, sources_dir=sources_dir)
+    include = headers.include_root
     nccl = find_nccl_include(nccl_include)
-    api = deep_ep_api_of(include)
-    assert api is not None
     return Toolchain(nvcc=nvcc_path, nvcc_version_output=nvcc_version(nvcc_path), deep_ep_include=include,
-                     deep_ep_api=api, nccl_include=nccl, target_nccl_include=target_nccl_include or str(nccl),
-                     python_library_root=python_library_root or str(include.parent))
+                     deep_ep_api=headers.api, nccl_include=nccl, target_nccl_include=target_nccl_include or str(nccl),
+                     python_library_root=python_library_root or str(include.parent),
+                     deep_ep_headers_from=headers.describe())
 
 
 def learn_from_entry(toolchain: Toolchain, entry_dir: str | Path) -> Toolchain:
