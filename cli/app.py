@@ -16,7 +16,7 @@ import typer
 from jitcache import __version__
 from jitcache.errors import JitCacheError
 
-from . import cache_cmds, plan_cmds, stats_cmds, warmup_cmds
+from . import cache_cmds, plan_cmds, sources_cmds, stats_cmds, warmup_cmds
 from .output import Output
 
 app = typer.Typer(
@@ -44,7 +44,7 @@ def _root(
 
 
 # One module per command group; each adds its commands to `app`.
-for _group in (plan_cmds, warmup_cmds, stats_cmds, cache_cmds):
+for _group in (plan_cmds, warmup_cmds, stats_cmds, cache_cmds, sources_cmds):
     _group.register(app)
 
 

@@ -34,6 +34,10 @@ def warmup(
     target_nccl_include: Optional[str] = typer.Option(
         None, "--target-nccl-include",
         help="The NCCL include dir as the serving machine spells it (it enters DeepEP's digest); default: the local one."),
+    target_deep_ep_root: Optional[str] = typer.Option(
+        None, "--target-deep-ep-root",
+        help="The deep_ep package dir as the serving machine spells it (DeepEP 2.1's digest has <it>/include); "
+             "default: the local package's."),
     learn_from: Optional[Path] = typer.Option(
         None, "--learn-from", help="An entry DeepEP wrote (<name>.<digest>/): adopt its flags, paths and compiler text."),
     nvcc: Optional[Path] = typer.Option(None, "--nvcc", help="The nvcc to compile with (default: PATH, $CUDA_HOME)."),
@@ -92,8 +96,11 @@ def warmup(
                             distributed=True if distributed else None, on_result=_progress(out))
         _render(out, prof, report)
         return
+    from jitcache.sources import sources_dir
+
     toolchain = resolve_toolchain(nvcc=nvcc, deep_ep_include=deep_ep_include, nccl_include=nccl_include,
-                                  target_nccl_include=target_nccl_include)
+                                  target_nccl_include=target_nccl_include, python_library_root=target_deep_ep_root,
+                                  api=prof.deep_ep.api, sources_dir=sources_dir(root.path))
     build_jobs = None
     if learn_from is not None:
         if toolchain.deep_ep_api == "2.5":
@@ -102,6 +109,7 @@ def warmup(
             build_jobs = derive_jobs_from_entry(the_plan, toolchain, learn_from)
     out.info(f"{prof.name}: {len(the_plan)} variants, DeepEP {toolchain.deep_ep_api} rules, nvcc "
              f"{'.'.join(map(str, toolchain.nvcc_release))}, {jobs or 'all'} jobs -> {root.deep_ep_dir}")
+    out.info(toolchain.deep_ep_headers_from)
 
     report = warmup_aot(the_plan, toolchain, root, jobs=build_jobs, extra_jobs=triton_jobs, num_workers=jobs,
                         distributed=True if distributed else None, on_result=_progress(out))
@@ -127,6 +135,8 @@ def _render(out: Output, prof, report) -> None:
                 ["num_max_tokens_per_rank", "kernel", "status", "seconds", "entry"], rows,
                 justify={"num_max_tokens_per_rank": "right", "seconds": "right"})
         totals = data["totals"]
+        if data.get("toolchain", {}).get("deep_ep_headers_from"):
+            o.print(f"Which DeepEP: {data['toolchain']['deep_ep_headers_from']} ({report.deep_ep_api} rules and digest)")
         o.print(f"{len(report.results)} variants in {report.wall_seconds:.1f} s with {report.jobs} jobs: "
                 + ", ".join(f"{n} {s}" for s, n in totals.items() if n) + f". Report: {report.report_path}")
 
