@@ -401,12 +401,18 @@ def publish_triton_entry(build: Path, final: Path) -> bool:
 
 def _load_kernel(location: dict[str, str]) -> Any:
     module_name, qualname = location["module"], location["qualname"]
-    if module_name == "__main__":  # a script's own kernel: load the script again, not as __main__
-        spec = importlib.util.spec_from_file_location("_jitcache_user_main", location["file"])
+    try:
+        if module_name == "__main__":
+            raise ModuleNotFoundError(name=module_name)
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # A script's own kernel (__main__) or a module loaded from a path: load that file again,
+        # under a private name (its `if __name__ == "__main__":` block does not run).
+        if exc.name != module_name or not os.path.isfile(location["file"]):
+            raise
+        spec = importlib.util.spec_from_file_location("_jitcache_user_kernels", location["file"])
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(module_name)
     obj: Any = module
     for part in qualname.split("."):
         obj = getattr(obj, part)
