@@ -86,7 +86,7 @@ def index():
             self.wfile.write(body)
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     state.url = f"http://127.0.0.1:{server.server_address[1]}/simple/"
     try:
@@ -182,3 +182,32 @@ def test_cli_fetch_then_list(tmp_path, index):
     assert listed.code == 0 and "deepinfer_ep-2.5.0.tar.gz" in listed.stdout and "2.5.0" in listed.stdout
     missing = run_cli("sources", "fetch", "nothing-here==1.0", "--cache-dir", str(tmp_path), env=env)
     assert missing.code == 1 and "Error: nothing-here: no such project on the index" in missing.stderr
+
+
+@pytest.mark.nvcc
+def test_fresh_machine_fetch_then_warmup_aot_with_no_flags(tmp_path, index):
+    """The README's path: `sources fetch` from the index, then `warmup --aot` finds DeepEP 2.5's headers itself.
+
+    The index serves the real deepinfer-ep 2.5.0 sdist (from ../shared/gpu); the profile is h200-ep1
+    cut to one bucket so that the test compiles four real kernels.
+    """
+    from aot_fixtures import SDIST
+
+    if not SDIST.is_file():
+        pytest.skip(f"DeepEP 2.5 sdist not found at {SDIST}")
+    index.add("deepinfer-ep", SDIST.name, SDIST.read_bytes())
+    profile = tmp_path / "one-bucket.toml"
+    text = (Path(__file__).resolve().parents[1] / "cache_profiles" / "h200-ep1.toml").read_text()
+    profile.write_text(text.replace("max_num_batched_tokens = 8192", "max_num_batched_tokens = 1"))
+    env = {"PIP_INDEX_URL": index.url, "JITCACHE_HOME": str(tmp_path / "home")}
+    assert run_cli("sources", "fetch", env=env).code == 0
+    warm = run_cli("warmup", "--aot", "-p", str(profile), "-j", "2", "--format", "json", env=env)
+    assert warm.code == 0, warm.stderr
+    report = warm.json()
+    assert report["deep_ep_api"] == "2.5" and report["totals"]["compiled"] == 4
+    assert report["toolchain"]["deep_ep_headers_from"] == (
+        f"DeepEP 2.5 headers from fetched sdist {tmp_path / 'home' / 'sources' / SDIST.name}")
+    cache = tmp_path / "home" / "deep_ep" / "cache"
+    assert sorted(p.name.split(".")[0] for p in cache.iterdir()) == [
+        "combine", "combine_reduce_epilogue", "dispatch", "dispatch_copy_epilogue"]
+    assert all((p / ".committed").is_file() and (p / "meta.json").is_file() for p in cache.iterdir())
