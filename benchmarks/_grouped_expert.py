@@ -205,7 +205,7 @@ def reference_mlp(x, topk_idx, topk_weights, w1, w2, num_valid=None):
     rows, hidden = x.shape
     num_experts, _, two_inter = w1.shape
     inter = two_inter // 2
-    out = torch.zeros((rows, hidden), dtype=torch.float32)
+    out = torch.zeros((rows, hidden), dtype=torch.float32, device=x.device)
     limit = rows if num_valid is None else int(num_valid)
     for row in range(min(rows, limit)):
         for k in range(topk_idx.shape[1]):
