@@ -1,0 +1,175 @@
+"""Regenerate the README's "Performance" table from the benchmark JSON under ``benchmarks/results/``.
+
+Writes only between ``<!-- perf:begin -->`` and ``<!-- perf:end -->`` in
+README.md (prints the table instead when the markers are missing, or with
+``--print``). No figure is typed by hand: each cell comes from a JSON file,
+named in the table with its machine, DeepEP version and profile. GPU figures
+are read only from ``results/h200/``; a GPU benchmark without a result there
+is listed as not yet measured.
+
+    python benchmarks/report.py [--print] [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+README = HERE.parent / "README.md"
+BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
+GPU_DIR = "h200"
+
+
+def _load(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _src(path: Path) -> str:
+    return f"`{path.relative_to(HERE.parent)}`"
+
+
+def _gib(value) -> str:
+    return f"{value / 2**30:.2f} GiB" if isinstance(value, (int, float)) else "?"
+
+
+def _num(value, fmt: str = "{:.1f}", missing: str = "?") -> str:
+    return fmt.format(value) if isinstance(value, (int, float)) else missing
+
+
+def decode_rows() -> list[list[str]]:
+    path = RESULTS / GPU_DIR / "decode_moe_step.json"
+    data = _load(path)
+    if not data or not data.get("summary"):
+        return [["Decode MoE step", "not yet measured (`bash benchmarks/run_gpu.sh` on the H200)", "-", "H200", "-",
+                 "h200-ep1", _src(path)]]
+    env = data.get("environment", {})
+    rows = []
+    for row in data["summary"]:
+        rows.append([
+            f"Decode MoE step, {row['num_tokens']} tokens ({row['mode']})",
+            f"unbounded {row['unbounded_ms']:.3f} ms, {row['unbounded_recv_rows']} rows, "
+            f"{_gib(row['unbounded_peak_above_weights_bytes'])}",
+            f"bucketed {row['bucketed_ms']:.3f} ms, {row['bucketed_recv_rows']} rows, "
+            f"{_gib(row['bucketed_peak_above_weights_bytes'])}: **{row['speedup']}x**",
+            env.get("gpu", "H200"), env.get("deep_ep", "?"), data.get("profile", "?"), _src(path)])
+    return rows
+
+
+def readiness_rows() -> list[list[str]]:
+    path = RESULTS / GPU_DIR / "readiness.json"
+    data = _load(path)
+    if not data or not data.get("summary"):
+        return [["Readiness", "not yet measured (`bash benchmarks/run_gpu.sh` on the H200)", "-", "H200", "-",
+                 "h200-ep1", _src(path)]]
+    s = data["summary"]
+    where = s.get("gpu") or "H200"
+    dep = s.get("deep_ep") or "?"
+    prof = data.get("profile", "?")
+    return [
+        ["Readiness: cold live warmup (empty cache)", f"{_num(s.get('cold_live_warmup_seconds'))} s warmup",
+         f"{_num(s.get('cold_live_process_seconds'))} s process"
+         + (" (reused from an earlier run)" if s.get("cold_live_reused_from") else ""), where, dep, prof, _src(path)],
+        ["Readiness: AOT warmup from empty", f"{_num(s.get('aot_wall_seconds'))} s with {s.get('aot_jobs')} nvcc jobs",
+         f"then a live pass: {s.get('aot_live_pass_compiled', '?')} compiled, "
+         f"{_num(s.get('aot_live_pass_process_seconds'))} s process", where, dep, prof, _src(path)],
+        ["Readiness: new worker on a populated cache", f"{_num(s.get('warm_live_warmup_seconds'), '{:.2f}')} s warmup",
+         f"{_num(s.get('warm_live_process_seconds'))} s process, {s.get('warm_live_compiled', '?')} compiled",
+         where, dep, prof, _src(path)],
+    ]
+
+
+def overhead_rows() -> list[list[str]]:
+    rows = []
+    for folder in sorted(p for p in RESULTS.iterdir() if p.is_dir() and p.name != GPU_DIR):
+        path = folder / "runtime_overhead_cpu.json"
+        data = _load(path)
+        if not data or not data.get("ok"):
+            continue
+        for label, r in data.get("bucket", {}).items():
+            rows.append([f"`BucketPolicy.bucket` ({label})", f"{r['ns_per_call']:.0f} ns/call",
+                         f"goal < {data.get('goal_ns_per_bucket_call', 1000)} ns", folder.name, "n/a (pure Python)",
+                         data.get("profile", "?"), _src(path)])
+        d = data.get("dispatch_noop_buffer")
+        if d:
+            rows.append(["`BucketedDispatcher.dispatch` overhead, no-op buffer",
+                         f"{d['overhead_ns_per_call']:.0f} ns/call",
+                         f"direct {d['direct_ns_per_call']:.0f} ns, wrapped {d['bucketed_dispatcher_ns_per_call']:.0f} ns",
+                         folder.name, "n/a (no-op EPBuffer)", data.get("profile", "?"), _src(path)])
+    path = RESULTS / GPU_DIR / "runtime_overhead_gpu.json"
+    data = _load(path)
+    cases = [c for c in (data or {}).get("cases", []) if "overhead_us_per_call" in c]
+    if not cases:
+        rows.append(["`BucketedDispatcher.dispatch` vs DeepEP direct", "not yet measured (`bash benchmarks/run_gpu.sh`)",
+                     "-", "H200", "-", "h200-ep1", _src(path)])
+    for c in cases:
+        share = c.get("overhead_share_of_step")
+        rows.append([f"`BucketedDispatcher.dispatch` vs DeepEP direct, {c['num_tokens']} tokens",
+                     f"{c['overhead_us_per_call']:+.1f} us/call (direct {c['direct_us_per_call']:.1f} us)",
+                     f"{100 * share:.2f}% of the MoE step" if isinstance(share, (int, float)) else "step time not given",
+                     data.get("gpu", "H200"), data.get("deep_ep", "?"), data.get("profile", "?"), _src(path)])
+    return rows
+
+
+def storm_rows() -> list[list[str]]:
+    rows = []
+    for folder in sorted(p for p in RESULTS.iterdir() if p.is_dir()):
+        path = folder / "storm.json"
+        data = _load(path)
+        if not data:
+            continue
+        per = data["per_variant_compile_seconds"]
+        for name, trace in data["traces"].items():
+            for label, r in trace["policies"].items():
+                rows.append([f"Storm, {name} trace ({trace['steps']} steps), {label}",
+                             f"{r['distinct_num_max_tokens_per_rank']} variants, "
+                             f"{r['serving_path_compile_seconds_computed_no_warmup']:.0f} s JIT (computed)",
+                             f"padding {100 * r['padded_row_overhead']:.1f}%"
+                             + ("" if r.get("warmup_compile_seconds_computed") is None else
+                                f"; with warmup: 0 s on the serving path"),
+                             f"{folder.name} (compile time: {per['machine']}, {per['seconds']:.1f} s/variant)",
+                             data.get("deep_ep", "?"), data.get("profile", "?"), _src(path)])
+    return rows
+
+
+def table() -> str:
+    header = ["Benchmark", "Result", "Compared with", "Machine", "DeepEP", "Profile", "Source"]
+    rows = decode_rows() + readiness_rows() + overhead_rows() + storm_rows()
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--print", action="store_true", help="print the table, do not touch README.md")
+    parser.add_argument("--check", action="store_true", help="exit 1 if README.md's table is not up to date")
+    args = parser.parse_args(argv)
+    text = table()
+    readme = README.read_text() if README.exists() else ""
+    if args.print or BEGIN not in readme or END not in readme:
+        if not args.print:
+            print(f"README.md has no {BEGIN} ... {END} markers: table printed, README untouched", file=sys.stderr)
+        print(text)
+        return 0
+    head, rest = readme.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    updated = f"{head}{BEGIN}\n{text}\n{END}{tail}"
+    if args.check:
+        return 0 if updated == readme else 1
+    if updated != readme:
+        README.write_text(updated)
+        print(f"updated {README}")
+    else:
+        print(f"{README} is up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
