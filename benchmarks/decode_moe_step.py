@@ -45,7 +45,6 @@ DeepSeek-V3's MoE shape, random weights and uniformly random top-8 routing.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -57,7 +56,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from _common import RESULTS, machine_facts, write_result  # noqa: E402
+from _common import machine_facts, write_result  # noqa: E402
 
 os.environ.setdefault("JITCACHE_STATS", "0")
 
