@@ -50,7 +50,7 @@ def test_live_warmup_then_strict_bucketed_trace_is_exact_and_compiles_nothing(sm
     import torch.distributed as dist
 
     from jitcache.deepep import BucketedDispatcher, committed_entries
-    from jitcache.engine import _free_port, live_warmup_cli, load_report, make_buffer
+    from jitcache.engine import init_single_rank_group, live_warmup_cli, load_report, make_buffer
     from jitcache.profiles import load_profile
 
     root = tmp_path / "root"
@@ -61,7 +61,7 @@ def test_live_warmup_then_strict_bucketed_trace_is_exact_and_compiles_nothing(sm
 
     # live_warmup_cli pointed EP_JIT_CACHE_DIR at the root; a "serving" buffer in this process reuses it.
     profile = load_profile(small_profile)
-    dist.init_process_group("nccl", world_size=1, rank=0, init_method=f"tcp://127.0.0.1:{_free_port()}")
+    init_single_rank_group(0)  # eager NCCL init: a lazy group makes EPBuffer segfault
     buffer = make_buffer(profile, dist.group.WORLD)
     try:
         dispatcher = BucketedDispatcher(buffer, profile, strict=True)  # warm set from a scan of the real cache
