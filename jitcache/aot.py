@@ -145,7 +145,7 @@ class AotReport:
 
 
 def jobs_for_plan(the_plan: WarmupPlan, toolchain: Toolchain, *, options: CompilerOptions | None = None,
-                  with_barrier: bool = False) -> tuple[BuildJob, ...]:
+                  with_barrier: bool = True) -> tuple[BuildJob, ...]:
     """One :class:`BuildJob` per variant of ``the_plan``, keyed by the digest of the headers' DeepEP (2.5 or 2.1)."""
     wanted = the_plan.profile.deep_ep.api
     if wanted not in ("auto", toolchain.deep_ep_api):

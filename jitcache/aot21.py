@@ -63,7 +63,7 @@ def build_jobs21(kernels: Iterable[RenderedKernel], toolchain: Toolchain, arch: 
     return tuple(jobs)
 
 
-def jobs_for_plan21(the_plan: WarmupPlan, toolchain: Toolchain, *, with_barrier: bool = False) -> tuple[BuildJob, ...]:
+def jobs_for_plan21(the_plan: WarmupPlan, toolchain: Toolchain, *, with_barrier: bool = True) -> tuple[BuildJob, ...]:
     """One :class:`BuildJob` per variant of ``the_plan``, keyed by DeepEP 2.1's own digest."""
     if toolchain.deep_ep_api != "2.1":
         raise ToolchainError(f"the DeepEP headers in {toolchain.deep_ep_include} are DeepEP {toolchain.deep_ep_api}, "

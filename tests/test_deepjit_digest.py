@@ -152,3 +152,16 @@ def test_rendered_entries_are_the_ones_deepep_wrote(deep_ep25_include):  # noqa:
     assert len(real) == 22
     assert set(real) <= set(ours)
     assert all(ours[name] == text for name, text in real.items())
+
+
+def test_rendered_barrier_is_the_one_deepep_wrote(deep_ep25_include):  # noqa: F811
+    """EPBuffer's constructor barrier: DeepEP wrote barrier.6e83... on the H200 rig
+    (benchmarks/results/h200/inspect_rig.json); AOT warmups compile it too."""
+    from jitcache import load_profile
+    from jitcache.render import render_barrier
+
+    kernel = render_barrier(load_profile("h200-ep1"))
+    assert kernel.function == "barrier_impl<true, 1, 512, 1, 1, 198000000000, true, true>"
+    opts = deep_ep_compiler_options("sm_90a", RIG_NCCL_INCLUDE)
+    digest = cache_key(kernel.source, opts, NVCC_13_0, IncludeHasher([deep_ep25_include]))
+    assert f"barrier.{digest}" == "barrier.6e833446fb8ba2030693b64b92acf947"

@@ -189,7 +189,7 @@ def test_fresh_machine_fetch_then_warmup_aot_with_no_flags(tmp_path, index):
     """The README's path: `sources fetch` from the index, then `warmup --aot` finds DeepEP 2.5's headers itself.
 
     The index serves the real deepinfer-ep 2.5.0 sdist (from ../shared/gpu); the profile is h200-ep1
-    cut to one bucket so that the test compiles four real kernels.
+    cut to one bucket so that the test compiles five real kernels (four families + the buffer's barrier).
     """
     from aot_fixtures import SDIST
 
@@ -204,10 +204,10 @@ def test_fresh_machine_fetch_then_warmup_aot_with_no_flags(tmp_path, index):
     warm = run_cli("warmup", "--aot", "-p", str(profile), "-j", "2", "--format", "json", env=env)
     assert warm.code == 0, warm.stderr
     report = warm.json()
-    assert report["deep_ep_api"] == "2.5" and report["totals"]["compiled"] == 4
+    assert report["deep_ep_api"] == "2.5" and report["totals"]["compiled"] == 5
     assert report["toolchain"]["deep_ep_headers_from"] == (
         f"DeepEP 2.5 headers from fetched sdist {tmp_path / 'home' / 'sources' / SDIST.name}")
     cache = tmp_path / "home" / "deep_ep" / "cache"
     assert sorted(p.name.split(".")[0] for p in cache.iterdir()) == [
-        "combine", "combine_reduce_epilogue", "dispatch", "dispatch_copy_epilogue"]
+        "barrier", "combine", "combine_reduce_epilogue", "dispatch", "dispatch_copy_epilogue"]
     assert all((p / ".committed").is_file() and (p / "meta.json").is_file() for p in cache.iterdir())
