@@ -22,6 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_label  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -36,7 +39,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--profile", default="h200-ep1")
     parser.add_argument("--jobs", type=int, default=os.cpu_count())
-    parser.add_argument("--machine", default=os.environ.get("JITCACHE_MACHINE", platform.node() or "unknown"))
+    parser.add_argument("--machine", default=os.environ.get("JITCACHE_MACHINE") or machine_label())
     parser.add_argument("--deep-ep-include", default=str(REPO.parent / "shared" / "gpu" / "deepinfer_ep-2.5.0.tar.gz"))
     parser.add_argument("--nccl-include", default=None)
     parser.add_argument("--target-nccl-include", default=None)

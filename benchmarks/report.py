@@ -138,9 +138,54 @@ def storm_rows() -> list[list[str]]:
     return rows
 
 
+def live_proof_rows() -> list[list[str]]:
+    path = RESULTS / GPU_DIR / "live_proof.json"
+    data = _load(path)
+    if not data or not data.get("summary"):
+        return []
+    s, phases = data["summary"], data.get("phases", {})
+    env = phases.get("trace", {}).get("environment", {})
+    gpu, deep_ep = env.get("gpu", "H200"), env.get("deep_ep", "?")
+    raw = phases.get("raw", {})
+    rows = [
+        ["Live warmup from an empty cache (every planned variant compiled)",
+         f"{_num(s.get('warmup_seconds'))} s", f"all compiled: {s.get('warmup_every_variant_compiled')}",
+         gpu, deep_ep, data.get("profile", "?"), _src(path)],
+        [f"Serving trace, {data.get('steps')} decode steps of 1..8192 tokens, strict `BucketedDispatcher`",
+         f"{s.get('trace_new_cache_entries')} new cache entries, {s.get('trace_misses')} misses",
+         f"outputs bit-identical to direct DeepEP calls: {s.get('trace_all_bit_identical')}",
+         gpu, deep_ep, data.get("profile", "?"), _src(path)],
+    ]
+    extra = s.get("raw_extrapolation") or {}
+    if raw.get("measured"):
+        rows.append([
+            f"Same trace unbucketed: first {len(raw['measured'])} distinct sizes (measured)",
+            f"{s.get('raw_compiles')} compiles, {_num(s.get('raw_seconds'))} s",
+            f"full trace ({extra.get('distinct_sizes_in_trace', '?')} sizes): "
+            f"~{_num(extra.get('estimated_compile_seconds_full_trace'), '{:.0f}')} s, EXTRAPOLATED",
+            gpu, deep_ep, data.get("profile", "?"), _src(path)])
+    return rows
+
+
+def aot_rows() -> list[list[str]]:
+    rows = []
+    for folder in sorted(p for p in RESULTS.iterdir() if p.is_dir()):
+        path = folder / "aot_warmup.json"
+        data = _load(path)
+        if not data:
+            continue
+        rows.append([f"AOT warmup, no GPU ({data['num_variants']} variants, --jobs {data['jobs']})",
+                     f"{data['wall_seconds']:.1f} s wall", f"nvcc time summed {data['compile_seconds_sum']:.1f} s; "
+                     f"second run {data['second_run_wall_seconds']:.2f} s (all cached)",
+                     f"{folder.name} ({data.get('cpu_model', '?')}, {data.get('cpu_count', '?')} cores)",
+                     data.get("deep_ep_api", "?"), data.get("profile", "?"), _src(path)])
+    return rows
+
+
 def table() -> str:
     header = ["Benchmark", "Result", "Compared with", "Machine", "DeepEP", "Profile", "Source"]
-    rows = decode_rows() + readiness_rows() + overhead_rows() + storm_rows()
+    rows = (live_proof_rows() + readiness_rows() + aot_rows() + decode_rows() + overhead_rows()
+            + storm_rows())
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in rows]
     return "\n".join(lines)

@@ -44,3 +44,10 @@ def test_runtime_overhead_cpu_part_writes_its_json(tmp_path):
 def test_report_renders_the_table_from_committed_results():
     done = _run("benchmarks/report.py", "--print")
     assert "| Benchmark |" in done.stdout and "Storm" in done.stdout
+
+
+def test_readme_performance_table_is_generated_from_the_results():
+    """No figure in the README is typed by hand: regenerating the table changes nothing."""
+    done = subprocess.run([sys.executable, "benchmarks/report.py", "--check"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, "README's Performance table is stale: run python benchmarks/report.py"
