@@ -45,14 +45,17 @@ def _align(value: int, to: int) -> int:
 
 
 def token_layout_num_bytes(num_hidden_bytes: int, num_sf_bytes: int, num_topk: int,
-                           with_metadata: bool, with_mbarrier: bool) -> int:
-    """``layout::TokenLayout(...).get_num_bytes<with_mbarrier>()`` of DeepEP 2.5."""
+                           with_metadata: bool, with_mbarrier: bool, *, rdma_alignment: int = _RDMA_ALIGNMENT) -> int:
+    """``layout::TokenLayout(...).get_num_bytes<with_mbarrier>()`` of DeepEP 2.5.
+
+    DeepEP 2.1's layout is the same without the 64-byte RDMA alignment (``rdma_alignment=1``).
+    """
     if num_hidden_bytes % _TMA_ALIGNMENT:
         raise ValueError(f"num_hidden_bytes={num_hidden_bytes} is not a multiple of {_TMA_ALIGNMENT} "
                          "(DeepEP asserts it)")
     num_metadata_bytes = num_topk * 8 + ((1 + num_topk) * 4 if with_metadata else 0)
     data = _align(_align(num_hidden_bytes, _TMA_ALIGNMENT) + _align(num_sf_bytes, _TMA_ALIGNMENT)
-                  + _align(num_metadata_bytes, _TMA_ALIGNMENT), _RDMA_ALIGNMENT)
+                  + _align(num_metadata_bytes, _TMA_ALIGNMENT), rdma_alignment)
     return data + _align(_MBARRIER_BYTES if with_mbarrier else 0, _TMA_ALIGNMENT)
 
 

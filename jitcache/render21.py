@@ -41,7 +41,8 @@ from typing import Any
 
 from .errors import ProfileError
 from .profiles import Profile
-from .render import RenderedKernel, TargetFacts, _fmt, _require
+from .render import (_MAX_CHANNELS_PER_SM, _NUM_NOTIFY_WARPS, _SF_PACK_BYTES, RenderedKernel, TargetFacts, _align,
+                     _fmt, _notify_smem_bytes, _require, token_layout_num_bytes)
 from .variants import KernelVariant, WarmupPlan
 
 __all__ = ["SOURCE_TEMPLATE21", "render_barrier21", "render_plan21", "render_variant21", "target_facts21",
@@ -51,32 +52,14 @@ __all__ = ["SOURCE_TEMPLATE21", "render_barrier21", "render_plan21", "render_var
 SOURCE_TEMPLATE21 = ("\n#include <deep_ep/impls/{header}.cuh>\n\nusing namespace deep_ep::elastic;\n\n"
                      "static void __instantiate_kernel() {{\n    auto ptr = reinterpret_cast<void*>(&{call});\n}}\n")
 
-_TMA_ALIGNMENT = 32
-_SF_PACK_BYTES = 4      # sizeof(sf_pack_t)
-_MBARRIER_BYTES = 8     # sizeof(ptx::mbarrier); aligned up to 32 either way
-_NUM_NOTIFY_WARPS = 4
-_MAX_CHANNELS_PER_SM = 8
 _BARRIER_THREADS = 512
-
-
-def _align(value: int, to: int) -> int:
-    return -(-value // to) * to
 
 
 def token_layout_num_bytes21(num_hidden_bytes: int, num_sf_bytes: int, num_topk: int,
                              with_metadata: bool, with_mbarrier: bool) -> int:
-    """``layout::TokenLayout(...).get_num_bytes<with_mbarrier>()`` of DeepEP 2.1."""
-    if num_hidden_bytes % _TMA_ALIGNMENT:
-        raise ValueError(f"num_hidden_bytes={num_hidden_bytes} is not a multiple of {_TMA_ALIGNMENT} "
-                         "(DeepEP asserts it)")
-    num_metadata_bytes = num_topk * 8 + ((1 + num_topk) * 4 if with_metadata else 0)
-    return (_align(num_hidden_bytes, _TMA_ALIGNMENT) + _align(num_sf_bytes, _TMA_ALIGNMENT)
-            + _align(num_metadata_bytes, _TMA_ALIGNMENT) + _align(_MBARRIER_BYTES if with_mbarrier else 0,
-                                                                  _TMA_ALIGNMENT))
-
-
-def _notify_smem_bytes(num_ranks: int, num_experts: int) -> int:
-    return _align(num_ranks + num_experts, _NUM_NOTIFY_WARPS * 32) * 4
+    """``layout::TokenLayout(...).get_num_bytes<with_mbarrier>()`` of DeepEP 2.1: 2.5's without RDMA alignment."""
+    return token_layout_num_bytes(num_hidden_bytes, num_sf_bytes, num_topk, with_metadata, with_mbarrier,
+                                  rdma_alignment=1)
 
 
 def _dispatch_layout(hidden_bytes: int, sf_packs: int, topk: int) -> int:
