@@ -179,6 +179,13 @@ def aot_rows() -> list[list[str]]:
                      f"second run {data['second_run_wall_seconds']:.2f} s (all cached)",
                      f"{folder.name} ({data.get('cpu_model', '?')}, {data.get('cpu_count', '?')} cores)",
                      data.get("deep_ep_api", "?"), data.get("profile", "?"), _src(path)])
+        path = folder / "aot_concurrent.json"
+        data = _load(path)
+        if data:
+            rows.append([f"{data['processes']} AOT warmups of one cache at once",
+                         f"{data['compiles_counted']} compiles for {data['planned_entries']} entries, "
+                         f"{data['wall_seconds']:.0f} s", f"each compiled once: {data['every_variant_compiled_once']}",
+                         folder.name, "2.5", data.get("profile", "?"), _src(path)])
     return rows
 
 
