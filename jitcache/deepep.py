@@ -60,6 +60,7 @@ _PACKAGES = ("deep_ep", "deep_ep_v25")
 _SHARED_POSITIONAL = ("topk_idx", "topk_weights", "cumulative_local_expert_recv_stats", "num_experts",
                       "num_max_tokens_per_rank", "expert_alignment", "num_sms", "num_qps")
 _NMAX_POSITION = _SHARED_POSITIONAL.index("num_max_tokens_per_rank")
+_NUM_SMS_POSITION = _SHARED_POSITIONAL.index("num_sms")
 
 
 # -- detection --------------------------------------------------------------------------------
@@ -216,6 +217,11 @@ class BucketedDispatcher:
     directory (matched against the profile when there is one). A dispatch to a
     bucket outside that set is a miss: logged once per bucket and counted; with
     ``strict=True`` it raises :class:`ColdVariantError` before DeepEP is called.
+
+    With a profile whose ``[deep_ep] num_sms`` is set, a dispatch that leaves
+    ``num_sms`` at 0 (DeepEP's "choose for me", a bandwidth model at EP>1) gets
+    the profile's value: ``num_sms`` is a template argument, and the warmup
+    compiled the kernels for that value.
     """
 
     def __init__(self, buffer: Any, policy: BucketPolicy | Profile | str, strict: bool = False,
@@ -224,6 +230,7 @@ class BucketedDispatcher:
         self.api = buffer_api(buffer)
         self.policy, self.profile = _as_policy(policy)
         self.strict = bool(strict)
+        self.num_sms = self.profile.deep_ep.num_sms if self.profile is not None else 0
         self._dispatch = _target if _target is not None else _original_bound_dispatch(buffer)
         self._warm = set(self._resolve_warm(warm))
         self._warned: set[int] = set()
@@ -278,6 +285,12 @@ class BucketedDispatcher:
             # Beyond the shared prefix the two APIs differ: name every argument once (slow, rare).
             kwargs = _name_arguments(self._dispatch, args, kwargs)
             args = ()
+        if self.num_sms:
+            if len(args) > _NUM_SMS_POSITION:
+                if not args[_NUM_SMS_POSITION]:
+                    args = args[:_NUM_SMS_POSITION] + (self.num_sms,) + args[_NUM_SMS_POSITION + 1:]
+            elif not kwargs.get("num_sms"):
+                kwargs["num_sms"] = self.num_sms
         if kwargs.get("do_expand", False) or kwargs.get("handle") is not None:
             # Prefill (expanded layout, exact sizes) and cached-handle dispatches keep their value:
             # a cached handle fixes num_max_tokens_per_rank itself.
