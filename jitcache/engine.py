@@ -38,6 +38,8 @@ __all__ = [
     "WarmupReport",
     "live_warmup_cli",
     "load_report",
+    "init_single_rank_group",
+    "init_torchrun_group",
     "make_buffer",
     "report_path",
     "warmup",
@@ -464,6 +466,24 @@ def init_single_rank_group(device: int = 0) -> None:
     dist.all_reduce(torch.ones(1, device="cuda"))
 
 
+def init_torchrun_group() -> int:
+    """Under torchrun (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_*`` set): a group DeepEP can use.
+
+    The same rig lesson as :func:`init_single_rank_group`, for N ranks: the
+    CUDA device from ``LOCAL_RANK`` first, then an eagerly initialised NCCL
+    group on it (``device_id``) and one collective, before any ``EPBuffer``
+    is built. Returns the local rank.
+    """
+    import torch
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+    dist.all_reduce(torch.ones(1, device="cuda"))
+    return local_rank
+
+
 def live_warmup_cli(profile: Profile | str, modes: Sequence[str] | None = None, cache_dir: str | Path | None = None,
                     progress: bool | Callable[[WarmupProgress], None] = True, *, seed: int = 0,
                     read_only_roots: Sequence[str | Path] = (), jobs: int | None = None,
@@ -495,15 +515,17 @@ def live_warmup_cli(profile: Profile | str, modes: Sequence[str] | None = None, 
     created_group = False
     if not dist.is_initialized():
         if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-            dist.init_process_group("nccl")
+            # Not destroyed at the end: destroy_process_group after a multi-rank DeepEP buffer aborts
+            # ("corrupted comm object"); the process exits right after the CLI renders the report.
+            init_torchrun_group()
         elif ep_size == 1:
             init_single_rank_group()
+            created_group = True
         else:
             raise WarmupError(
                 f"profile {prof.name} has ep_size={ep_size}: the live warmup must run on all {ep_size} ranks",
                 hint=(f"torchrun --nnodes {prof.parallel.nodes} --nproc-per-node {prof.parallel.ranks_per_node} "
                       f"-m jitcache.cli.app warmup --profile {prof.name}; or {_aot_hint(prof)}"))
-        created_group = True
     try:
         world = dist.get_world_size()
         if world != ep_size:
