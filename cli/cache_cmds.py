@@ -243,7 +243,9 @@ def export_cmd(
 
 def import_cmd(
     bundle: Path = typer.Argument(..., help="A bundle written by `jitcache export`."),
-    force: bool = typer.Option(False, "--force", help="Import even if built for another nvcc/DeepEP/Triton."),
+    force: bool = typer.Option(False, "--force", help="Import even if built for another nvcc/DeepEP/Triton/arch."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="The serving GPU's arch (e.g. sm_90a): refuse cubins "
+                                                             "built for another one."),
     cache_dir: Optional[Path] = CACHE_DIR,
     deep_ep_dir: Optional[Path] = DEEP_EP_DIR,
     fmt: Format = FORMAT,
@@ -251,7 +253,7 @@ def import_cmd(
     """Verify a bundle completely, then publish each entry atomically (identical ones are skipped)."""
     root = _root(cache_dir, deep_ep_dir)
     out = Output(fmt)
-    result = import_bundle(root, bundle, force=force, on_wait=_waiting(out))
+    result = import_bundle(root, bundle, force=force, target_arch=arch, on_wait=_waiting(out))
     for mismatch in result.forced_mismatches:
         out.warn(f"imported despite a mismatch ({mismatch})")
     for name in result.conflicts:

@@ -171,6 +171,22 @@ def test_fingerprint_mismatch_needs_force(tmp_path, bundle):
     assert len(result.published) == 17 and result.forced_mismatches
 
 
+def test_bundle_for_another_arch_needs_force(tmp_path, bundle):
+    target = resolve_root(tmp_path / "t")
+    with pytest.raises(BundleError, match=r"archs: bundle \['sm_90a'\], target here \['sm_100a'\]"):
+        import_bundle(target, bundle.path, target_arch="sm_100a")
+    assert _tree(target.ensure()) == {}
+    assert len(import_bundle(target, bundle.path, target_arch="sm_90a").published) == 17
+
+
+def test_bundle_unpacking_past_the_limit_is_refused(tmp_path, bundle, monkeypatch):
+    monkeypatch.setenv("JITCACHE_IMPORT_MAX_BYTES", "1000")
+    target = resolve_root(tmp_path / "t")
+    with pytest.raises(BundleError, match="unpacks to more than 1000 bytes"):
+        import_bundle(target, bundle.path)
+    assert _tree(target.ensure()) == {}
+
+
 def test_failure_while_publishing_takes_back_everything(tmp_path, bundle):
     target = resolve_root(tmp_path / "t").ensure()
     calls = []

@@ -93,10 +93,19 @@ def environment_fingerprint(entries: Iterable[CacheEntry] = ()) -> dict[str, Any
 
 
 def fingerprint_mismatches(bundle: dict[str, Any], local: dict[str, Any]) -> list[str]:
-    """Fields known on both sides that differ. ``archs`` are what the bundle holds, not compared here."""
-    return [f"{name}: bundle {bundle.get(name)!r}, here {local.get(name)!r}"
-            for name in ("nvcc", "deep_ep", "triton")
-            if bundle.get(name) and local.get(name) and bundle.get(name) != local.get(name)]
+    """Fields known on both sides that differ.
+
+    ``archs``: the bundle's cubins must all be for the target's arch(s) when
+    those are known here (``jitcache import --arch``); a machine without a GPU
+    cannot tell its target on its own.
+    """
+    found = [f"{name}: bundle {bundle.get(name)!r}, here {local.get(name)!r}"
+             for name in ("nvcc", "deep_ep", "triton")
+             if bundle.get(name) and local.get(name) and bundle.get(name) != local.get(name)]
+    theirs, ours = set(bundle.get("archs") or ()), set(local.get("archs") or ())
+    if theirs and ours and not theirs <= ours:
+        found.append(f"archs: bundle {sorted(theirs)}, target here {sorted(ours)}")
+    return found
 
 
 # -- export -----------------------------------------------------------------------------------
@@ -245,11 +254,18 @@ def _valid_entry_name(tree: Any, name: Any) -> bool:
     return bool(classify_deep_ep_name(name)) if tree == "deep_ep" else bool(TRITON_KEY.match(name))
 
 
+#: A bundle may unpack to at most this many bytes (tar headers' sizes, checked before each file is written):
+#: kernels are kilobytes to megabytes, so this only stops a decompression bomb filling the disk.
+_MAX_BYTES_ENV = "JITCACHE_IMPORT_MAX_BYTES"
+_MAX_BYTES_DEFAULT = 16 << 30
+
+
 def _stage(bundle: Path, staging: Path) -> dict[str, Any]:
     """Extract safely into ``staging/<tree>/<entry>/``; return the manifest (checked later)."""
     import zstandard
 
     manifest = None
+    extracted, limit = 0, int(os.environ.get(_MAX_BYTES_ENV, _MAX_BYTES_DEFAULT))
     try:
         with open(bundle, "rb") as raw:
             reader = zstandard.ZstdDecompressor().stream_reader(raw)
@@ -262,6 +278,10 @@ def _stage(bundle: Path, staging: Path) -> dict[str, Any]:
                         kind = ("symlink" if member.issym() else "hard link" if member.islnk() else
                                 "device file" if member.isdev() else "special file")
                         raise BundleError(f"{bundle}: member {member.name!r} is a {kind}; refused", path=bundle)
+                    extracted += member.size
+                    if extracted > limit:
+                        raise BundleError(f"{bundle}: unpacks to more than {limit} bytes "
+                                          f"({_MAX_BYTES_ENV} sets the limit); refused", path=bundle)
                     source = tar.extractfile(member)
                     assert source is not None
                     if target is None:
@@ -364,10 +384,13 @@ def _rewrite_triton_groups(directory: Path, final: Path) -> None:
         group.write_text(json.dumps(data))
 
 
-def import_bundle(root: CacheRoot, bundle: str | Path, *, force: bool = False,
+def import_bundle(root: CacheRoot, bundle: str | Path, *, force: bool = False, target_arch: str | None = None,
                   on_wait: Callable[[LockHolder], None] | None = None, timeout: float | None = None,
                   _after_publish: Callable[[str], None] | None = None) -> ImportResult:
-    """Import ``bundle`` into ``root``: verify everything, then publish entry by entry (see module doc)."""
+    """Import ``bundle`` into ``root``: verify everything, then publish entry by entry (see module doc).
+
+    ``target_arch`` (``sm_90a``) makes a bundle whose cubins are for another arch a mismatch.
+    """
     bundle = Path(bundle).expanduser().absolute()
     if not bundle.is_file():
         raise BundleError(f"{bundle}: no such bundle file", path=bundle)
@@ -379,10 +402,13 @@ def import_bundle(root: CacheRoot, bundle: str | Path, *, force: bool = False,
         manifest = _stage(bundle, staging)
         entries = _check_staged(bundle, staging, manifest)
         fingerprint = manifest.get("fingerprint") or {}
-        mismatches = fingerprint_mismatches(fingerprint, environment_fingerprint())
+        local = environment_fingerprint()
+        if target_arch:
+            local["archs"] = [target_arch]
+        mismatches = fingerprint_mismatches(fingerprint, local)
         if mismatches and not force:
             raise BundleError(f"{bundle}: built for another environment: {'; '.join(mismatches)}", path=bundle,
-                              hint="pass --force to import anyway (entries for another compiler are never hit)")
+                              hint="pass --force to import anyway (entries for another compiler or GPU are never hit)")
         if any(e["backend"] == "triton" for e in entries) and root.triton_dir is None:
             raise BundleError(f"{bundle}: holds Triton entries, but {root.path} is a bare DeepEP cache", path=bundle)
         result = {"published": [], "identical": [], "conflicts": [], "lost_race": []}
