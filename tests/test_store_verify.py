@@ -50,6 +50,10 @@ def test_verify_finds_every_corruption(filled_root, cubins):
     (old / "kernel.cu").write_text("half")
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     (filled_root.deep_ep_dir / "tmp" / "fresh").mkdir()
+    # and a jitcache Triton build that died (kill -9 of an AOT worker)
+    dead_triton = filled_root.triton_dir / "tmp" / "jitcache-0123456789abcdef"
+    dead_triton.mkdir(parents=True)
+    os.utime(dead_triton, (time.time() - 7200, time.time() - 7200))
 
     result = verify(filled_root)
     found = {}
@@ -60,8 +64,8 @@ def test_verify_finds_every_corruption(filled_root, cubins):
         assert code in found.get(name, set()), (name, code, found.get(name))
     assert not result.ok
     orphans = [p for p in result.problems if p.code == "orphan_build"]
-    assert [p.path for p in orphans] == [str(old)]
-    assert len(result.moves) == len(expected) + 1
+    assert sorted(p.path for p in orphans) == sorted([str(old), str(dead_triton)])
+    assert len(result.moves) == len(expected) + 2
     data = result.to_dict()
     assert data["schema"] == 1 and data["errors"] >= len(expected)
     json.dumps(data)

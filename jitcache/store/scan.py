@@ -106,10 +106,12 @@ def scan_deep_ep(directory: str | Path, *, check_cubins: bool = True,
 
 def scan_triton(directory: str | Path, *, check_cubins: bool = True,
                 orphan_age: float = ORPHAN_AGE_S) -> tuple[tuple[CacheEntry, ...], tuple[Problem, ...]]:
-    """Every key directory of a Triton cache, and Triton's leftover ``tmp.pid_*`` write directories."""
+    """Every key directory of a Triton cache, Triton's leftover ``tmp.pid_*`` write directories,
+    and jitcache's own dead build directories under ``tmp/``."""
     directory = Path(directory)
-    entries, problems = [], []
+    entries: list[CacheEntry] = []
     now = time.time()
+    problems = _orphans(directory / "tmp", now, orphan_age)
     if directory.is_dir():
         for child in sorted(directory.iterdir()):
             if not child.is_dir() or child.is_symlink() or not TRITON_KEY.match(child.name):
