@@ -1,0 +1,181 @@
+"""The N-rank code of benchmarks/gpu_multi_proof.py that runs without a GPU.
+
+- the trace's per-step DP-uniform bucket, on a real 2-process gloo group: each
+  rank draws its own token counts, all-gathers them, and both ranks pick the
+  same bucket every step (and hand it to DeepEP's double through a strict
+  BucketedDispatcher); a stop flag raised by one rank stops both at the same step;
+- the merge/report of the per-rank parts, with fake parts (finished, missing,
+  failed, hung ranks; an entry compiled twice).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+BENCH = TESTS.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import gpu_multi_proof as proof  # noqa: E402
+
+
+# -- pure helpers --------------------------------------------------------------------------------
+
+
+def test_trace_sizes_differ_per_rank_and_cover_every_bucket():
+    from jitcache.buckets import BucketPolicy
+
+    policy = BucketPolicy(8192)
+    a, b = (proof.trace_sizes(2000, 1234, r, 8192) for r in (0, 1))
+    assert a != b and all(1 <= n <= 8192 for n in a + b)
+    assert {policy.bucket(n) for n in a} == set(policy.buckets())
+    assert proof.trace_sizes(2000, 1234, 0, 8192) == a  # deterministic
+    assert all(1 <= n <= 64 for n in proof.trace_sizes(100, 1, 3, 64, "uniform"))
+
+
+def test_child_env_hosts_its_own_store_on_the_new_port(monkeypatch):
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("EP_JIT_CACHE_DIR", "/somewhere")
+    env = proof._child_env(45678)
+    assert env["MASTER_PORT"] == "45678" and env["MASTER_ADDR"] == "127.0.0.1"
+    assert "TORCHELASTIC_USE_AGENT_STORE" not in env and "EP_JIT_CACHE_DIR" not in env
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(proof.REPO)
+
+
+# -- the DP-uniform bucket on a real 2-process gloo group --------------------------------------------
+
+_RANK = textwrap.dedent("""
+    import json, os, sys
+    sys.path[:0] = [sys.argv[1], sys.argv[2]]
+    import torch.distributed as dist
+    import fake_deep_ep as fake
+    import gpu_multi_proof as proof
+    from jitcache.buckets import BucketPolicy
+    from jitcache.deepep import BucketedDispatcher
+
+    store, rank, out = sys.argv[3], int(sys.argv[4]), sys.argv[5]
+    dist.init_process_group("gloo", init_method=f"file://{store}", world_size=2, rank=rank)
+    policy = BucketPolicy(256)
+    buf = fake.EPBuffer(group=dist.group.WORLD, num_max_tokens_per_rank=256, hidden=64, num_topk=2)
+    dispatcher = BucketedDispatcher(buf, policy, strict=True, warm=policy.buckets())
+    sizes = proof.trace_sizes(120, 7, rank, 256)
+    record = {"rank": rank, "sizes": [], "across": [], "buckets": [], "nmax": [], "stopped_at": None}
+    for step, n in enumerate(sizes):
+        across, stop = proof.gather_counts(n, rank == 1 and step == 100)
+        if stop:
+            record["stopped_at"] = step
+            break
+        bucket = policy.for_dp(across)
+        dispatcher.dispatch(fake.Rows(n, 64), topk_idx=fake.Rows(n, 2), topk_weights=fake.Rows(n, 2),
+                            num_experts=8, num_tokens_across_dp=across, do_cpu_sync=False)
+        record["sizes"].append(n)
+        record["across"].append(across)
+        record["buckets"].append(bucket)
+        record["nmax"].append(buf.calls[-1]["num_max_tokens_per_rank"])
+    record["misses"] = dispatcher.stats().total_misses
+    record["digest"] = proof.bucket_digest(record["buckets"])
+    json.dump(record, open(out, "w"))
+    dist.destroy_process_group()
+""")
+
+
+def test_two_gloo_ranks_pick_the_same_dp_uniform_bucket_every_step_and_stop_together(tmp_path):
+    pytest.importorskip("torch")
+    env = {**os.environ, "JITCACHE_STATS": "0", "EP_JIT_CACHE_DIR": str(tmp_path / "dj")}
+    outs = [tmp_path / f"rank{r}.json" for r in (0, 1)]
+    procs = [subprocess.Popen([sys.executable, "-c", _RANK, str(TESTS), str(BENCH), str(tmp_path / "store"), str(r),
+                               str(outs[r])], env=env) for r in (0, 1)]
+    assert [p.wait(timeout=180) for p in procs] == [0, 0]
+    r0, r1 = (json.loads(o.read_text()) for o in outs)
+    # rank 1 raised its stop flag in step 100's gather: that step already returns it, on both ranks
+    assert r0["stopped_at"] == r1["stopped_at"] == 100
+    assert r0["sizes"] != r1["sizes"]                                   # each rank its own token counts
+    assert r0["across"] == r1["across"] == [[a, b] for a, b in zip(r0["sizes"], r1["sizes"])]
+    assert r0["buckets"] == r1["buckets"] and r0["digest"] == r1["digest"]
+    assert r0["buckets"] == [1 << max(max(a, b) - 1, 0).bit_length() for a, b in r0["across"]]
+    assert r0["nmax"] == r0["buckets"] and r1["nmax"] == r1["buckets"]  # what DeepEP was given
+    assert r0["misses"] == r1["misses"] == 0
+
+
+# -- merge / report ------------------------------------------------------------------------------------
+
+
+def _part(out, phase, rank, **data):
+    proof.write_json(proof.part_path(out, phase, rank), {"phase": phase, "rank": rank, "world_size": 2, **data})
+
+
+def _happy(out):
+    shared = {"entries": 57, "variants": 56, "variants_missing": 0, "every_variant_exactly_once": True}
+    _part(out, "live", 0, ok=True, wall_seconds=190.0, compile_cpu_seconds=700.0, process_cpu_seconds=50.0,
+          shared_cache=shared)
+    _part(out, "live", 1, ok=True, wall_seconds=191.0, compile_cpu_seconds=690.0, process_cpu_seconds=48.0)
+    for r in (0, 1):
+        _part(out, "lazy", r, ok=True, wall_seconds=185.0 + r, compile_cpu_seconds=700.0, process_cpu_seconds=45.0,
+              entries_after=57)
+    entries = [f"k{i}" for i in range(5)]
+    for r in (0, 1):
+        results = [{"entry": e, "status": "compiled" if i % 2 == r else "cached"} for i, e in enumerate(entries)]
+        _part(out, "aot", r, ok=True, wall_seconds=20.0, cli_process_tree_cpu_seconds=150.0,
+              report={"ok": True, "num_variants": 5, "results": results},
+              **({"aot_entries_equal_live_entries": True} if r == 0 else {}))
+    for r in (0, 1):
+        _part(out, "trace", r, ok=True, steps_planned=2000, steps=2000, recv_equal=2000, combined_equal=2000,
+              handle_bucket_ok=2000, errors=0, misses=0, refused=0, new_cache_entries=[], bucket_digest="abc",
+              cache_used="live")
+
+
+def test_merge_of_a_complete_run(tmp_path):
+    _happy(tmp_path)
+    merged = proof.merge(tmp_path, 2)
+    s = merged["summary"]
+    assert s["phases_present"] == ["live", "lazy", "aot", "trace"] and s["phases_absent"] == []
+    assert s["live_every_rank_finished"] and s["live_every_variant_exists_once"]
+    assert s["live_compile_cpu_seconds"] == 1390.0 and s["lazy_compile_cpu_seconds"] == 1400.0
+    assert s["live_over_lazy_compile_cpu"] == round(1390 / 1400, 3)
+    assert s["aot_union_equals_plan"] and s["aot_compiled_per_rank"] == {"0": 3, "1": 2}
+    assert s["aot_entries_equal_live_entries"] is True
+    assert s["trace_passed"] and s["trace_new_cache_entries"] == 0 and s["trace_misses"] == 0
+    assert s["trace_buckets_agree"] and s["trace_all_identical"] and s["trace_no_hang"]
+    live = merged["phases"]["live"]["summary"]
+    assert live["ranks_that_ran_nvcc"] == [0, 1] and "lockstep" in live["note"]
+    assert "its own empty EP_JIT_CACHE_DIR" in merged["phases"]["lazy"]["summary"]["note"]
+    assert set(merged["phases"]["trace"]["ranks"]) == {"0", "1"}
+
+
+def test_merge_shows_missing_failed_hung_and_duplicated_work(tmp_path):
+    _happy(tmp_path)
+    proof.part_path(tmp_path, "lazy", 1).unlink()                        # a rank that left nothing
+    _part(tmp_path, "live", 1, ok=False, error="WarmupError: boom")      # a rank that failed
+    _part(tmp_path, "trace", 1, ok=False, steps_planned=2000, steps=731, recv_equal=731, combined_equal=731,
+          errors=0, misses=0, new_cache_entries=[], bucket_digest="abc",
+          watchdog={"reason": "no progress for 121 s", "stage": "step 731: direct dispatch"})
+    aot = json.loads(proof.part_path(tmp_path, "aot", 1).read_text())
+    aot["report"]["results"][0]["status"] = "compiled"                   # k0: compiled on both ranks
+    proof.write_json(proof.part_path(tmp_path, "aot", 1), aot)
+    (tmp_path / "parts" / "trace.rank9.json").write_text("{not json")     # unreadable: reported, not fatal
+
+    merged = proof.merge(tmp_path, 2)
+    s, phases = merged["summary"], merged["phases"]
+    assert s["live_every_rank_finished"] is False and phases["live"]["summary"]["ranks_failed"] == [1]
+    assert s["lazy_every_rank_finished"] is False and phases["lazy"]["summary"]["ranks_missing"] == [1]
+    assert phases["aot"]["summary"]["compiled_twice"] == ["k0"] and s["aot_union_equals_plan"] is False
+    trace = phases["trace"]["summary"]
+    assert s["trace_passed"] is False and s["trace_no_hang"] is False
+    assert trace["watchdog"]["1"]["stage"] == "step 731: direct dispatch"
+    assert trace["all_steps_done"] is False and trace["steps_done_per_rank"]["1"] == 731
+    assert phases["trace"]["ranks"]["9"]["ok"] is False
+
+
+def test_merge_only_cli_writes_the_report(tmp_path, capsys):
+    _happy(tmp_path)
+    assert proof.main(["--merge-only", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / proof.MERGED).read_text())
+    assert data["summary"]["trace_passed"] is True and data["phases"]["aot"]["summary"]["num_variants"] == 5
+    assert json.loads(capsys.readouterr().out)["trace_passed"] is True
