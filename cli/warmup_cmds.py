@@ -13,7 +13,6 @@ from typing import Optional
 import typer
 
 from jitcache.errors import CompileError, UsageError
-
 from jitcache.profiles import DEFAULT_PROFILE
 
 from .output import Format, Output
