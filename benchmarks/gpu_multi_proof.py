@@ -176,6 +176,11 @@ def _sum(ranks: dict[int, dict], key: str) -> float | None:
     return round(sum(values), 3) if values and all(isinstance(v, (int, float)) for v in values) else None
 
 
+def _max(ranks: dict[int, dict], key: str) -> float | None:
+    values = [r.get(key) for r in ranks.values() if isinstance(r.get(key), (int, float))]
+    return max(values) if values else None
+
+
 def summarize_live(ranks: dict[int, dict], world: int | None, *, note: str) -> dict:
     expected, missing, failed = _ranks_view(ranks, world)
     shared = next((r["shared_cache"] for _, r in sorted(ranks.items()) if r.get("shared_cache")), None)
@@ -183,7 +188,7 @@ def summarize_live(ranks: dict[int, dict], world: int | None, *, note: str) -> d
         "note": note, "cpu_note": CPU_NOTE,
         "ranks": len(expected), "ranks_missing": missing, "ranks_failed": failed,
         "every_rank_finished": not missing and not failed,
-        "wall_seconds_max": max((r.get("wall_seconds") or 0 for r in ranks.values()), default=None),
+        "wall_seconds_max": _max(ranks, "wall_seconds"),
         "compile_cpu_seconds_total": _sum(ranks, "compile_cpu_seconds"),
         "process_cpu_seconds_total": _sum(ranks, "process_cpu_seconds"),
         "compile_cpu_seconds_per_rank": {str(k): v.get("compile_cpu_seconds") for k, v in sorted(ranks.items())},
@@ -212,7 +217,7 @@ def summarize_aot(ranks: dict[int, dict], world: int | None) -> dict:
     summary = {
         "ranks": len(expected), "ranks_missing": missing, "ranks_failed": failed,
         "every_rank_finished": not missing and not failed,
-        "wall_seconds_max": max((d.get("wall_seconds") or 0 for d in ranks.values()), default=None),
+        "wall_seconds_max": _max(ranks, "wall_seconds"),
         "num_variants": num_variants.pop() if len(num_variants) == 1 else sorted(num_variants),
         "compiled_per_rank": {str(k): sum(1 for res in (v.get("report") or {}).get("results", [])
                                           if res.get("status") == "compiled") for k, v in sorted(ranks.items())},

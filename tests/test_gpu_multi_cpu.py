@@ -179,3 +179,50 @@ def test_merge_only_cli_writes_the_report(tmp_path, capsys):
     data = json.loads((tmp_path / proof.MERGED).read_text())
     assert data["summary"]["trace_passed"] is True and data["phases"]["aot"]["summary"]["num_variants"] == 5
     assert json.loads(capsys.readouterr().out)["trace_passed"] is True
+
+
+# -- the driver under torchrun, and the watchdog (no GPU: the children fail where CUDA starts) -------------
+
+_HANG = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, sys.argv[1])
+    import gpu_multi_proof as proof
+    dog = proof.Watchdog(proof.part_path(sys.argv[2], "trace", 0), {"phase": "trace", "rank": 0}, 60, 0.5)
+    dog.partial["steps_reached"] = 17
+    dog.beat("step 17: direct dispatch")
+    time.sleep(30)  # a hang: the watchdog writes the part and exits 3
+""")
+
+
+def test_watchdog_turns_a_hang_into_a_part_that_says_where(tmp_path):
+    done = subprocess.run([sys.executable, "-c", _HANG, str(BENCH), str(tmp_path)], timeout=30)
+    assert done.returncode == 3
+    part = json.loads(proof.part_path(tmp_path, "trace", 0).read_text())
+    assert part["ok"] is False and part["steps_reached"] == 17
+    assert part["watchdog"]["stage"] == "step 17: direct dispatch" and "no progress" in part["watchdog"]["reason"]
+
+
+def test_drivers_under_torchrun_run_every_rank_and_merge_what_each_wrote(tmp_path):
+    pytest.importorskip("torch")
+    out, work = tmp_path / "out", tmp_path / "work"
+    stale = proof.part_path(out, "live", 5)
+    proof.write_json(stale, {"ok": True})  # a part of an earlier run of this phase: removed before it starts
+    env = {**os.environ, "JITCACHE_STATS": "0", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+         str(proof._free_port()), str(BENCH / "gpu_multi_proof.py"), "--profile", "h200x2-ep2", "--out", str(out),
+         "--work", str(work), "--phases", "trace,live", "--budget", "live=60", "--budget", "trace=60"],
+        env=env, capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not stale.exists()
+    merged = json.loads((out / proof.MERGED).read_text())
+    assert merged["summary"]["phases_present"] == ["live", "trace"] and merged["world_size"] == 2
+    for phase in ("live", "trace"):
+        ranks = merged["phases"][phase]["ranks"]
+        assert set(ranks) == {"0", "1"}
+        for rank, part in ranks.items():
+            # no GPU here: each rank's child failed where CUDA starts, said so, and exited cleanly
+            assert part["ok"] is False and part["rank"] == int(rank) and part["world_size"] == 2
+            assert part["exit_code"] == 0 and part["driver_timed_out"] is False and part["stage"] == "init NCCL"
+        assert merged["phases"][phase]["summary"]["ranks_failed"] == [0, 1]
+    assert merged["summary"]["trace_passed"] is False
