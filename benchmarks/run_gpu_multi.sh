@@ -46,7 +46,7 @@ if [ "$PHASES" = pytest ]; then
 fi
 
 echo "run_gpu_multi: $PHASES on $N ranks, profile $PROFILE ($(date +%T))"
-timeout 570 torchrun --nproc-per-node "$N" --master-port 29511 benchmarks/gpu_multi_proof.py \
+timeout 570 python3 -m torch.distributed.run --nproc-per-node "$N" --master-port 29511 benchmarks/gpu_multi_proof.py \
   --profile "$PROFILE" --phases "$PHASES" --out "$BASE/out" --work "$BASE/work" \
   2>&1 | tee -a "$BASE/out/multi_proof.log"
 status=${PIPESTATUS[0]}
