@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
+import traceback
 from pathlib import Path
+from typing import Any, Callable
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -33,3 +36,29 @@ def write_result(name: str, data: dict, machine: str | None = None, out_dir: Pat
     path = folder / f"{name}.json"
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
+
+
+def say(message: str) -> None:
+    """A progress line with the time, flushed (device logs come back only as files)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def tensors_equal(a: Any, b: Any) -> bool:
+    """Both ``None``, or the same shape and bit-identical (``torch.equal``)."""
+    import torch  # noqa: PLC0415 - GPU scripts only
+
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and torch.equal(a, b)
+
+
+def run_phase(phases: dict[str, Callable[[Any], dict]], args: Any) -> dict:
+    """Run ``phases[args.phase](args)`` in this (child) process and write its JSON to ``args.phase_out``,
+    whatever happens: the parent must get a result even from a phase that raised."""
+    try:
+        data = {"ok": True, **phases[args.phase](args)}
+    except BaseException as exc:  # noqa: BLE001 - the parent must get a JSON whatever happens
+        data = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    Path(args.phase_out).write_text(json.dumps(data, indent=2, default=str))
+    say(f"phase {args.phase} done: ok={data['ok']}")
+    return data

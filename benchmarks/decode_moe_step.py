@@ -56,7 +56,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from _common import machine_facts, write_result  # noqa: E402
+from _common import machine_facts, say, write_result  # noqa: E402
 
 os.environ.setdefault("JITCACHE_STATS", "0")
 
@@ -65,10 +65,6 @@ SIZES = (1, 4, 16, 64, 256, 1024)
 CAPACITY = 8192
 HIDDEN, INTER, NUM_EXPERTS, NUM_TOPK = 7168, 2048, 256, 8
 MODES = ("valid", "as_received")
-
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 class Bench:

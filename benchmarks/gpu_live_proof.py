@@ -43,10 +43,8 @@ from pathlib import Path
 
 PROFILE = "h200-ep1"
 HERE = Path(__file__).resolve()
-
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+sys.path.insert(0, str(HERE.parent))
+from _common import run_phase as _run_phase, say, tensors_equal as _equal  # noqa: E402
 
 
 def trace_sizes(steps: int, seed: int, cap: int) -> list[int]:
@@ -139,14 +137,6 @@ def _canonical(result):
     order = handle.recv_src_metadata[:valid, 0].argsort()
     pick = lambda t: None if t is None else t[:valid][order]  # noqa: E731
     return pick(recv_x), pick(recv_idx), pick(recv_w), valid
-
-
-def _equal(a, b) -> bool:
-    import torch
-
-    if a is None or b is None:
-        return a is None and b is None
-    return a.shape == b.shape and torch.equal(a, b)
 
 
 def phase_trace(args: argparse.Namespace) -> dict:
@@ -266,12 +256,7 @@ PHASES = {"warmup": phase_warmup, "trace": phase_trace, "raw": phase_raw}
 
 
 def run_phase(args: argparse.Namespace) -> None:
-    try:
-        data = {"ok": True, **PHASES[args.phase](args)}
-    except BaseException as exc:  # noqa: BLE001 - the parent must get a JSON whatever happens
-        data = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-    Path(args.phase_out).write_text(json.dumps(data, indent=2, default=str))
-    say(f"phase {args.phase} done: ok={data['ok']}")
+    _run_phase(PHASES, args)
 
 
 def main(argv: list[str] | None = None) -> int:

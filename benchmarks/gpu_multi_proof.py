@@ -66,6 +66,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))
+from _common import tensors_equal as _equal  # noqa: E402
+
 PHASES = ("live", "lazy", "aot", "trace")
 DEFAULT_BUDGETS = {"live": 300.0, "lazy": 300.0, "aot": 180.0, "trace": 240.0}
 MERGED = "multi_proof.json"
@@ -512,12 +515,6 @@ def _canonical(result):
     return pick(recv_x), pick(recv_idx), pick(recv_w), valid
 
 
-def _equal(a, b) -> bool:
-    import torch
-
-    if a is None or b is None:
-        return a is None and b is None
-    return a.shape == b.shape and torch.equal(a, b)
 
 
 def child_trace(args: argparse.Namespace, dog: Watchdog) -> dict:
@@ -802,8 +799,10 @@ def run_driver(args: argparse.Namespace) -> int:
             say(f"phase {phase}: {json.dumps(merged['phases'].get(phase, {}).get('summary', {}), default=str)[:1500]}")
     if rank == 0:
         say(f"wrote {out / MERGED}: {json.dumps(merge(out, world, meta)['summary'], default=str)}")
-    dist.destroy_process_group()  # gloo only: no DeepEP in the driver
-    return 0
+    dist.barrier()
+    # No gloo teardown: a peer closing its sockets first can abort this process (seen as SIGABRT in CI).
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,16 +42,12 @@ HERE = Path(__file__).resolve()
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(REPO))
-from _common import machine_facts, write_result  # noqa: E402
+from _common import run_phase as _run_phase, machine_facts, say, write_result  # noqa: E402
 
 PROFILE = "h200-ep1"
 INCLUDE_CANDIDATES = ("/tmp/gpu-rig/src/deepinfer_ep-2.5.0/deep_ep/include",
                       str(REPO / ".gpu" / "deps" / "deepinfer_ep-2.5.0.tar.gz"),
                       str(REPO.parent / "shared" / "gpu" / "deepinfer_ep-2.5.0.tar.gz"))
-
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 # -- phases (each in its own process) ------------------------------------------------------------
@@ -157,12 +153,7 @@ PHASES = {"live": phase_live, "aot": phase_aot}
 
 
 def run_phase(args: argparse.Namespace) -> None:
-    try:
-        data = {"ok": True, **PHASES[args.phase](args)}
-    except BaseException as exc:  # noqa: BLE001 - the parent must get a JSON whatever happens
-        data = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-    Path(args.phase_out).write_text(json.dumps(data, indent=2, default=str))
-    say(f"phase {args.phase} done: ok={data['ok']}")
+    _run_phase(PHASES, args)
     os._exit(0)  # never destroy_process_group after DeepEP: it aborts ("corrupted comm object")
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from _common import RESULTS, machine_facts, machine_label, write_result  # noqa: E402
+from _common import RESULTS, machine_facts, machine_label, say, write_result  # noqa: E402
 
 os.environ.setdefault("JITCACHE_STATS", "0")  # no stats files from a benchmark
 
@@ -44,10 +44,6 @@ from jitcache.buckets import BucketPolicy  # noqa: E402
 
 PROFILE = "h200-ep1"
 SIZES = (1, 4, 16, 64, 256, 1024)
-
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 # -- CPU ------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ pytest.importorskip("torch")
 TESTS = Path(__file__).parent
 
 _RANK = textwrap.dedent("""
-    import json, sys
+    import json, os, sys
     sys.path.insert(0, sys.argv[1])
     import torch.distributed as dist
     import fake_deep_ep as fake
@@ -41,7 +41,10 @@ _RANK = textwrap.dedent("""
         result.update(ok=False, error=str(exc))
     result["dispatches"] = len(buf.calls)
     json.dump(result, open(out, "w"))
-    dist.destroy_process_group()
+    # Leave without tearing gloo down: a peer closing its sockets first can abort the other (SIGABRT).
+    dist.barrier()
+    sys.stdout.flush()
+    os._exit(0)
 """)
 
 

@@ -82,7 +82,10 @@ _RANK = textwrap.dedent("""
     record["misses"] = dispatcher.stats().total_misses
     record["digest"] = proof.bucket_digest(record["buckets"])
     json.dump(record, open(out, "w"))
-    dist.destroy_process_group()
+    # Leave without tearing gloo down: a peer closing its sockets first can abort the other (SIGABRT).
+    dist.barrier()
+    sys.stdout.flush()
+    os._exit(0)
 """)
 
 
