@@ -137,6 +137,9 @@ def _variant_params(profile: Profile, family: str, flags: dict[str, bool], nmax:
         "num_experts": m.num_experts,
         "num_topk": m.num_topk,
     }
+    if d.num_sms:
+        # Set by the profile (0 leaves it to DeepEP on the GPU); DeepEP rounds it up to even.
+        common["num_sms"] = d.num_sms + d.num_sms % 2
     if family == "dispatch":
         return {
             "kernel": "hybrid_dispatch_impl" if hybrid else "dispatch_impl",

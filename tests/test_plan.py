@@ -61,3 +61,10 @@ def test_every_builtin_plans(name):
     identities = [v.identity for v in p]
     assert len(identities) == len(set(identities))
     assert p.to_dict()["num_variants"] == len(p)
+
+
+def test_a_profile_num_sms_is_part_of_every_variant():
+    # So that a cache scan does not take kernels built for another SM count as warm.
+    p = plan(load_profile("h200x2-ep2"))
+    assert {v.param_dict["num_sms"] for v in p} == {load_profile("h200x2-ep2").deep_ep.num_sms}
+    assert all("num_sms" not in v.param_dict for v in plan(load_profile("h200-ep1")))  # 0: DeepEP decides

@@ -59,6 +59,17 @@ def test_coverage_of_the_rig_profile(real_root):
     assert {("dispatch", 1), ("dispatch_copy_epilogue", 1)} <= present
 
 
+def test_entries_built_for_another_sm_count_do_not_cover_a_profile_that_sets_it(real_root):
+    from dataclasses import replace
+
+    rig = load_profile("h200-ep1")
+    entries = scan(real_root).entries
+    same = replace(rig, deep_ep=replace(rig.deep_ep, num_sms=132))   # what DeepEP chose on the rig
+    other = replace(rig, deep_ep=replace(rig.deep_ep, num_sms=64))
+    assert len(coverage(plan(same), entries).present) == 16
+    assert coverage(plan(other), entries).present == ()
+
+
 def test_cli_inspect_json(real_root, capsys):
     from jitcache.cli.app import main
     with pytest.raises(SystemExit) as info:
