@@ -19,6 +19,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 
 class FakeEvent:
     def current_stream_wait(self) -> None:
@@ -217,3 +219,18 @@ class ElasticBuffer(_FakeBuffer):
         arguments.pop("self")
         return self._dispatch(x, topk_idx, topk_weights, num_experts, num_max_tokens_per_rank, expert_alignment,
                               num_sms, handle, do_cpu_sync, do_expand, arguments)
+
+
+@pytest.fixture(autouse=True)
+def isolated_deep_ep_env(tmp_path, monkeypatch):
+    """Every runtime test: DeepEP's cache dir and HOME in tmp_path, no stats files, no plugin settings,
+    and nothing left installed afterwards. Test modules import this name to make it active there."""
+    monkeypatch.setenv("JITCACHE_STATS", "0")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("EP_JIT_CACHE_DIR", str(tmp_path / "dj"))
+    for name in ("DJ_JIT_CACHE_DIR", "JITCACHE_PROFILE", "JITCACHE_STRICT"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+    from jitcache import deepep
+
+    deepep.uninstall()

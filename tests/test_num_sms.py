@@ -18,14 +18,9 @@ from jitcache.engine import warmup
 from jitcache.profiles import load_profile, parse_profile
 
 Rows = fake.Rows
+isolated_deep_ep_env = fake.isolated_deep_ep_env  # autouse: see fake_deep_ep
 
 
-@pytest.fixture(autouse=True)
-def _env(tmp_path, monkeypatch):
-    monkeypatch.setenv("JITCACHE_STATS", "0")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("EP_JIT_CACHE_DIR", str(tmp_path / "dj"))
-    monkeypatch.delenv("DJ_JIT_CACHE_DIR", raising=False)
 
 
 def pinned_profile(num_sms=24, cap=16):

@@ -19,14 +19,9 @@ from jitcache.deepep import (
 from jitcache.profiles import parse_profile
 
 Rows = fake.Rows
+isolated_deep_ep_env = fake.isolated_deep_ep_env  # autouse: see fake_deep_ep
 
 
-@pytest.fixture(autouse=True)
-def _env(tmp_path, monkeypatch):
-    monkeypatch.setenv("JITCACHE_STATS", "0")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("EP_JIT_CACHE_DIR", str(tmp_path / "dj"))
-    monkeypatch.delenv("DJ_JIT_CACHE_DIR", raising=False)
 
 
 def small_profile(cap=64, hidden=256, dtype="bf16"):

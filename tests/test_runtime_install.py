@@ -10,17 +10,9 @@ from jitcache import BucketPolicy, ColdVariantError, UsageError
 from jitcache import deepep, plugin
 
 Rows = fake.Rows
+isolated_deep_ep_env = fake.isolated_deep_ep_env  # autouse: see fake_deep_ep
 
 
-@pytest.fixture(autouse=True)
-def _env(tmp_path, monkeypatch):
-    monkeypatch.setenv("JITCACHE_STATS", "0")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("EP_JIT_CACHE_DIR", str(tmp_path / "dj"))
-    monkeypatch.delenv("JITCACHE_PROFILE", raising=False)
-    monkeypatch.delenv("JITCACHE_STRICT", raising=False)
-    yield
-    deepep.uninstall()
 
 
 def args(n):
