@@ -137,9 +137,9 @@ def _variant_params(profile: Profile, family: str, flags: dict[str, bool], nmax:
         "num_experts": m.num_experts,
         "num_topk": m.num_topk,
     }
-    if d.num_sms:
-        # Set by the profile (0 leaves it to DeepEP on the GPU); DeepEP rounds it up to even.
-        common["num_sms"] = d.num_sms + d.num_sms % 2
+    # dispatch and combine run on the SMs serving passes (set by the profile, 0 leaves it to DeepEP on the
+    # GPU; DeepEP rounds it up to even); the two epilogues always run on every SM of the device.
+    sms = {"num_sms": d.num_sms + d.num_sms % 2} if d.num_sms else {}
     if family == "dispatch":
         return {
             "kernel": "hybrid_dispatch_impl" if hybrid else "dispatch_impl",
@@ -149,7 +149,7 @@ def _variant_params(profile: Profile, family: str, flags: dict[str, bool], nmax:
             "hidden_bytes": m.hidden * elem_size,
             "num_sf_packs": num_sf_packs,
             "expert_alignment": d.expert_alignment,
-            **common,
+            **common, **sms,
         }
     if family == "dispatch_copy_epilogue":
         return {
@@ -165,7 +165,7 @@ def _variant_params(profile: Profile, family: str, flags: dict[str, bool], nmax:
     layout = {"use_expanded_layout": flags["do_expand"], "allow_multiple_reduction": d.allow_multiple_reduction}
     if family == "combine":
         return {"kernel": "hybrid_combine_impl" if hybrid else "combine_impl", "is_scaleup_nvlink": True,
-                **layout, "hidden": m.hidden, **common}
+                **layout, "hidden": m.hidden, **common, **sms}
     return {"kernel": "combine_reduce_epilogue_impl", **layout, "hidden": m.hidden, **common}
 
 

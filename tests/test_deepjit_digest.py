@@ -165,3 +165,28 @@ def test_rendered_barrier_is_the_one_deepep_wrote(deep_ep25_include):  # noqa: F
     opts = deep_ep_compiler_options("sm_90a", RIG_NCCL_INCLUDE)
     digest = cache_key(kernel.source, opts, NVCC_13_0, IncludeHasher([deep_ep25_include]))
     assert f"barrier.{digest}" == "barrier.6e833446fb8ba2030693b64b92acf947"
+
+
+DATA_EP2 = REPO / "tests" / "data" / "deepep25-h200x2"
+
+
+@pytest.mark.skipif(not DATA_EP2.is_dir(), reason="no real EP2 DeepEP 2.5 cache sample in tests/data")
+def test_ep2_entries_deepep_wrote_on_two_h200s_are_the_ones_we_render(deep_ep25_include):  # noqa: F811
+    """EP2 (h200x2-ep2, num_sms 28): every entry DeepEP wrote on two H200s, name and kernel.cu bytes,
+    comes out of the renderer + digest with the profile's defaults (nothing learned from an entry)."""
+    from jitcache import load_profile, plan
+    from jitcache.render import render_barrier, render_plan
+
+    profile = load_profile("h200x2-ep2")
+    opts = deep_ep_compiler_options("sm_90a", RIG_NCCL_INCLUDE)
+    hasher = IncludeHasher([deep_ep25_include])
+    kernels = [*render_plan(plan(profile)), render_barrier(profile)]
+    ours = {f"{k.name}.{cache_key(k.source, opts, NVCC_13_0, hasher)}": k.source for k in kernels}
+    real = {cu.parent.name: cu.read_text() for cu in DATA_EP2.rglob("kernel.cu")}
+    assert len(real) == 10
+    assert set(real) <= set(ours)
+    assert all(ours[name] == text for name, text in real.items())
+    for kernel_cu in DATA_EP2.rglob("kernel.cu"):  # and DeepEP's own meta.json gives the same digest
+        learned = options_from_meta((kernel_cu.parent / "meta.json").read_text())
+        digest = kernel_cu.parent.name.rsplit(".", 1)[1]
+        assert cache_key(kernel_cu.read_bytes(), learned.options, learned.nvcc_version_output, hasher) == digest

@@ -63,8 +63,11 @@ def test_every_builtin_plans(name):
     assert p.to_dict()["num_variants"] == len(p)
 
 
-def test_a_profile_num_sms_is_part_of_every_variant():
-    # So that a cache scan does not take kernels built for another SM count as warm.
+def test_a_profile_num_sms_is_part_of_its_dispatch_and_combine_variants_only():
+    # So that a cache scan does not take kernels built for another SM count as warm; the two epilogues
+    # run on every SM of the device whatever num_sms is (seen in the entries DeepEP wrote at EP2 on 2 H200s).
     p = plan(load_profile("h200x2-ep2"))
-    assert {v.param_dict["num_sms"] for v in p} == {load_profile("h200x2-ep2").deep_ep.num_sms}
+    pinned = {"dispatch", "combine"}
+    assert {v.param_dict["num_sms"] for v in p if v.family in pinned} == {load_profile("h200x2-ep2").deep_ep.num_sms}
+    assert all("num_sms" not in v.param_dict for v in p if v.family not in pinned)
     assert all("num_sms" not in v.param_dict for v in plan(load_profile("h200-ep1")))  # 0: DeepEP decides

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from jitcache.deepep import warm_buckets_from_cache
 from jitcache.profiles import load_profile
 from jitcache.store.root import CacheRoot
 from jitcache.store.scan import coverage, scan
@@ -67,7 +68,11 @@ def test_entries_built_for_another_sm_count_do_not_cover_a_profile_that_sets_it(
     same = replace(rig, deep_ep=replace(rig.deep_ep, num_sms=132))   # what DeepEP chose on the rig
     other = replace(rig, deep_ep=replace(rig.deep_ep, num_sms=64))
     assert len(coverage(plan(same), entries).present) == 16
-    assert coverage(plan(other), entries).present == ()
+    # dispatch and combine take num_sms; the epilogues run on every SM whatever it is
+    still = {cov_plan.variants[i].family for cov_plan in [plan(other)]
+             for i, _ in coverage(cov_plan, entries).present}
+    assert still == {"dispatch_copy_epilogue", "combine_reduce_epilogue"}
+    assert not warm_buckets_from_cache("2.5", [real_root.deep_ep_dir], other)
 
 
 def test_cli_inspect_json(real_root, capsys):
@@ -77,3 +82,16 @@ def test_cli_inspect_json(real_root, capsys):
     assert info.value.code in (0, None)
     data = json.loads(capsys.readouterr().out)
     assert data["totals"]["entries"] == len(list((DATA / "cache").iterdir())) and data["totals"]["errors"] == 0
+
+
+DATA_EP2 = Path(__file__).parent / "data" / "deepep25-h200x2"
+
+
+def test_ep2_entries_deepep_wrote_make_their_buckets_warm_for_the_ep2_profile(tmp_path):
+    # The scan the trace's strict BucketedDispatcher trusts: buckets 1 and 2 have all four decode kernels,
+    # 4 only its dispatch. (It found no bucket warm at all while the epilogues were expected at num_sms 28.)
+    shutil.copytree(DATA_EP2 / "cache", tmp_path / "dj" / "cache")
+    root = CacheRoot.for_deep_ep_dir(tmp_path / "dj")
+    assert all(e.status == "ok" for e in scan(root).entries)
+    assert warm_buckets_from_cache("2.5", [root.deep_ep_dir], load_profile("h200x2-ep2")) == {1, 2}
+    assert warm_buckets_from_cache("2.5", [root.deep_ep_dir], load_profile("h200x4-ep4")) == set()
