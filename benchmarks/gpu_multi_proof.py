@@ -1,6 +1,6 @@
 """Multi-GPU proof of issue 7 with real DeepEP 2.5 on one node: EP2 (``h200x2-ep2``) or EP4 (``h200x4-ep4``).
 
-NOT RUN YET: written on a CPU-only machine; the first run on an H200 x2/x4 is the test.
+Run on an H200 x2 (EP2): results in ``benchmarks/results/h200x2/``; EP4 (an H200 x4) not run yet.
 
 Launch one process per GPU with torchrun, from the repository root, on the rig
 of ``../shared/gpu`` (``source /tmp/gpu-rig/env.sh``)::
@@ -19,10 +19,15 @@ every part under ``<out>/parts`` (this run's and earlier runs') into
 ``<out>/multi_proof.json``. Phases (``--phases``, in this order):
 
 ``live``   ``jitcache warmup`` (``jitcache.engine.live_warmup_cli``) on every rank
-           from one empty shared jitcache root ``<work>/live``: per rank the
+           from one empty shared jitcache root ``<work>/live``: the ranks first
+           precompile the plan with nvcc, split between them, then drive DeepEP
+           through every step (which must then compile nothing); per rank the
            wall time and the CPU seconds of the process and of its nvcc
            children (``getrusage``); then the shared cache is scanned: every
            plan variant must have exactly one entry.
+``live_plain`` the same with ``precompile=False`` (``--no-precompile``) into
+           ``<work>/live_plain``: DeepEP compiles each kernel on every rank (no
+           cross-process lock in DeepJIT), the live warmup as it was before.
 ``lazy``   DeepEP alone, without jitcache: each rank with its OWN empty
            ``EP_JIT_CACHE_DIR`` (``<work>/lazy/rank<R>``), the plan's buckets
            passed straight to ``EPBuffer.dispatch``/``combine`` in the same
@@ -69,16 +74,20 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))
 from _common import tensors_equal as _equal  # noqa: E402
 
-PHASES = ("live", "lazy", "aot", "trace")
-DEFAULT_BUDGETS = {"live": 300.0, "lazy": 300.0, "aot": 180.0, "trace": 240.0}
+PHASES = ("live", "live_plain", "lazy", "aot", "trace")
+DEFAULT_BUDGETS = {"live": 300.0, "live_plain": 300.0, "lazy": 300.0, "aot": 180.0, "trace": 240.0}
 MERGED = "multi_proof.json"
 LAZY_NOTE = ("DeepEP without jitcache: each rank has its own empty EP_JIT_CACHE_DIR, as ranks do without a shared "
              "cache, so each rank compiles every kernel on first use")
-LIVE_NOTE = ("jitcache live warmup on one shared empty cache: DeepJIT has no cross-process lock, so ranks stepping "
+LIVE_NOTE = ("jitcache live warmup on one shared empty cache: the ranks precompile the plan with nvcc first, each "
+             "compiling its share of the variants (a per-entry file lock makes every entry once per node), then "
+             "drive DeepEP through every step, which finds every kernel cached")
+LIVE_PLAIN_NOTE = ("jitcache live warmup with --no-precompile on one shared empty cache: DeepJIT has no cross-process "
+             "lock, so ranks stepping "
              "through the plan in lockstep may each compile the same kernel at once (the loser of the directory "
              "rename discards its build); the compile CPU of the live warmup is therefore expected to be close to "
              "the lazy baseline's. What the shared cache saves is every later start (and every rank that finds "
-             "the entries); the split of the compile work across ranks is phase 'aot'")
+             "the entries)")
 CPU_NOTE = ("compile CPU = CPU seconds of the rank process's waited-for children (nvcc, cicc, ptxas: DeepJIT runs "
             "nvcc through popen) during the warmup, getrusage(RUSAGE_CHILDREN); process CPU = the rank process's own "
             "(Python, CUDA and NCCL threads), getrusage(RUSAGE_SELF)")
@@ -179,6 +188,11 @@ def _sum(ranks: dict[int, dict], key: str) -> float | None:
     return round(sum(values), 3) if values and all(isinstance(v, (int, float)) for v in values) else None
 
 
+def _sum_values(per_rank: dict) -> int | float | None:
+    values = list(per_rank.values())
+    return sum(values) if values and all(isinstance(v, (int, float)) for v in values) else None
+
+
 def _max(ranks: dict[int, dict], key: str) -> float | None:
     values = [r.get(key) for r in ranks.values() if isinstance(r.get(key), (int, float))]
     return max(values) if values else None
@@ -199,6 +213,17 @@ def summarize_live(ranks: dict[int, dict], world: int | None, *, note: str) -> d
         "entries_per_rank_cache": {str(k): v.get("entries_after") for k, v in sorted(ranks.items())
                                    if v.get("entries_after") is not None},
     }
+    reports = {k: v.get("report") for k, v in sorted(ranks.items()) if isinstance(v.get("report"), dict)}
+    if reports:
+        summary["live_steps_that_compiled_per_rank"] = {str(k): (r.get("totals") or {}).get("compiled")
+                                                       for k, r in reports.items()}
+    pre = {k: r["precompile"] for k, r in reports.items() if isinstance(r.get("precompile"), dict)}
+    if pre:
+        summary["precompile_per_rank"] = {str(k): {f: v for f, v in p.items() if f != "entries"}
+                                          for k, p in pre.items()}
+        compiled = [p.get("compiled") for p in pre.values()]
+        if all(isinstance(n, int) for n in compiled):
+            summary["precompile_compiled_total"] = sum(compiled)
     if shared is not None:
         summary["shared_cache"] = shared
         summary["every_variant_exists_once"] = bool(shared.get("every_variant_exactly_once"))
@@ -279,8 +304,8 @@ def merge(out: str | Path, world: int | None = None, meta: dict | None = None) -
             continue
         worlds = {d.get("world_size") for d in ranks.values()} - {None}
         expected = world or (worlds.pop() if len(worlds) == 1 else None)
-        if phase == "live":
-            summary = summarize_live(ranks, expected, note=LIVE_NOTE)
+        if phase in ("live", "live_plain"):
+            summary = summarize_live(ranks, expected, note=LIVE_NOTE if phase == "live" else LIVE_PLAIN_NOTE)
         elif phase == "lazy":
             summary = summarize_live(ranks, expected, note=LAZY_NOTE)
         elif phase == "aot":
@@ -295,6 +320,14 @@ def merge(out: str | Path, world: int | None = None, meta: dict | None = None) -
         top["live_every_variant_exists_once"] = summaries["live"].get("every_variant_exists_once")
         top["live_wall_seconds"] = summaries["live"]["wall_seconds_max"]
         top["live_compile_cpu_seconds"] = summaries["live"]["compile_cpu_seconds_total"]
+        if "precompile_compiled_total" in summaries["live"]:
+            top["live_precompile_compiled_total"] = summaries["live"]["precompile_compiled_total"]
+        if "live_steps_that_compiled_per_rank" in summaries["live"]:
+            top["live_steps_that_compiled"] = _sum_values(summaries["live"]["live_steps_that_compiled_per_rank"])
+    if "live_plain" in summaries:
+        top["live_plain_every_variant_exists_once"] = summaries["live_plain"].get("every_variant_exists_once")
+        top["live_plain_wall_seconds"] = summaries["live_plain"]["wall_seconds_max"]
+        top["live_plain_compile_cpu_seconds"] = summaries["live_plain"]["compile_cpu_seconds_total"]
     if "lazy" in summaries:
         top["lazy_every_rank_finished"] = summaries["lazy"]["every_rank_finished"]
         top["lazy_wall_seconds"] = summaries["lazy"]["wall_seconds_max"]
@@ -302,6 +335,8 @@ def merge(out: str | Path, world: int | None = None, meta: dict | None = None) -
     live_cpu, lazy_cpu = top.get("live_compile_cpu_seconds"), top.get("lazy_compile_cpu_seconds")
     if live_cpu is not None and lazy_cpu:
         top["live_over_lazy_compile_cpu"] = round(live_cpu / lazy_cpu, 3)
+    if top.get("live_wall_seconds") and top.get("lazy_wall_seconds"):
+        top["lazy_over_live_wall"] = round(top["lazy_wall_seconds"] / top["live_wall_seconds"], 2)
     if "aot" in summaries:
         top["aot_wall_seconds"] = summaries["aot"]["wall_seconds_max"]
         top["aot_union_equals_plan"] = summaries["aot"]["union_equals_plan"]
@@ -418,7 +453,8 @@ def _shared_cache_facts(root, profile) -> dict:
 def child_live(args: argparse.Namespace, dog: Watchdog) -> dict:
     from jitcache.store.root import activate
 
-    root = activate(Path(args.work) / "live")  # before deep_ep is imported (DeepEP reads EP_JIT_CACHE_DIR once)
+    precompile = args.child == "live"  # live_plain: --no-precompile, DeepEP compiles on every rank
+    root = activate(Path(args.work) / args.child)  # before deep_ep is imported (it reads EP_JIT_CACHE_DIR once)
     from jitcache.engine import init_torchrun_group, live_warmup_cli
     from jitcache.profiles import load_profile
 
@@ -435,7 +471,8 @@ def child_live(args: argparse.Namespace, dog: Watchdog) -> dict:
     dog.beat("live warmup")
     before = cpu_times()
     t0 = time.perf_counter()
-    report = live_warmup_cli(profile, cache_dir=root.path, progress=progress)
+    report = live_warmup_cli(profile, cache_dir=root.path, progress=progress, precompile=precompile,
+                             jobs=args.aot_jobs or None)
     wall = time.perf_counter() - t0
     result = {"wall_seconds": round(wall, 3), **cpu_delta(before, cpu_times()), "cache_dir": str(root.path),
               "report": report.to_dict(), "compiled_steps": report.num_compiled,
@@ -632,7 +669,7 @@ def child_trace(args: argparse.Namespace, dog: Watchdog) -> dict:
     return result
 
 
-CHILDREN = {"live": child_live, "lazy": child_lazy, "trace": child_trace}
+CHILDREN = {"live": child_live, "live_plain": child_live, "lazy": child_lazy, "trace": child_trace}
 
 
 def run_child(args: argparse.Namespace) -> None:
@@ -693,7 +730,8 @@ def _learn_entry(work: Path) -> Path | None:
 
 def _prepare(phase: str, work: Path, out: Path, world: int) -> None:
     """Rank 0: empty caches for the phase, and no stale parts of it."""
-    targets = {"live": [work / "live"], "lazy": [work / "lazy"], "aot": [work / "aot"], "trace": []}[phase]
+    targets = {"live": [work / "live"], "live_plain": [work / "live_plain"], "lazy": [work / "lazy"],
+               "aot": [work / "aot"], "trace": []}[phase]
     for target in targets:
         shutil.rmtree(target, ignore_errors=True)
     if phase == "lazy":
@@ -811,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results/h200x2"),
                         help="where parts/ and multi_proof.json go")
     parser.add_argument("--work", default="/tmp/jitcache-multi/work",
-                        help="the caches: live/, lazy/rank<R>/, aot/ (kept between torchrun calls)")
+                        help="the caches: live/, live_plain/, lazy/rank<R>/, aot/ (kept between torchrun calls)")
     parser.add_argument("--phases", default=",".join(PHASES), help="comma-separated, run in the order "
                         + ",".join(PHASES))
     parser.add_argument("--budget", action="append", default=[],
@@ -823,7 +861,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trace-dist", choices=("loguniform", "uniform"), default="loguniform")
     parser.add_argument("--step-timeout-s", type=float, default=120.0)
     parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--aot-jobs", type=int, default=0, help="nvcc jobs per rank (default: cores / ranks)")
+    parser.add_argument("--aot-jobs", type=int, default=0,
+                        help="nvcc jobs per rank, for aot and live's precompile (default: cores / ranks)")
     parser.add_argument("--aot-learn", choices=("auto", "never"), default="auto",
                         help="auto: --learn-from an entry DeepEP wrote in live/ or lazy/ when there is one")
     parser.add_argument("--deep-ep-include", default=None)

@@ -1,29 +1,28 @@
 #!/usr/bin/env bash
-# The multi-GPU proof (issue 7) on an H200 x2 (EP2) or x4 (EP4) device machine. NOT RUN YET.
+# The multi-GPU proof (issue 7) on an H200 x2 (EP2) or x4 (EP4) device machine. Run on an H200 x2: results
+# in benchmarks/results/h200x2/ (EP4 not run yet).
 #
 # Device calls, all with the same kind (kind=nvidia-h200-x2, or -x4 with N=4; another kind gives the machine
 # back and starts a bare one). Prepare .gpu/ on this machine first: `bash ../shared/gpu/prepare.sh`.
-#   call 1  carry [".gpu/n1"]               mkdir -p /tmp/gpu-rig/n && cp .gpu/n1/part* /tmp/gpu-rig/n/
-#   call 2  carry [".gpu/n2"]               mkdir -p /tmp/gpu-rig/n && cp .gpu/n2/part* /tmp/gpu-rig/n/
-#   call 3  carry [".gpu/n3"]               mkdir -p /tmp/gpu-rig/n && cp .gpu/n3/part* /tmp/gpu-rig/n/
-#   call 4  carry [".gpu/n4"]               mkdir -p /tmp/gpu-rig/n && cp .gpu/n4/part* /tmp/gpu-rig/n/
-#   call 5  carry [".gpu/n5", ".gpu/deps"]  mkdir -p /tmp/gpu-rig/n && cp .gpu/n5/part* /tmp/gpu-rig/n/ \
-#                                            && bash .gpu/deps/device-setup.sh          (~2-3 min: builds DeepEP)
-#   call 6  bash benchmarks/run_gpu_multi.sh live 2 h200x2-ep2            (~4-5 min, budget 300 s)
-#   call 7  bash benchmarks/run_gpu_multi.sh lazy 2 h200x2-ep2            (~4-5 min, budget 300 s)
-#   call 8  bash benchmarks/run_gpu_multi.sh aot,trace 2 h200x2-ep2       (~3-4 min: AOT ~0.5 min, trace ~1-3 min)
-#   optional: bash benchmarks/run_gpu_multi.sh pytest 2                    (tests/test_gpu_multi.py, ~3 min)
-# Calls 6-8 keep their caches in /tmp/jitcache-multi/<profile>/work and their parts in .../out on the device
-# (kept while the machine stays warm), and copy out/ to $OUT each time; the trace uses live's cache when call 6
-# ran on this machine, else the AOT cache of call 8. Then, here:
+#   call 1-4  carry [".gpu/nK"]               mkdir -p /tmp/gpu-rig/n && cp .gpu/nK/* /tmp/gpu-rig/n/
+#   call 5    carry [".gpu/n5", ".gpu/deps"]  cp .gpu/n5/* /tmp/gpu-rig/n/ && bash .gpu/deps/device-setup.sh
+#                                              (about 2 min: builds DeepEP), then the first phases, e.g.
+#             bash benchmarks/run_gpu_multi.sh aot,trace 2 h200x2-ep2         (~1 min)
+# Phases that outlast one call (live_plain, lazy: ~3.5 min each) run in the background from a copy of the
+# tree (every call re-syncs the working tree, which removes the symlinks below), polled by calls < 30 s apart:
+#   rm -rf /tmp/jc && mkdir /tmp/jc && cp -r benchmarks jitcache cli cache_profiles tests pyproject.toml /tmp/jc/ \
+#     && cd /tmp/jc && (OUT=/tmp/jc-out setsid nohup bash benchmarks/run_gpu_multi.sh lazy 2 > /tmp/p.log 2>&1 &)
+#   then: sleep 25; tail -1 /tmp/p.log    (repeat); at the end: tar czf $OUT/out.tgz -C /tmp/jitcache-multi/<profile> out
+# Phases keep their caches in /tmp/jitcache-multi/<profile>/work and their parts in .../out (kept while the
+# machine stays warm); the trace uses live's cache when live ran on this machine, else the AOT cache. Here:
 #   mkdir -p benchmarks/results/h200x2 && cp -r <files_at>/multi/. benchmarks/results/h200x2/
-#   python benchmarks/gpu_multi_proof.py --merge-only --out benchmarks/results/h200x2   (merges the parts of all calls)
+#   python benchmarks/gpu_multi_proof.py --merge-only --out benchmarks/results/h200x2   (merges every call's parts)
 #
 # Usage (device, repository root): bash benchmarks/run_gpu_multi.sh PHASES [NPROC] [PROFILE]
-#   PHASES: comma-separated subset of live,lazy,aot,trace (or "pytest"); NPROC default 2; PROFILE default h200x<N>-ep<N>
+#   PHASES: comma-separated subset of live,live_plain,lazy,aot,trace (or "pytest"); NPROC default 2; PROFILE default h200x<N>-ep<N>
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PHASES="${1:?phases: live, lazy, aot, trace (comma-separated) or pytest}"
+PHASES="${1:?phases: live, live_plain, lazy, aot, trace (comma-separated) or pytest}"
 N="${2:-2}"
 PROFILE="${3:-h200x${N}-ep${N}}"
 OUT_DIR="${OUT:-/tmp/jitcache-multi-out}"

@@ -116,9 +116,13 @@ def _part(out, phase, rank, **data):
 
 def _happy(out):
     shared = {"entries": 57, "variants": 56, "variants_missing": 0, "every_variant_exactly_once": True}
-    _part(out, "live", 0, ok=True, wall_seconds=190.0, compile_cpu_seconds=700.0, process_cpu_seconds=50.0,
+    for r, compiled in ((0, 29), (1, 28)):  # the ranks split the precompile; the live steps then compile nothing
+        report = {"totals": {"compiled": 0}, "precompile": {"status": "done", "compiled": compiled, "entries": ["x"]}}
+        _part(out, "live", r, ok=True, wall_seconds=20.0 + r, compile_cpu_seconds=190.0 - r,
+              process_cpu_seconds=20.0, report=report, **({"shared_cache": shared} if r == 0 else {}))
+    _part(out, "live_plain", 0, ok=True, wall_seconds=190.0, compile_cpu_seconds=700.0, process_cpu_seconds=50.0,
           shared_cache=shared)
-    _part(out, "live", 1, ok=True, wall_seconds=191.0, compile_cpu_seconds=690.0, process_cpu_seconds=48.0)
+    _part(out, "live_plain", 1, ok=True, wall_seconds=191.0, compile_cpu_seconds=690.0, process_cpu_seconds=48.0)
     for r in (0, 1):
         _part(out, "lazy", r, ok=True, wall_seconds=185.0 + r, compile_cpu_seconds=700.0, process_cpu_seconds=45.0,
               entries_after=57)
@@ -138,16 +142,21 @@ def test_merge_of_a_complete_run(tmp_path):
     _happy(tmp_path)
     merged = proof.merge(tmp_path, 2)
     s = merged["summary"]
-    assert s["phases_present"] == ["live", "lazy", "aot", "trace"] and s["phases_absent"] == []
+    assert s["phases_present"] == ["live", "live_plain", "lazy", "aot", "trace"] and s["phases_absent"] == []
     assert s["live_every_rank_finished"] and s["live_every_variant_exists_once"]
-    assert s["live_compile_cpu_seconds"] == 1390.0 and s["lazy_compile_cpu_seconds"] == 1400.0
-    assert s["live_over_lazy_compile_cpu"] == round(1390 / 1400, 3)
+    assert s["live_compile_cpu_seconds"] == 379.0 and s["lazy_compile_cpu_seconds"] == 1400.0
+    assert s["live_over_lazy_compile_cpu"] == round(379 / 1400, 3) and s["lazy_over_live_wall"] == round(186 / 21, 2)
+    assert s["live_precompile_compiled_total"] == 57 and s["live_steps_that_compiled"] == 0
+    assert s["live_plain_compile_cpu_seconds"] == 1390.0 and s["live_plain_every_variant_exists_once"]
+    pre = merged["phases"]["live"]["summary"]["precompile_per_rank"]
+    assert pre == {"0": {"status": "done", "compiled": 29}, "1": {"status": "done", "compiled": 28}}
     assert s["aot_union_equals_plan"] and s["aot_compiled_per_rank"] == {"0": 3, "1": 2}
     assert s["aot_entries_equal_live_entries"] is True
     assert s["trace_passed"] and s["trace_new_cache_entries"] == 0 and s["trace_misses"] == 0
     assert s["trace_buckets_agree"] and s["trace_all_identical"] and s["trace_no_hang"]
-    live = merged["phases"]["live"]["summary"]
-    assert live["ranks_that_ran_nvcc"] == [0, 1] and "lockstep" in live["note"]
+    plain = merged["phases"]["live_plain"]["summary"]
+    assert plain["ranks_that_ran_nvcc"] == [0, 1] and "lockstep" in plain["note"]
+    assert "precompile" in merged["phases"]["live"]["summary"]["note"]
     assert "its own empty EP_JIT_CACHE_DIR" in merged["phases"]["lazy"]["summary"]["note"]
     assert set(merged["phases"]["trace"]["ranks"]) == {"0", "1"}
 
