@@ -3,9 +3,10 @@
 Writes only between ``<!-- perf:begin -->`` and ``<!-- perf:end -->`` in
 README.md (prints the table instead when the markers are missing, or with
 ``--print``). No figure is typed by hand: each cell comes from a JSON file,
-named in the table with its machine, DeepEP version and profile. GPU figures
-are read only from ``results/h200/``; a GPU benchmark without a result there
-is listed as not yet measured.
+named in the table with its machine, DeepEP version and profile. Single-GPU
+figures are read only from ``results/h200/`` (a benchmark without a result
+there is listed as not yet measured); multi-GPU ones from any folder's
+``multi_proof.json``.
 
     python benchmarks/report.py [--print] [--check]
 """
@@ -189,9 +190,50 @@ def aot_rows() -> list[list[str]]:
     return rows
 
 
+def multi_gpu_rows() -> list[list[str]]:
+    rows = []
+    for folder in sorted(p for p in RESULTS.iterdir() if p.is_dir()):
+        path = folder / "multi_proof.json"
+        data = _load(path)
+        if not data or not data.get("summary"):
+            continue
+        s, phases = data["summary"], data.get("phases", {})
+        world = data.get("world_size") or next((p["summary"].get("ranks") for p in phases.values()), "?")
+        env = next((r.get("environment") for p in phases.values() for r in p.get("ranks", {}).values()
+                    if isinstance(r.get("environment"), dict)), {})
+        where, dep, prof = f"{world}x {env.get('gpu', 'H200')} ({folder.name})", env.get("deep_ep", "?"), data.get("profile", "?")
+        lazy = (f"DeepEP alone: {_num(s.get('lazy_wall_seconds'))} s, {_num(s.get('lazy_compile_cpu_seconds'), '{:.0f}')} "
+                "compile CPU-s (every rank compiles)" if "lazy_wall_seconds" in s else "DeepEP alone: not measured")
+        if "live_wall_seconds" in s:
+            rows.append([f"EP{world} live warmup from empty, precompile split over the ranks",
+                         f"{_num(s.get('live_wall_seconds'))} s, {_num(s.get('live_compile_cpu_seconds'), '{:.0f}')} "
+                         f"compile CPU-s; {s.get('live_precompile_compiled_total', '?')} nvcc compiles, "
+                         f"{s.get('live_steps_that_compiled', '?')} in the live steps", lazy, where, dep, prof, _src(path)])
+        if "live_plain_wall_seconds" in s:
+            rows.append([f"EP{world} live warmup from empty, --no-precompile",
+                         f"{_num(s.get('live_plain_wall_seconds'))} s, "
+                         f"{_num(s.get('live_plain_compile_cpu_seconds'), '{:.0f}')} compile CPU-s",
+                         lazy, where, dep, prof, _src(path)])
+        if "aot_wall_seconds" in s:
+            per = s.get("aot_compiled_per_rank") or {}
+            rows.append([f"EP{world} `warmup --aot --distributed` from empty",
+                         f"{_num(s.get('aot_wall_seconds'))} s, compiled per rank "
+                         + "+".join(str(n) for _, n in sorted(per.items())),
+                         f"every entry once: {s.get('aot_union_equals_plan')}", where, dep, prof, _src(path)])
+        if "trace_passed" in s:
+            t = phases.get("trace", {}).get("summary", {})
+            rows.append([f"EP{world} trace, {t.get('steps_planned', '?')} decode steps, another token count on each "
+                         "rank, strict `BucketedDispatcher`",
+                         f"{s.get('trace_new_cache_entries')} new cache entries, {s.get('trace_misses')} misses, "
+                         f"no hang: {s.get('trace_no_hang')}",
+                         f"same bucket on every rank: {s.get('trace_buckets_agree')}; outputs identical to direct "
+                         f"DeepEP calls: {s.get('trace_all_identical')}", where, dep, prof, _src(path)])
+    return rows
+
+
 def table() -> str:
     header = ["Benchmark", "Result", "Compared with", "Machine", "DeepEP", "Profile", "Source"]
-    rows = (live_proof_rows() + readiness_rows() + aot_rows() + decode_rows() + overhead_rows()
+    rows = (live_proof_rows() + readiness_rows() + multi_gpu_rows() + aot_rows() + decode_rows() + overhead_rows()
             + storm_rows())
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in rows]
