@@ -34,7 +34,6 @@ import json
 import os
 import pickle
 import subprocess
-import sys
 import tarfile
 import time
 import uuid
@@ -45,6 +44,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import filelock
 
+from .collectives import all_gather_bytes, initialized_dist
 from .deepjit import CompilerOptions, IncludeHasher, cache_key, deep_ep_compiler_options, meta_json, nvcc_command
 from .errors import CacheError, ToolchainError, UsageError
 from .render import RenderedKernel, render_plan, target_facts
@@ -335,34 +335,6 @@ def write_report(report: AotReport, run_dir: Path) -> AotReport:
 # -- torch.distributed -------------------------------------------------------------------------------
 
 
-def _dist():
-    # No process group can exist in a process that never imported torch.distributed: skip the heavy import.
-    if "torch.distributed" not in sys.modules:
-        return None
-    try:
-        import torch.distributed as dist  # noqa: PLC0415 - optional, heavy
-    except ImportError:
-        return None
-    return dist if dist.is_available() and dist.is_initialized() else None
-
-
-def _all_gather_bytes(dist: Any, payload: bytes, group: Any) -> list[bytes]:
-    """all_gather of one byte string per rank, with plain tensors (``all_gather_object`` needs numpy)."""
-    import torch  # noqa: PLC0415 - only under torch.distributed
-
-    world = dist.get_world_size(group)
-    size = torch.tensor([len(payload)], dtype=torch.int64)
-    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
-    dist.all_gather(sizes, size, group=group)
-    longest = max(int(s.item()) for s in sizes) or 1
-    mine = torch.zeros(longest, dtype=torch.uint8)
-    if payload:
-        mine[:len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-    gathered = [torch.zeros(longest, dtype=torch.uint8) for _ in range(world)]
-    dist.all_gather(gathered, mine, group=group)
-    return [bytes(t[:int(n.item())].tolist()) for t, n in zip(gathered, sizes)]
-
-
 def _pack(directory: Path) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -395,11 +367,10 @@ def exchange_entries(jobs: Sequence[BuildJob], root: CacheRoot, group: Any = Non
     A collective: every rank of ``group`` calls it with the same jobs. When the
     filesystem is shared nothing is missing anywhere and nothing is sent.
     """
-    dist = _dist()
-    if dist is None:
+    if initialized_dist() is None:
         return ()
     missing = [j.entry for j in jobs if not _entry_present(_final_path(root, j), j)]
-    wanted = [json.loads(b) for b in _all_gather_bytes(dist, json.dumps(missing).encode(), group)]
+    wanted = [json.loads(b) for b in all_gather_bytes(json.dumps(missing).encode(), group)]
     wanted_anywhere = {e for rank_missing in wanted for e in rank_missing}
     if not wanted_anywhere:
         return ()
@@ -408,7 +379,7 @@ def exchange_entries(jobs: Sequence[BuildJob], root: CacheRoot, group: Any = Non
         final = _final_path(root, job)
         if job.entry in wanted_anywhere and job.entry not in missing and _entry_present(final, job):
             offer[job.entry] = _pack(final)
-    offers = [pickle.loads(b) for b in _all_gather_bytes(dist, pickle.dumps(offer), group)]
+    offers = [pickle.loads(b) for b in all_gather_bytes(pickle.dumps(offer), group)]
     by_entry = {j.entry: j for j in jobs}
     received = []
     for entry in missing:
@@ -439,7 +410,7 @@ def warmup_aot(the_plan: WarmupPlan, toolchain: Toolchain | None, root: CacheRoo
     else:
         deep_ep_jobs = jobs_for_plan(the_plan, toolchain) if toolchain is not None else ()
     all_jobs = deep_ep_jobs + tuple(extra_jobs)
-    dist = _dist() if distributed in (None, True) else None
+    dist = initialized_dist() if distributed in (None, True) else None
     if distributed and dist is None:
         raise UsageError("--distributed needs an initialised torch.distributed process group")
     rank, world = (dist.get_rank(group), dist.get_world_size(group)) if dist else (0, 1)

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ._version import __version__
 from .buckets import BucketPolicy
+from .collectives import all_gather_bytes, initialized_dist
 from .deepep import _original_bound_dispatch, buffer_api, committed_entries, jit_cache_roots
 from .errors import UsageError, WarmupError
 from .profiles import MODES, Profile, load_profile
@@ -224,17 +225,14 @@ def check_group_agreement(record: dict[str, Any], group: Any = None) -> tuple[in
 
     Returns ``(rank, world_size)``; ``(0, 1)`` outside torch.distributed.
     """
-    try:
-        import torch.distributed as dist
-    except ImportError:
-        return 0, 1
-    if not (dist.is_available() and dist.is_initialized()):
+    dist = initialized_dist()
+    if dist is None:
         return 0, 1
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
     if world == 1:
         return rank, world
-    gathered = [json.loads(blob) for blob in _all_gather_bytes(json.dumps(record).encode(), group, world)]
+    gathered = [json.loads(blob) for blob in all_gather_bytes(json.dumps(record).encode(), group)]
     reference = gathered[0]
     odd = [r for r, rec in enumerate(gathered) if rec["hash"] != reference["hash"]]
     if odd:
@@ -249,26 +247,6 @@ def check_group_agreement(record: dict[str, Any], group: Any = None) -> tuple[in
             "no dispatch was issued",
             hint="start every rank with the same profile, --modes and jitcache version")
     return rank, world
-
-
-def _all_gather_bytes(payload: bytes, group: Any, world: int) -> list[bytes]:
-    # Not all_gather_object: it needs numpy, which a serving image may lack. Lengths first, then
-    # the padded bytes, on the device the group's backend talks to (NCCL: CUDA only).
-    import torch
-    import torch.distributed as dist
-
-    backend = str(dist.get_backend(group)).lower()
-    device = torch.device("cuda", torch.cuda.current_device()) if "nccl" in backend else torch.device("cpu")
-    size = torch.tensor([len(payload)], dtype=torch.int64, device=device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size, group=group)
-    lengths = [int(s.item()) for s in sizes]
-    mine = torch.zeros(max(lengths), dtype=torch.uint8)
-    mine[:len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-    mine = mine.to(device)
-    buffers = [torch.zeros_like(mine) for _ in range(world)]
-    dist.all_gather(buffers, mine, group=group)
-    return [bytes(b[:n].cpu().tolist()) for b, n in zip(buffers, lengths)]
 
 
 # -- synthetic inputs -------------------------------------------------------------------------
