@@ -107,7 +107,8 @@ def warmup(
         else:
             build_jobs = derive_jobs_from_entry(the_plan, toolchain, learn_from)
     out.info(f"{prof.name}: {len(the_plan)} variants, DeepEP {toolchain.deep_ep_api} rules, nvcc "
-             f"{'.'.join(map(str, toolchain.nvcc_release))}, {jobs or 'all'} jobs -> {root.deep_ep_dir}")
+             f"{'.'.join(map(str, toolchain.nvcc_release))}, "
+             f"{jobs or ('cores / ranks of the node' if distributed else 'all')} jobs -> {root.deep_ep_dir}")
     out.info(toolchain.deep_ep_headers_from)
 
     report = warmup_aot(the_plan, toolchain, root, jobs=build_jobs, extra_jobs=triton_jobs, num_workers=jobs,
