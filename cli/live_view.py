@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .output import Output
@@ -51,16 +52,40 @@ def render_report(out: Output, report: Any) -> None:
         o.print(f"{len(report.results)} steps: {report.num_compiled} compiled, {report.num_cached} already cached, "
                 f"{report.num_entries_written} cache entries written, {report.seconds:.1f} s in all; "
                 f"cache: {', '.join(report.cache_dirs)}")
+        if report.precompile is not None:
+            render_precompile(o, report.precompile, len(report.results))
 
     out.result(data, render)
 
 
-def run_live_warmup(profile: str, modes: Optional[Sequence[str]], cache_dir: Optional[Path], out: Output) -> Any:
+def render_precompile(o: Output, pre: dict, num_steps: int) -> None:
+    """One line on the nvcc pass before the live steps, and a warning when it failed or DeepEP still compiled."""
+    if pre["status"] == "skipped":
+        o.print(f"Precompile skipped: {escape(pre['reason'])}")
+        return
+    world = pre.get("world_size") or 1
+    jobs = f"{pre.get('jobs')} jobs" + (f" on each of {world} ranks" if world > 1 else "")
+    others = [(pre.get("cached"), "already cached"), (pre.get("deduplicated"), "built by another process"),
+              (pre.get("received"), "shipped between ranks"), (pre.get("failed"), "failed")]
+    line = (f"Precompiled {pre['compiled']} kernels with nvcc in {pre['wall_seconds']:.1f} s ({jobs})"
+            + "".join(f", {n} {what}" for n, what in others if n))
+    missed = pre.get("missed_by_live")
+    o.print(line + ("; the live pass found them all" if missed == 0 else ""))
+    if pre["status"] == "failed":
+        o.warn(f"precompile failed: {pre['reason']}")
+    if missed:
+        o.warn(f"{missed} of {num_steps} live steps still compiled after the precompile: jitcache's rendered "
+               "DeepEP digests disagree with this DeepEP's, so those kernels were compiled by DeepEP")
+
+
+def run_live_warmup(profile: str, modes: Optional[Sequence[str]], cache_dir: Optional[Path], out: Output, *,
+                    jobs: Optional[int] = None, precompile: bool = True) -> Any:
     """Run :func:`jitcache.engine.live_warmup_cli` with a progress bar, render and return its report."""
     from jitcache.engine import live_warmup_cli
 
     with progress_bar(out) as on_event:
-        report = live_warmup_cli(profile, modes=modes, cache_dir=cache_dir, progress=on_event)
+        report = live_warmup_cli(profile, modes=modes, cache_dir=cache_dir, progress=on_event, jobs=jobs,
+                                 precompile=precompile)
     if report.rank == 0:
         render_report(out, report)
     return report

@@ -2,7 +2,8 @@
 
 ``--aot`` compiles ahead of time with nvcc (no GPU, no DeepEP runtime) into
 DeepEP's native cache layout; without it the live warmup of
-:mod:`jitcache.engine` drives DeepEP itself.
+:mod:`jitcache.engine` drives DeepEP itself, after the same nvcc compile split
+over its ranks (``--no-precompile`` leaves all compiling to DeepEP).
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ def warmup(
     profile: str = typer.Option(DEFAULT_PROFILE, "--profile", "-p",
                                 help="A built-in profile name or a path to a profile .toml."),
     aot: bool = typer.Option(False, "--aot", help="Compile ahead of time with nvcc: no GPU, no DeepEP runtime."),
-    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Parallel nvcc processes (default: all cores)."),
+    jobs: Optional[int] = typer.Option(
+        None, "--jobs", "-j", min=1,
+        help="Parallel nvcc processes, per rank (default: all cores; split over torchrun ranks: cores / ranks of the "
+             "node). Also the live warmup's precompile."),
+    precompile: bool = typer.Option(
+        True, "--precompile/--no-precompile",
+        help="Live warmup: first compile the plan with nvcc, split over the ranks, into the folder DeepEP reads "
+             "(DeepEP 2.5; skipped, with the reason, when no toolchain resolves). --no-precompile leaves every "
+             "compile to DeepEP on every rank. An error with --aot, which is that compile."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="The jitcache root (default: ~/.cache/jitcache)."),
     modes: Optional[list[str]] = typer.Option(None, "--mode", "-m", help="Restrict to these modes (repeatable)."),
     deep_ep_include: Optional[Path] = typer.Option(
@@ -57,10 +66,13 @@ def warmup(
                          hint="Triton kernels are compiled ahead of time only")
     if triton_only and not triton_modules:
         raise UsageError("--triton-only needs at least one --triton-module registering kernels")
+    if aot and not precompile:
+        raise UsageError("--no-precompile applies to the live warmup; --aot is the nvcc compile itself",
+                         hint="drop --no-precompile, or drop --aot to warm through DeepEP alone")
     if not aot:
         from .live_view import run_live_warmup
 
-        run_live_warmup(profile, modes, cache_dir, out)
+        run_live_warmup(profile, modes, cache_dir, out, jobs=jobs, precompile=precompile)
         return
 
     from jitcache.aot import warmup_aot
@@ -107,7 +119,8 @@ def warmup(
         else:
             build_jobs = derive_jobs_from_entry(the_plan, toolchain, learn_from)
     out.info(f"{prof.name}: {len(the_plan)} variants, DeepEP {toolchain.deep_ep_api} rules, nvcc "
-             f"{'.'.join(map(str, toolchain.nvcc_release))}, {jobs or 'all'} jobs -> {root.deep_ep_dir}")
+             f"{'.'.join(map(str, toolchain.nvcc_release))}, "
+             f"{jobs or ('cores / ranks of the node' if distributed else 'all')} jobs -> {root.deep_ep_dir}")
     out.info(toolchain.deep_ep_headers_from)
 
     report = warmup_aot(the_plan, toolchain, root, jobs=build_jobs, extra_jobs=triton_jobs, num_workers=jobs,

@@ -8,7 +8,8 @@ private build dir, then publish it with one directory rename and the
 
 Concurrency:
 
-- ``jobs`` nvcc processes run at once (default: every core); nvcc is the
+- ``jobs`` nvcc processes run at once (default: every core, or, split over
+  torchrun ranks, the cores divided by the ranks of the node); nvcc is the
   work, so the pool is threads driving subprocesses;
 - several warmups on one node (eight ranks, two shells) compile each variant
   exactly once: a per-entry file lock, then a second look for the entry once
@@ -31,10 +32,10 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import pickle
 import subprocess
-import sys
 import tarfile
 import time
 import uuid
@@ -45,6 +46,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import filelock
 
+from .collectives import all_gather_bytes, initialized_dist
 from .deepjit import CompilerOptions, IncludeHasher, cache_key, deep_ep_compiler_options, meta_json, nvcc_command
 from .errors import CacheError, ToolchainError, UsageError
 from .render import RenderedKernel, render_plan, target_facts
@@ -54,7 +56,9 @@ from .toolchain import Toolchain
 from .variants import WarmupPlan
 
 __all__ = ["AotReport", "BuildJob", "VariantResult", "build_jobs", "exchange_entries", "jobs_for_plan",
-           "run_jobs", "warmup_aot"]
+           "local_world_size", "run_jobs", "warmup_aot"]
+
+log = logging.getLogger("jitcache.aot")
 
 #: A file that gets one line per nvcc run (tests count real compiles with it; unset in production).
 COMPILE_LOG_ENV = "JITCACHE_COMPILE_LOG"
@@ -335,32 +339,12 @@ def write_report(report: AotReport, run_dir: Path) -> AotReport:
 # -- torch.distributed -------------------------------------------------------------------------------
 
 
-def _dist():
-    # No process group can exist in a process that never imported torch.distributed: skip the heavy import.
-    if "torch.distributed" not in sys.modules:
-        return None
+def local_world_size() -> int:
+    """The ranks on this node: torchrun's ``LOCAL_WORLD_SIZE``, 1 when unset or not a positive integer."""
     try:
-        import torch.distributed as dist  # noqa: PLC0415 - optional, heavy
-    except ImportError:
-        return None
-    return dist if dist.is_available() and dist.is_initialized() else None
-
-
-def _all_gather_bytes(dist: Any, payload: bytes, group: Any) -> list[bytes]:
-    """all_gather of one byte string per rank, with plain tensors (``all_gather_object`` needs numpy)."""
-    import torch  # noqa: PLC0415 - only under torch.distributed
-
-    world = dist.get_world_size(group)
-    size = torch.tensor([len(payload)], dtype=torch.int64)
-    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
-    dist.all_gather(sizes, size, group=group)
-    longest = max(int(s.item()) for s in sizes) or 1
-    mine = torch.zeros(longest, dtype=torch.uint8)
-    if payload:
-        mine[:len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-    gathered = [torch.zeros(longest, dtype=torch.uint8) for _ in range(world)]
-    dist.all_gather(gathered, mine, group=group)
-    return [bytes(t[:int(n.item())].tolist()) for t, n in zip(gathered, sizes)]
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def _pack(directory: Path) -> bytes:
@@ -393,13 +377,14 @@ def exchange_entries(jobs: Sequence[BuildJob], root: CacheRoot, group: Any = Non
     """Make every rank's cache hold every job's entry, over the process group; returns what this rank received.
 
     A collective: every rank of ``group`` calls it with the same jobs. When the
-    filesystem is shared nothing is missing anywhere and nothing is sent.
+    filesystem is shared nothing is missing anywhere and nothing is sent. An
+    entry that cannot be read or written is logged and left out (not raised):
+    the peers are in, or about to enter, the same collectives.
     """
-    dist = _dist()
-    if dist is None:
+    if initialized_dist() is None:
         return ()
     missing = [j.entry for j in jobs if not _entry_present(_final_path(root, j), j)]
-    wanted = [json.loads(b) for b in _all_gather_bytes(dist, json.dumps(missing).encode(), group)]
+    wanted = [json.loads(b) for b in all_gather_bytes(json.dumps(missing).encode(), group)]
     wanted_anywhere = {e for rank_missing in wanted for e in rank_missing}
     if not wanted_anywhere:
         return ()
@@ -407,15 +392,23 @@ def exchange_entries(jobs: Sequence[BuildJob], root: CacheRoot, group: Any = Non
     for job in jobs:
         final = _final_path(root, job)
         if job.entry in wanted_anywhere and job.entry not in missing and _entry_present(final, job):
-            offer[job.entry] = _pack(final)
-    offers = [pickle.loads(b) for b in _all_gather_bytes(dist, pickle.dumps(offer), group)]
+            try:
+                offer[job.entry] = _pack(final)
+            except (OSError, tarfile.TarError) as exc:
+                log.warning("%s: cannot pack the entry to send it to other ranks (%s)", final, exc)
+    offers = [pickle.loads(b) for b in all_gather_bytes(pickle.dumps(offer), group)]
     by_entry = {j.entry: j for j in jobs}
     received = []
     for entry in missing:
         blob = next((o[entry] for o in offers if entry in o), None)
-        if blob is not None:
+        if blob is None:
+            continue
+        try:
             _unpack_and_publish(blob, root, by_entry[entry])
-            received.append(entry)
+        except (OSError, CacheError, tarfile.TarError) as exc:
+            log.warning("%s: cannot publish the entry received from another rank (%s)", entry, exc)
+            continue
+        received.append(entry)
     return tuple(received)
 
 
@@ -429,9 +422,13 @@ def warmup_aot(the_plan: WarmupPlan, toolchain: Toolchain | None, root: CacheRoo
 
     ``distributed=None`` splits the work over torch.distributed ranks when a
     process group is initialised; ``False`` makes every rank build everything
-    (locks still make that once per node). ``extra_jobs`` (Triton's, from
-    :func:`jitcache.triton_aot.jobs_for_triton`) run in the same pool; with
-    ``toolchain=None`` and no ``jobs`` they are the whole run.
+    (locks still make that once per node). Split over ranks, ``num_workers=None``
+    means the cores divided by torchrun's ``LOCAL_WORLD_SIZE`` (the ranks of
+    this node); the report's ``jobs`` is the number used. ``extra_jobs``
+    (Triton's, from :func:`jitcache.triton_aot.jobs_for_triton`) run in the
+    same pool; with ``toolchain=None`` and no ``jobs`` they are the whole run.
+    Under torch.distributed an exception while compiling fails this rank's
+    jobs instead of leaving the barrier that its peers wait in.
     """
     start = time.perf_counter()
     if jobs is not None:
@@ -439,12 +436,27 @@ def warmup_aot(the_plan: WarmupPlan, toolchain: Toolchain | None, root: CacheRoo
     else:
         deep_ep_jobs = jobs_for_plan(the_plan, toolchain) if toolchain is not None else ()
     all_jobs = deep_ep_jobs + tuple(extra_jobs)
-    dist = _dist() if distributed in (None, True) else None
+    dist = initialized_dist() if distributed in (None, True) else None
     if distributed and dist is None:
         raise UsageError("--distributed needs an initialised torch.distributed process group")
     rank, world = (dist.get_rank(group), dist.get_world_size(group)) if dist else (0, 1)
     mine = all_jobs[rank::world]
-    results, run_dir = run_jobs(mine, root, num_workers=num_workers, on_result=on_result)
+    if num_workers is None and dist is not None:
+        # Every rank of the node starts a pool: share the cores rather than oversubscribe them N-fold.
+        num_workers = max(1, (os.cpu_count() or 1) // local_world_size())
+    workers = max(1, num_workers or os.cpu_count() or 1)
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    try:
+        results, run_dir = run_jobs(mine, root, num_workers=workers, run_id=run_id, on_result=on_result)
+    except Exception as exc:
+        if dist is None:
+            raise
+        # A rank leaving here would skip the barrier below while its peers wait in it: fail its jobs instead.
+        log.warning("rank %d: the AOT compile raised %s: %s", rank, type(exc).__name__, exc)
+        run_dir = root.meta_dir / "aot" / run_id
+        results = tuple(VariantResult(entry=j.entry, label=j.label, status="failed", seconds=0.0, family=j.family,
+                                      num_max_tokens_per_rank=j.num_max_tokens_per_rank, backend=j.backend,
+                                      message=f"{type(exc).__name__}: {exc}") for j in mine)
     received: tuple[str, ...] = ()
     if dist is not None:
         dist.barrier(group=group)
@@ -457,7 +469,7 @@ def warmup_aot(the_plan: WarmupPlan, toolchain: Toolchain | None, root: CacheRoo
                           backend=j.backend)
             for j in others)
     report = AotReport(profile=the_plan.profile.name, deep_ep_api=toolchain.deep_ep_api if toolchain else "n/a",
-                       cache_dir=str(root.deep_ep_dir), jobs=max(1, num_workers or os.cpu_count() or 1),
+                       cache_dir=str(root.deep_ep_dir), jobs=workers,
                        wall_seconds=time.perf_counter() - start, results=results,
                        toolchain=toolchain.to_dict() if toolchain else {},
                        rank=rank, world_size=world,

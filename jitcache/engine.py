@@ -8,6 +8,13 @@ ranks compare a hash of what they are about to run: a rank with another
 profile, plan or policy would issue a different collective sequence and hang
 the group, so that is an error naming the ranks instead.
 
+Then, before the first dispatch, :func:`jitcache.prepass.precompile` compiles
+the plan's kernels with nvcc, split over the ranks, into the folder DeepEP
+reads (DeepEP 2.5 and a profile only; every rank runs it or none does), so
+that the live pass mostly finds its kernels instead of compiling each one on
+every rank. The report records what it did (``precompile``), and how many
+live steps still compiled something after it (``missed_by_live``).
+
 Only ``cli/`` prints: progress goes to a callback (the CLI draws the bar).
 ``torch`` is imported inside the functions that need it.
 """
@@ -26,13 +33,18 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ._version import __version__
 from .buckets import BucketPolicy
+from .collectives import all_gather_bytes, initialized_dist
 from .deepep import _original_bound_dispatch, buffer_api, committed_entries, jit_cache_roots
 from .errors import UsageError, WarmupError
+from . import prepass as _prepass
+from .prepass import PrecompileResult, precompile
 from .profiles import MODES, Profile, load_profile
 from .stats import write_json_atomic
+from .toolchain import Toolchain
 from .variants import plan
 
 __all__ = [
+    "PrecompileResult",
     "VariantResult",
     "WarmupProgress",
     "WarmupReport",
@@ -41,6 +53,7 @@ __all__ = [
     "init_single_rank_group",
     "init_torchrun_group",
     "make_buffer",
+    "precompile",
     "report_path",
     "warmup",
 ]
@@ -78,7 +91,11 @@ class WarmupProgress:
 
 @dataclass(frozen=True)
 class WarmupReport:
-    """What a live warmup did, per step and in total. Saved as JSON in the cache root's ``meta/``."""
+    """What a live warmup did, per step and in total. Saved as JSON in the cache root's ``meta/``.
+
+    ``seconds`` covers the live steps; the nvcc pass before them, when it ran,
+    is in ``precompile`` (its own ``wall_seconds``).
+    """
 
     profile: str | None
     profile_fingerprint: str | None
@@ -94,6 +111,8 @@ class WarmupReport:
     created: float = field(default_factory=time.time)
     host: str = field(default_factory=socket.gethostname)
     jitcache_version: str = __version__
+    # PrecompileResult.to_dict() plus "missed_by_live"; None when the warmup ran without it (or predates it).
+    precompile: dict | None = None
 
     @property
     def num_compiled(self) -> int:
@@ -205,7 +224,7 @@ def _build_spec(target: Profile | BucketPolicy | str, modes: Iterable[str] | Non
                  profile.deep_ep.expert_alignment, profile.deep_ep.num_sms)
 
 
-def _agreement_record(spec: _Spec, api: str) -> dict[str, Any]:
+def _agreement_record(spec: _Spec, api: str, precompile: bool = False) -> dict[str, Any]:
     record = {
         "profile": spec.profile.name if spec.profile else None,
         "profile_fingerprint": spec.profile.fingerprint() if spec.profile else None,
@@ -214,6 +233,7 @@ def _agreement_record(spec: _Spec, api: str) -> dict[str, Any]:
         "steps": [list(s) for s in spec.steps],
         "api": api,
         "jitcache": __version__,
+        "precompile": precompile,  # the nvcc pass has collectives of its own: all ranks run it or none
     }
     record["hash"] = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
     return record
@@ -224,51 +244,28 @@ def check_group_agreement(record: dict[str, Any], group: Any = None) -> tuple[in
 
     Returns ``(rank, world_size)``; ``(0, 1)`` outside torch.distributed.
     """
-    try:
-        import torch.distributed as dist
-    except ImportError:
-        return 0, 1
-    if not (dist.is_available() and dist.is_initialized()):
+    dist = initialized_dist()
+    if dist is None:
         return 0, 1
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
     if world == 1:
         return rank, world
-    gathered = [json.loads(blob) for blob in _all_gather_bytes(json.dumps(record).encode(), group, world)]
+    gathered = [json.loads(blob) for blob in all_gather_bytes(json.dumps(record).encode(), group)]
     reference = gathered[0]
     odd = [r for r, rec in enumerate(gathered) if rec["hash"] != reference["hash"]]
     if odd:
         first = gathered[odd[0]]
         differing = [key for key in ("profile", "profile_fingerprint", "plan_fingerprint", "policy", "steps",
-                                     "api", "jitcache") if first.get(key) != reference.get(key)]
+                                     "api", "jitcache", "precompile") if first.get(key) != reference.get(key)]
         ranks = ", ".join(map(str, odd))
         raise WarmupError(
             f"warmup plan differs across ranks: rank{'s' if len(odd) > 1 else ''} {ranks} "
             f"(hash {first['hash']}, profile {first['profile']!r}) disagree with rank 0 "
             f"(hash {reference['hash']}, profile {reference['profile']!r}) on {', '.join(differing)}; "
             "no dispatch was issued",
-            hint="start every rank with the same profile, --modes and jitcache version")
+            hint="start every rank with the same profile, --modes, --precompile/--no-precompile and jitcache version")
     return rank, world
-
-
-def _all_gather_bytes(payload: bytes, group: Any, world: int) -> list[bytes]:
-    # Not all_gather_object: it needs numpy, which a serving image may lack. Lengths first, then
-    # the padded bytes, on the device the group's backend talks to (NCCL: CUDA only).
-    import torch
-    import torch.distributed as dist
-
-    backend = str(dist.get_backend(group)).lower()
-    device = torch.device("cuda", torch.cuda.current_device()) if "nccl" in backend else torch.device("cpu")
-    size = torch.tensor([len(payload)], dtype=torch.int64, device=device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size, group=group)
-    lengths = [int(s.item()) for s in sizes]
-    mine = torch.zeros(max(lengths), dtype=torch.uint8)
-    mine[:len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-    mine = mine.to(device)
-    buffers = [torch.zeros_like(mine) for _ in range(world)]
-    dist.all_gather(buffers, mine, group=group)
-    return [bytes(b[:n].cpu().tolist()) for b, n in zip(buffers, lengths)]
 
 
 # -- synthetic inputs -------------------------------------------------------------------------
@@ -338,15 +335,21 @@ def warmup(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, modes: 
            progress: bool | Callable[[WarmupProgress], None] = True, *, group: Any = None,
            cache_dir: str | Path | None = None, save: bool = True, seed: int = 0,
            hidden: int | None = None, num_experts: int | None = None, num_topk: int | None = None,
-           dispatch_dtype: str = "bf16", device: Any = None) -> WarmupReport:
+           dispatch_dtype: str = "bf16", device: Any = None, precompile: bool = True, jobs: int | None = None,
+           toolchain: Toolchain | None = None) -> WarmupReport:
     """Compile (or load) every kernel the plan names, through ``buffer`` itself; collective over ``group``.
 
-    Every rank must call it with the same profile and modes (checked before any
-    dispatch). ``progress``: a callable receiving :class:`WarmupProgress` on rank
-    0, ``True`` to log progress, ``False`` for silence. The report is saved on
-    rank 0 in the cache root's ``meta/`` (``save=False`` to skip); ``hidden``,
-    ``num_experts``, ``num_topk`` and ``dispatch_dtype`` are needed only with a
-    bare :class:`BucketPolicy`.
+    Every rank must call it with the same profile, modes and ``precompile``
+    (checked before any dispatch). ``progress``: a callable receiving
+    :class:`WarmupProgress` on rank 0, ``True`` to log progress, ``False`` for
+    silence. The report is saved on rank 0 in the cache root's ``meta/``
+    (``save=False`` to skip); ``hidden``, ``num_experts``, ``num_topk`` and
+    ``dispatch_dtype`` are needed only with a bare :class:`BucketPolicy`.
+
+    ``precompile`` (default on) first compiles the plan with nvcc, split over
+    the ranks (:func:`jitcache.prepass.precompile`; ``jobs`` nvcc processes per
+    rank, ``toolchain`` to override the one found from the buffer's package);
+    when it cannot run, DeepEP compiles in the live pass as before.
     """
     import torch
 
@@ -354,7 +357,11 @@ def warmup(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, modes: 
     spec = _build_spec(profile_or_policy, modes, {
         "hidden": hidden, "num_experts": num_experts, "num_topk": num_topk, "dispatch_dtype": dispatch_dtype})
     group = group if group is not None else getattr(buffer, "group", None)
-    rank, world = check_group_agreement(_agreement_record(spec, api), group)
+    rank, world = check_group_agreement(_agreement_record(spec, api, precompile), group)
+    prepass: PrecompileResult | None = None
+    if precompile:  # the parameter: the function is _prepass.precompile here
+        prepass = _prepass.precompile(buffer, spec.profile or spec.policy, modes, group=group, cache_dir=cache_dir,
+                                      jobs=jobs, toolchain=toolchain)
     if device is None:
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     roots = jit_cache_roots(api)
@@ -387,6 +394,7 @@ def warmup(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, modes: 
                                      elapsed / (index + 1) * remaining if remaining else 0.0, result))
 
     report = WarmupReport(
+        precompile=None if prepass is None else _precompile_record(prepass, results),
         profile=spec.profile.name if spec.profile else None,
         profile_fingerprint=spec.profile.fingerprint() if spec.profile else None,
         plan_fingerprint=spec.plan_fingerprint, api=api, policy=spec.policy.to_dict(),
@@ -398,6 +406,19 @@ def warmup(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, modes: 
         root = resolve_root(cache_dir)
         report.save(report_path(root.meta_dir, spec.profile, spec.plan_fingerprint))
     return report
+
+
+def _precompile_record(prepass: PrecompileResult, results: Sequence[VariantResult]) -> dict[str, Any]:
+    # missed_by_live: live steps that still compiled after a complete precompile (None: it did not complete).
+    missed = None
+    if prepass.status == "done":
+        compiled = [r for r in results if r.status == COMPILED]
+        missed = len(compiled)
+        if compiled:
+            log.warning("%d of %d live warmup steps still compiled after the nvcc precompile (first: %s "
+                        "num_max_tokens_per_rank=%d): jitcache's rendered DeepEP 2.5 digests disagree with "
+                        "this DeepEP's", missed, len(results), compiled[0].mode, compiled[0].num_max_tokens_per_rank)
+    return {**prepass.to_dict(), "missed_by_live": missed}
 
 
 # -- the CLI's entry point --------------------------------------------------------------------
@@ -486,7 +507,7 @@ def init_torchrun_group() -> int:
 
 def live_warmup_cli(profile: Profile | str, modes: Sequence[str] | None = None, cache_dir: str | Path | None = None,
                     progress: bool | Callable[[WarmupProgress], None] = True, *, seed: int = 0,
-                    read_only_roots: Sequence[str | Path] = (), jobs: int | None = None,
+                    read_only_roots: Sequence[str | Path] = (), jobs: int | None = None, precompile: bool = True,
                     **_cli_extras: Any) -> WarmupReport:
     """``jitcache warmup`` without ``--aot``: build a DeepEP buffer from the profile and warm it.
 
@@ -494,9 +515,11 @@ def live_warmup_cli(profile: Profile | str, modes: Sequence[str] | None = None, 
     profile it starts a one-process group itself. Points DeepEP at the cache
     root before importing it. Raises :class:`WarmupError` saying what to run
     instead when torch, a GPU, DeepEP or the right number of ranks is missing.
-    ``jobs`` is accepted for the CLI's sake and unused (DeepEP compiles in-process,
-    one kernel at a time); other keywords the CLI may pass (``out``, ``fmt``) are
-    ignored too: the caller renders the returned report (only ``cli/`` prints).
+    ``precompile`` and ``jobs`` go to :func:`warmup`: the nvcc pass before the
+    live steps (on by default) and its nvcc processes per rank (default: the
+    cores divided by the ranks of the node). Other keywords the CLI may pass
+    (``out``, ``fmt``) are ignored: the caller renders the returned report
+    (only ``cli/`` prints).
     """
     prof = load_profile(profile)
     try:
@@ -536,7 +559,8 @@ def live_warmup_cli(profile: Profile | str, modes: Sequence[str] | None = None, 
         group = dist.group.WORLD
         buffer = make_buffer(prof, group, buffer_cls)
         try:
-            return warmup(buffer, prof, modes, progress, group=group, cache_dir=root.path, seed=seed)
+            return warmup(buffer, prof, modes, progress, group=group, cache_dir=root.path, seed=seed,
+                          precompile=precompile, jobs=jobs)
         finally:
             buffer.destroy()
     finally:

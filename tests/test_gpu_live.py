@@ -6,7 +6,11 @@ buckets compile, ~12 s each). Deselected everywhere else by the ``gpu`` marker.
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -54,7 +58,8 @@ def test_live_warmup_then_strict_bucketed_trace_is_exact_and_compiles_nothing(sm
     from jitcache.profiles import load_profile
 
     root = tmp_path / "root"
-    report = live_warmup_cli(str(small_profile), cache_dir=root, progress=False)
+    # No nvcc pass first: DeepEP compiles every step itself (the precompile has its own test below).
+    report = live_warmup_cli(str(small_profile), cache_dir=root, progress=False, precompile=False)
     assert [r.num_max_tokens_per_rank for r in report.results] == [1, 2, 4]
     assert report.num_compiled == 3 and report.num_entries_written >= 12  # 4 families per bucket (+ barrier)
     assert load_report(load_profile(small_profile), root) == report
@@ -93,3 +98,23 @@ def test_live_warmup_then_strict_bucketed_trace_is_exact_and_compiles_nothing(sm
     finally:
         buffer.destroy()
         dist.destroy_process_group()
+
+
+def test_live_warmup_precompiles_with_nvcc_and_deep_ep_then_compiles_nothing(small_profile, tmp_path):
+    """The nvcc pass before the live steps, on the real DeepEP: every step then finds its kernels.
+
+    In a new process: DeepEP reads EP_JIT_CACHE_DIR once per process, and the test above set it to its own root.
+    """
+    root = tmp_path / "root"
+    code = ("import json, sys; from jitcache.engine import live_warmup_cli; "
+            "r = live_warmup_cli(sys.argv[1], cache_dir=sys.argv[2], progress=False); "
+            "print(json.dumps(r.to_dict()))")
+    done = subprocess.run([sys.executable, "-c", code, str(small_profile), str(root)], capture_output=True, text=True,
+                          env={**os.environ, "JITCACHE_STATS": "0"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.splitlines()[-1])
+    pre = report["precompile"]
+    assert pre["status"] == "done", pre["reason"]
+    # 3 buckets x 4 families + the barrier (which building the buffer may have compiled already)
+    assert len(pre["entries"]) == 13 and pre["compiled"] + pre["cached"] == 13 and pre["failed"] == 0
+    assert pre["missed_by_live"] == 0 and report["totals"]["compiled"] == 0, report["results"]
