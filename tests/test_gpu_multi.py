@@ -1,8 +1,7 @@
 """Issue 7 at small scale on >= 2 GPUs with real DeepEP 2.5: benchmarks/gpu_multi_proof.py under torchrun.
 
 EP2, buckets 1, 2, 4: live warmup on a shared empty cache, the DeepEP-only lazy
-baseline, AOT --distributed, and a 100-step strict DP-uniform trace. NOT RUN YET
-(written without a multi-GPU machine). On the rig: ``bash benchmarks/run_gpu_multi.sh
+baseline, AOT --distributed, and a 100-step strict DP-uniform trace. On the rig: ``bash benchmarks/run_gpu_multi.sh
 pytest 2`` (about 3 minutes: three buckets compile twice, ~12 s each, plus the AOT).
 Deselected everywhere else by the ``gpu`` marker; skips with fewer than 2 GPUs.
 """
@@ -80,6 +79,9 @@ def test_multi_gpu_proof_small(tmp_path):
     detail = json.dumps(s, indent=1)
     assert done.returncode == 0, detail + done.stderr[-3000:]
     assert s["live_every_rank_finished"] and s["live_every_variant_exists_once"], detail
+    # the precompile split the nvcc work, then DeepEP found every kernel: no live step compiled
+    assert s["live_precompile_compiled_total"] > 0 and s["live_steps_that_compiled"] == 0, detail
+    assert all(p["status"] == "done" for p in phases["live"]["summary"]["precompile_per_rank"].values()), detail
     assert s["lazy_every_rank_finished"], detail
     assert all(v == phases["lazy"]["summary"]["entries_per_rank_cache"]["0"]
                for v in phases["lazy"]["summary"]["entries_per_rank_cache"].values())
