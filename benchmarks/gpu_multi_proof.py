@@ -221,9 +221,11 @@ def summarize_live(ranks: dict[int, dict], world: int | None, *, note: str) -> d
     if pre:
         summary["precompile_per_rank"] = {str(k): {f: v for f, v in p.items() if f != "entries"}
                                           for k, p in pre.items()}
-        compiled = [p.get("compiled") for p in pre.values()]
-        if all(isinstance(n, int) for n in compiled):
-            summary["precompile_compiled_total"] = sum(compiled)
+        # PrecompileResult's counts are the group's (every rank returns the same): rank 0's, not a sum
+        first = pre[min(pre)]
+        summary["precompile_compiled"] = first.get("compiled")
+        summary["precompile_status"] = sorted({p.get("status") for p in pre.values()})
+        summary["precompile_missed_by_live"] = first.get("missed_by_live")
     if shared is not None:
         summary["shared_cache"] = shared
         summary["every_variant_exists_once"] = bool(shared.get("every_variant_exactly_once"))
@@ -320,8 +322,8 @@ def merge(out: str | Path, world: int | None = None, meta: dict | None = None) -
         top["live_every_variant_exists_once"] = summaries["live"].get("every_variant_exists_once")
         top["live_wall_seconds"] = summaries["live"]["wall_seconds_max"]
         top["live_compile_cpu_seconds"] = summaries["live"]["compile_cpu_seconds_total"]
-        if "precompile_compiled_total" in summaries["live"]:
-            top["live_precompile_compiled_total"] = summaries["live"]["precompile_compiled_total"]
+        if "precompile_compiled" in summaries["live"]:
+            top["live_precompile_compiled"] = summaries["live"]["precompile_compiled"]
         if "live_steps_that_compiled_per_rank" in summaries["live"]:
             top["live_steps_that_compiled"] = _sum_values(summaries["live"]["live_steps_that_compiled_per_rank"])
     if "live_plain" in summaries:

@@ -190,6 +190,24 @@ def aot_rows() -> list[list[str]]:
     return rows
 
 
+def cli_warmup_rows() -> list[list[str]]:
+    rows = []
+    for path in sorted(RESULTS.glob("*/cli_live_warmup*.json")):
+        data = _load(path)
+        if not data or not data.get("summary"):
+            continue
+        s, cold = data["summary"], data["runs"]["cold"]
+        where = f"{data.get('gpu') or 'GPU'} ({path.parent.name}, {data.get('cpu_count', '?')} cores)"
+        rows.append([f"`jitcache warmup` (the CLI, live) from an empty cache, one GPU",
+                     f"{_num(s.get('cold_wall_seconds'))} s process: precompile {_num(cold.get('precompile_seconds'))} s "
+                     f"({s.get('cold_precompile_compiled')} nvcc compiles), live steps compiled "
+                     f"{s.get('cold_live_steps_compiled')}",
+                     f"again on that cache: {_num(s.get('warm_wall_seconds'))} s process, "
+                     f"{s.get('warm_live_steps_compiled')} compiled", where, data.get("deep_ep", "?"),
+                     data.get("profile", "?"), _src(path)])
+    return rows
+
+
 def multi_gpu_rows() -> list[list[str]]:
     rows = []
     for folder in sorted(p for p in RESULTS.iterdir() if p.is_dir()):
@@ -207,7 +225,7 @@ def multi_gpu_rows() -> list[list[str]]:
         if "live_wall_seconds" in s:
             rows.append([f"EP{world} live warmup from empty, precompile split over the ranks",
                          f"{_num(s.get('live_wall_seconds'))} s, {_num(s.get('live_compile_cpu_seconds'), '{:.0f}')} "
-                         f"compile CPU-s; {s.get('live_precompile_compiled_total', '?')} nvcc compiles, "
+                         f"compile CPU-s; {s.get('live_precompile_compiled', '?')} nvcc compiles, "
                          f"{s.get('live_steps_that_compiled', '?')} in the live steps", lazy, where, dep, prof, _src(path)])
         if "live_plain_wall_seconds" in s:
             rows.append([f"EP{world} live warmup from empty, --no-precompile",
@@ -233,7 +251,7 @@ def multi_gpu_rows() -> list[list[str]]:
 
 def table() -> str:
     header = ["Benchmark", "Result", "Compared with", "Machine", "DeepEP", "Profile", "Source"]
-    rows = (live_proof_rows() + readiness_rows() + multi_gpu_rows() + aot_rows() + decode_rows() + overhead_rows()
+    rows = (live_proof_rows() + readiness_rows() + cli_warmup_rows() + multi_gpu_rows() + aot_rows() + decode_rows() + overhead_rows()
             + storm_rows())
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in rows]

@@ -30,7 +30,12 @@ ranks_per_node = 1
 max_num_batched_tokens = 4
 modes = ["decode"]
 [target]
+arch = "sm_90a"
+num_device_sms = 132
+num_smem_bytes = 232448
+clock_rate_khz = 1980000
 num_allocated_qps = 129
+gpu_timeout_secs = 100
 """
 
 

@@ -116,8 +116,8 @@ def _part(out, phase, rank, **data):
 
 def _happy(out):
     shared = {"entries": 57, "variants": 56, "variants_missing": 0, "every_variant_exactly_once": True}
-    for r, compiled in ((0, 29), (1, 28)):  # the ranks split the precompile; the live steps then compile nothing
-        report = {"totals": {"compiled": 0}, "precompile": {"status": "done", "compiled": compiled, "entries": ["x"]}}
+    for r in (0, 1):  # the ranks split the precompile (its counts are the group's); the live steps compile nothing
+        report = {"totals": {"compiled": 0}, "precompile": {"status": "done", "compiled": 57, "entries": ["x"]}}
         _part(out, "live", r, ok=True, wall_seconds=20.0 + r, compile_cpu_seconds=190.0 - r,
               process_cpu_seconds=20.0, report=report, **({"shared_cache": shared} if r == 0 else {}))
     _part(out, "live_plain", 0, ok=True, wall_seconds=190.0, compile_cpu_seconds=700.0, process_cpu_seconds=50.0,
@@ -146,10 +146,10 @@ def test_merge_of_a_complete_run(tmp_path):
     assert s["live_every_rank_finished"] and s["live_every_variant_exists_once"]
     assert s["live_compile_cpu_seconds"] == 379.0 and s["lazy_compile_cpu_seconds"] == 1400.0
     assert s["live_over_lazy_compile_cpu"] == round(379 / 1400, 3) and s["lazy_over_live_wall"] == round(186 / 21, 2)
-    assert s["live_precompile_compiled_total"] == 57 and s["live_steps_that_compiled"] == 0
+    assert s["live_precompile_compiled"] == 57 and s["live_steps_that_compiled"] == 0
     assert s["live_plain_compile_cpu_seconds"] == 1390.0 and s["live_plain_every_variant_exists_once"]
     pre = merged["phases"]["live"]["summary"]["precompile_per_rank"]
-    assert pre == {"0": {"status": "done", "compiled": 29}, "1": {"status": "done", "compiled": 28}}
+    assert pre == {"0": {"status": "done", "compiled": 57}, "1": {"status": "done", "compiled": 57}}
     assert s["aot_union_equals_plan"] and s["aot_compiled_per_rank"] == {"0": 3, "1": 2}
     assert s["aot_entries_equal_live_entries"] is True
     assert s["trace_passed"] and s["trace_new_cache_entries"] == 0 and s["trace_misses"] == 0
