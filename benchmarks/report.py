@@ -74,7 +74,7 @@ def readiness_rows() -> list[list[str]]:
     dep = s.get("deep_ep") or "?"
     prof = data.get("profile", "?")
     return [
-        ["Readiness: cold live warmup (empty cache)", f"{_num(s.get('cold_live_warmup_seconds'))} s warmup",
+        ["Readiness: cold live warmup (empty cache, DeepEP's own JIT, no nvcc pass)", f"{_num(s.get('cold_live_warmup_seconds'))} s warmup",
          f"{_num(s.get('cold_live_process_seconds'))} s process"
          + (" (reused from an earlier run)" if s.get("cold_live_reused_from") else ""), where, dep, prof, _src(path)],
         ["Readiness: AOT warmup from empty", f"{_num(s.get('aot_wall_seconds'))} s with {s.get('aot_jobs')} nvcc jobs",
@@ -149,7 +149,7 @@ def live_proof_rows() -> list[list[str]]:
     gpu, deep_ep = env.get("gpu", "H200"), env.get("deep_ep", "?")
     raw = phases.get("raw", {})
     rows = [
-        ["Live warmup from an empty cache (every planned variant compiled)",
+        ["Live warmup from an empty cache, DeepEP compiling every variant (no nvcc pass)",
          f"{_num(s.get('warmup_seconds'))} s", f"all compiled: {s.get('warmup_every_variant_compiled')}",
          gpu, deep_ep, data.get("profile", "?"), _src(path)],
         [f"Serving trace, {data.get('steps')} decode steps of 1..8192 tokens, strict `BucketedDispatcher`",
