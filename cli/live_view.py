@@ -71,6 +71,9 @@ def render_precompile(o: Output, pre: dict, num_steps: int) -> None:
             + "".join(f", {n} {what}" for n, what in others if n))
     missed = pre.get("missed_by_live")
     o.print(line + ("; the live pass found them all" if missed == 0 else ""))
+    if pre.get("target_from_device"):
+        o.print("Target facts the profile left unknown, read from this GPU and buffer: "
+                + ", ".join(f"{k}={v}" for k, v in sorted(pre["target_from_device"].items())))
     if pre["status"] == "failed":
         o.warn(f"precompile failed: {pre['reason']}")
     if missed:

@@ -14,7 +14,9 @@ decides alone whether it can run (a profile, DeepEP 2.5, the headers of the
 package the buffer class comes from, a toolchain, a writable cache folder),
 then the ranks all-gather those decisions and the digests of the jobs they
 rendered; all run, or all skip with a reason naming the ranks that could not.
-Everything a rank can fail at alone happens before that exchange. After the
+Everything a rank can fail at alone happens before that exchange. The
+``[target]`` facts a profile leaves at 0 (SM count, shared memory, clock, QPs)
+are read from the GPU and the buffer the warmup runs on, as DeepEP reads them. After the
 compile the ranks all-gather their outcomes, so every rank returns the same
 status and the group's counts. Nothing here stops a warmup: a failure is a
 status, and the live pass compiles whatever is missing.
@@ -28,7 +30,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -41,7 +43,7 @@ from .store.root import CacheRoot, resolve_root
 from .toolchain import Toolchain
 from .variants import plan
 
-__all__ = ["PrecompileResult", "buffer_headers", "precompile"]
+__all__ = ["PrecompileResult", "buffer_headers", "live_target_facts", "precompile", "with_live_target"]
 
 log = logging.getLogger("jitcache.prepass")
 
@@ -76,6 +78,7 @@ class PrecompileResult:
     world_size: int = 1
     deep_ep_headers_from: str | None = None
     report_path: str | None = None
+    target_from_device: dict = field(default_factory=dict)  # [target] facts the profile left 0, read from the GPU
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -93,6 +96,7 @@ class _Local:
     toolchain: Toolchain | None = None
     jobs: tuple = ()
     root: CacheRoot | None = None
+    target_from_device: dict = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
         if self.reason is not None:
@@ -124,6 +128,36 @@ def buffer_headers(buffer: Any) -> tuple[Path, Path]:
     return package_dir, package_dir / "include"
 
 
+#: TargetSpec fields DeepEP reads from the device at run time, and where a live process finds them.
+_DEVICE_FACTS = {"num_device_sms": "multi_processor_count", "num_smem_bytes": "shared_memory_per_block_optin",
+                 "clock_rate_khz": "clock_rate"}
+
+
+def live_target_facts(buffer: Any) -> dict[str, int]:
+    """What DeepEP will read here: the current CUDA device's SM count, opt-in shared memory per block and
+    clock (kHz), and the buffer's ``num_allocated_qps``. Empty without torch or a GPU; unknown values left out."""
+    facts: dict[str, int] = {}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        for name, attribute in _DEVICE_FACTS.items():
+            facts[name] = getattr(props, attribute, 0)
+    facts["num_allocated_qps"] = getattr(buffer, "num_allocated_qps", 0)
+    return {k: v for k, v in facts.items() if isinstance(v, int) and not isinstance(v, bool) and v > 0}
+
+
+def with_live_target(profile: Profile, facts: dict[str, int]) -> tuple[Profile, dict[str, int]]:
+    """``profile`` with the ``[target]`` values it leaves at 0 (unknown) taken from ``facts``; and those taken.
+
+    Values the profile sets win: they are what the cache is meant for, and a
+    mismatch shows up as ``missed_by_live``.
+    """
+    taken = {k: v for k, v in facts.items() if getattr(profile.target, k) <= 0}
+    if not taken:
+        return profile, {}
+    return replace(profile, target=replace(profile.target, **taken)), taken
+
+
 def _root_for(deep_ep_dir: Path, cache_dir: str | Path | None) -> CacheRoot:
     # The jitcache root when its deep_ep/ is the folder DeepEP reads (what activate() sets), else a bare DeepEP cache.
     try:
@@ -145,7 +179,8 @@ def _prepare(buffer: Any, target: Profile | BucketPolicy | str, modes: Iterable[
         if api != API_25:
             return _Local(f"DeepEP {api} buffer: jitcache's DeepEP 2.1 digests are not pinned against entries "
                           "DeepEP 2.1 wrote, so DeepEP compiles its own kernels")
-        the_plan = plan(load_profile(target), modes)
+        profile, filled = with_live_target(load_profile(target), live_target_facts(buffer))
+        the_plan = plan(profile, modes)
         if toolchain is None:
             from .toolchain import resolve_toolchain
 
@@ -167,7 +202,7 @@ def _prepare(buffer: Any, target: Profile | BucketPolicy | str, modes: Iterable[
     except Exception as exc:  # noqa: BLE001 - one rank's surprise must not desynchronise the group's collectives
         log.exception("precompile: unexpected error while preparing")
         return _Local(f"unexpected {type(exc).__name__}: {exc}")
-    return _Local(None, the_plan, toolchain, jobs, root)
+    return _Local(None, the_plan, toolchain, jobs, root, filled)
 
 
 def _gather(record: dict[str, Any], group: Any, world: int) -> list[dict[str, Any]]:
@@ -263,4 +298,4 @@ def precompile(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, mod
     return PrecompileResult(status, reason, **counts, entries=tuple(j.entry for j in local.jobs),
                             wall_seconds=max(o["wall_seconds"] for o in outcomes), jobs=mine.get("jobs"),
                             world_size=world, deep_ep_headers_from=local.toolchain.deep_ep_headers_from or None,
-                            report_path=mine.get("report_path"))
+                            report_path=mine.get("report_path"), target_from_device=dict(local.target_from_device))

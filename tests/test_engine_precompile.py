@@ -223,3 +223,60 @@ def test_no_precompile_with_aot_is_a_usage_error():
 
     result = run_cli("warmup", "--aot", "--no-precompile")
     assert result.code == 2 and "--no-precompile applies to the live warmup" in result.stderr
+
+
+def test_target_facts_the_profile_leaves_unknown_come_from_the_gpu_and_buffer_it_runs_on(deep_ep25_include,  # noqa: F811
+                                                                                         nccl_include):  # noqa: F811
+    """A profile without [target] facts renders, on the GPU host, exactly the kernels of one that has them.
+
+    The facts are what torch reports for an H200 (recorded on the rig: benchmarks/results/h200/
+    gpu_capture_cache.json) and EPBuffer.num_allocated_qps; values the profile sets win.
+    """
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from jitcache.aot import jobs_for_plan
+    from jitcache.prepass import live_target_facts, with_live_target
+    from jitcache.profiles import TargetSpec
+    from jitcache.toolchain import Toolchain
+    from jitcache.variants import plan
+
+    toolchain = Toolchain(nvcc=Path("/bin/false"), nvcc_version_output=NVCC_13_0, deep_ep_include=deep_ep25_include,
+                          deep_ep_api="2.5", nccl_include=nccl_include, target_nccl_include=str(nccl_include),
+                          python_library_root=str(deep_ep25_include.parent))
+    full = _profile()
+    bare = replace(full, target=TargetSpec(arch="sm_90a"))
+    h200 = SimpleNamespace(multi_processor_count=132, shared_memory_per_block_optin=232448, clock_rate=1980000)
+
+    class FakeCuda:
+        @staticmethod
+        def is_available():
+            return True
+
+        @staticmethod
+        def current_device():
+            return 0
+
+        @staticmethod
+        def get_device_properties(index):
+            assert index == 0
+            return h200
+
+    torch_like = SimpleNamespace(cuda=FakeCuda)
+    buffer = SimpleNamespace(num_allocated_qps=129)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "torch", torch_like)
+        facts = live_target_facts(buffer)
+    assert facts == {"num_device_sms": 132, "num_smem_bytes": 232448, "clock_rate_khz": 1980000,
+                     "num_allocated_qps": 129}
+    filled, taken = with_live_target(bare, facts)
+    assert taken == facts and filled.target == full.target
+    names = lambda p: [j.entry for j in jobs_for_plan(plan(p), toolchain)]  # noqa: E731
+    assert names(filled) == names(full)
+    # what the profile sets is kept; nothing to fill, nothing taken
+    assert with_live_target(full, {**facts, "num_device_sms": 78}) == (full, {})
+    # no GPU: nothing from the device; a buffer without the attribute (or 0): nothing from it either
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "torch", SimpleNamespace(cuda=SimpleNamespace(is_available=lambda: False)))
+        assert live_target_facts(SimpleNamespace(num_allocated_qps=0)) == {}
+        assert live_target_facts(buffer) == {"num_allocated_qps": 129}
