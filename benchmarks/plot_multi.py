@@ -40,8 +40,10 @@ def warmup_plot(results: Path) -> Path:
         ax.set_ylim(0, max(values) * 1.15)
         ax.set_ylabel(label, fontsize=9)
         ax.tick_params(axis="x", labelsize=8)
+    shared = next((p["summary"].get("shared_cache") for p in data["phases"].values()
+                   if p["summary"].get("shared_cache")), {})
     fig.suptitle(f"{data.get('profile')}: EP{world} on {world} GPUs of one node "
-                 f"({results.name}; 57 cache entries)")
+                 f"({results.name}; {shared.get('entries', '?')} cache entries)")
     fig.tight_layout()
     path = results / "multi_warmup.png"
     fig.savefig(path, dpi=120)
