@@ -13,6 +13,8 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from jitcache.engine import PRECOMPILE
+
 from .output import Output
 
 
@@ -30,7 +32,10 @@ def progress_bar(out: Output) -> Iterator[Callable[[Any], None]]:
         nonlocal task
         if task is None:
             task = bar.add_task("", total=event.total)
-        label = f"{event.mode} num_max_tokens_per_rank={event.num_max_tokens_per_rank}"
+        if event.mode == PRECOMPILE:
+            label = "compiling the plan's kernels with nvcc first (split over the ranks)"
+        else:
+            label = f"{event.mode} num_max_tokens_per_rank={event.num_max_tokens_per_rank}"
         if event.result is not None:
             label += f" {event.result.status} ({event.result.seconds:.1f} s)"
         bar.update(task, completed=event.done, description=label)

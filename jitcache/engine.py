@@ -62,6 +62,7 @@ log = logging.getLogger("jitcache.engine")
 
 COMPILED = "compiled"
 CACHED = "cached"
+PRECOMPILE = "precompile"  # the mode of the progress event sent before the nvcc pass
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,11 @@ class VariantResult:
 
 @dataclass(frozen=True)
 class WarmupProgress:
-    """Sent to the progress callback before (``result is None``) and after each step, on rank 0 only."""
+    """Sent to the progress callback before (``result is None``) and after each step, on rank 0 only.
+
+    When the nvcc pass runs, one event with ``mode == PRECOMPILE`` (``done`` 0,
+    ``num_max_tokens_per_rank`` 0) comes first, before the pass.
+    """
 
     done: int
     total: int
@@ -323,7 +328,9 @@ def _emit(progress: Any, event: WarmupProgress) -> None:
     if callable(progress):
         progress(event)
     elif progress:
-        if event.result is None:
+        if event.mode == PRECOMPILE:
+            log.info("warmup: compiling the plan's %d steps' kernels with nvcc first", event.total)
+        elif event.result is None:
             log.info("warmup %d/%d: %s num_max_tokens_per_rank=%d", event.done + 1, event.total, event.mode,
                      event.num_max_tokens_per_rank)
         else:
@@ -359,14 +366,15 @@ def warmup(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, modes: 
     group = group if group is not None else getattr(buffer, "group", None)
     rank, world = check_group_agreement(_agreement_record(spec, api, precompile), group)
     prepass: PrecompileResult | None = None
+    notify = progress if rank == 0 else False
     if precompile:  # the parameter: the function is _prepass.precompile here
+        _emit(notify, WarmupProgress(0, len(spec.steps), PRECOMPILE, 0, 0.0, None))
         prepass = _prepass.precompile(buffer, spec.profile or spec.policy, modes, group=group, cache_dir=cache_dir,
                                       jobs=jobs, toolchain=toolchain)
     if device is None:
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     roots = jit_cache_roots(api)
     dispatch = _original_bound_dispatch(buffer)  # an install()ed guard must not refuse the warmup itself
-    notify = progress if rank == 0 else False
 
     results: list[VariantResult] = []
     start = time.perf_counter()

@@ -12,7 +12,7 @@ import fake_deep_ep as fake  # noqa: E402
 from jitcache import BucketPolicy, ColdVariantError, UsageError, WarmupError  # noqa: E402
 from jitcache import deepep  # noqa: E402
 from jitcache.deepep import BucketedDispatcher  # noqa: E402
-from jitcache.engine import WarmupReport, live_warmup_cli, load_report, warmup  # noqa: E402
+from jitcache.engine import PRECOMPILE, WarmupReport, live_warmup_cli, load_report, warmup  # noqa: E402
 from jitcache.profiles import parse_profile  # noqa: E402
 from jitcache.variants import plan  # noqa: E402
 
@@ -122,6 +122,9 @@ def test_report_is_saved_loaded_and_trusted_by_the_dispatcher(tmp_path):
 def test_progress_callback_gets_before_and_after_events():
     events = []
     warmup(buffer(), profile(), progress=events.append, save=False)
+    # first the nvcc pass's one event (it is announced even when it then skips), then two per step
+    first = events.pop(0)
+    assert (first.mode, first.done, first.total, first.result) == (PRECOMPILE, 0, 7, None)
     assert len(events) == 14
     assert [e.done for e in events[::2]] == list(range(7)) and all(e.result is None for e in events[::2])
     assert [e.done for e in events[1::2]] == list(range(1, 8))
