@@ -16,7 +16,8 @@ then the ranks all-gather those decisions and the digests of the jobs they
 rendered; all run, or all skip with a reason naming the ranks that could not.
 Everything a rank can fail at alone happens before that exchange. The
 ``[target]`` facts a profile leaves at 0 (SM count, shared memory, clock, QPs)
-are read from the GPU and the buffer the warmup runs on, as DeepEP reads them. After the
+are read from the GPU and the buffer the warmup runs on, as DeepEP reads them;
+at EP>1 so is ``[deep_ep] num_sms = 0`` (``EPBuffer.get_theoretical_num_sms``). After the
 compile the ranks all-gather their outcomes, so every rank returns the same
 status and the group's counts. Nothing here stops a warmup: a failure is a
 status, and the live pass compiles whatever is missing.
@@ -43,7 +44,8 @@ from .store.root import CacheRoot, resolve_root
 from .toolchain import Toolchain
 from .variants import plan
 
-__all__ = ["PrecompileResult", "buffer_headers", "live_target_facts", "precompile", "with_live_target"]
+__all__ = ["PrecompileResult", "buffer_headers", "live_target_facts", "precompile", "with_live_num_sms",
+           "with_live_target"]
 
 log = logging.getLogger("jitcache.prepass")
 
@@ -78,7 +80,8 @@ class PrecompileResult:
     world_size: int = 1
     deep_ep_headers_from: str | None = None
     report_path: str | None = None
-    target_from_device: dict = field(default_factory=dict)  # [target] facts the profile left 0, read from the GPU
+    # [target] facts the profile left 0, read from the GPU and buffer; "num_sms": DeepEP's own choice at EP>1
+    target_from_device: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -158,6 +161,25 @@ def with_live_target(profile: Profile, facts: dict[str, int]) -> tuple[Profile, 
     return replace(profile, target=replace(profile.target, **taken)), taken
 
 
+def with_live_num_sms(profile: Profile, buffer: Any) -> tuple[Profile, dict[str, int]]:
+    """At EP>1, a profile's ``[deep_ep] num_sms = 0`` means "DeepEP's choice": on the GPU host that choice is
+    ``buffer.get_theoretical_num_sms(num_experts, num_topk)`` (a bandwidth model of this host), which a build
+    machine cannot compute. Returns the profile with it, and ``{"num_sms": value}``; unchanged when the
+    profile pins it, at EP1 (the renderer knows: every SM), or when the buffer cannot say."""
+    if profile.deep_ep.num_sms or profile.parallel.ep_size <= 1:
+        return profile, {}
+    ask = getattr(buffer, "get_theoretical_num_sms", None)
+    try:
+        value = ask(profile.model.num_experts, profile.model.num_topk) if callable(ask) else 0
+    except Exception as exc:  # noqa: BLE001 - it runs nvidia-smi; the render then says num_sms is needed
+        log.info("precompile: %s.get_theoretical_num_sms failed (%s: %s)", type(buffer).__name__,
+                 type(exc).__name__, exc)
+        return profile, {}
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        return profile, {}
+    return replace(profile, deep_ep=replace(profile.deep_ep, num_sms=value)), {"num_sms": value}
+
+
 def _root_for(deep_ep_dir: Path, cache_dir: str | Path | None) -> CacheRoot:
     # The jitcache root when its deep_ep/ is the folder DeepEP reads (what activate() sets), else a bare DeepEP cache.
     try:
@@ -180,6 +202,8 @@ def _prepare(buffer: Any, target: Profile | BucketPolicy | str, modes: Iterable[
             return _Local(f"DeepEP {api} buffer: jitcache's DeepEP 2.1 digests are not pinned against entries "
                           "DeepEP 2.1 wrote, so DeepEP compiles its own kernels")
         profile, filled = with_live_target(load_profile(target), live_target_facts(buffer))
+        profile, sms = with_live_num_sms(profile, buffer)
+        filled = {**filled, **sms}
         the_plan = plan(profile, modes)
         if toolchain is None:
             from .toolchain import resolve_toolchain

@@ -280,3 +280,43 @@ def test_target_facts_the_profile_leaves_unknown_come_from_the_gpu_and_buffer_it
         mp.setitem(sys.modules, "torch", SimpleNamespace(cuda=SimpleNamespace(is_available=lambda: False)))
         assert live_target_facts(SimpleNamespace(num_allocated_qps=0)) == {}
         assert live_target_facts(buffer) == {"num_allocated_qps": 129}
+
+
+def test_at_ep2_num_sms_zero_is_deep_eps_own_choice_asked_of_the_buffer(deep_ep25_include, nccl_include):  # noqa: F811
+    """[deep_ep] num_sms = 0 at EP>1: the buffer's get_theoretical_num_sms (28 on the H200 x2, recorded in
+    benchmarks/results/h200x2/parts/trace.rank0.json) gives the kernels of the profile that pins 28."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from jitcache.aot import jobs_for_plan
+    from jitcache.prepass import with_live_num_sms
+    from jitcache.profiles import load_profile
+    from jitcache.toolchain import Toolchain
+    from jitcache.variants import plan
+
+    toolchain = Toolchain(nvcc=Path("/bin/false"), nvcc_version_output=NVCC_13_0, deep_ep_include=deep_ep25_include,
+                          deep_ep_api="2.5", nccl_include=nccl_include, target_nccl_include=str(nccl_include),
+                          python_library_root=str(deep_ep25_include.parent))
+    pinned = load_profile("h200x2-ep2")
+    unpinned = replace(pinned, deep_ep=replace(pinned.deep_ep, num_sms=0))
+    asked = []
+
+    def theoretical(num_experts, num_topk):
+        asked.append((num_experts, num_topk))
+        return 28
+
+    buffer = SimpleNamespace(get_theoretical_num_sms=theoretical)
+    filled, taken = with_live_num_sms(unpinned, buffer)
+    assert taken == {"num_sms": 28} and asked == [(256, 8)] and filled.deep_ep == pinned.deep_ep
+    names = lambda p: [j.entry for j in jobs_for_plan(plan(p), toolchain)]  # noqa: E731
+    assert names(filled) == names(pinned)
+    # a pinned value, EP1, a buffer that cannot say or fails: nothing asked or taken
+    assert with_live_num_sms(pinned, buffer) == (pinned, {})
+    assert with_live_num_sms(load_profile("h200-ep1"), buffer) == (load_profile("h200-ep1"), {})
+    assert with_live_num_sms(unpinned, SimpleNamespace()) == (unpinned, {})
+
+    def broken(num_experts, num_topk):
+        raise RuntimeError("nvidia-smi: not found")
+
+    assert with_live_num_sms(unpinned, SimpleNamespace(get_theoretical_num_sms=broken)) == (unpinned, {})
+    assert len(asked) == 1
