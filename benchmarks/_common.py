@@ -52,6 +52,44 @@ def tensors_equal(a: Any, b: Any) -> bool:
     return a.shape == b.shape and torch.equal(a, b)
 
 
+def canonical_rows(result: Any) -> tuple[Any, Any, Any, int]:
+    """``(recv_x, recv_topk_idx, recv_topk_weights, valid)`` of a DeepEP 2.5 dispatch result, the ``valid``
+    received rows in an order that does not depend on arrival (not part of DeepEP's contract).
+
+    Sorted by DeepEP's own key (``recv_src_metadata[:, 0]``, what its deterministic mode sorts by) after
+    a stable sort by the row's content, so that rows with equal keys (from several source ranks) still
+    come out in one order.
+    """
+    import torch  # noqa: PLC0415 - GPU scripts only
+
+    recv_x, recv_idx, recv_w, handle, _ = result
+    valid = int(handle.psum_num_recv_tokens_per_scaleup_rank[-1].item())
+    key = handle.recv_src_metadata[:valid, 0].to(torch.int64)
+    content = recv_x[:valid].view(torch.int16).to(torch.int64).sum(dim=1)
+    if recv_idx is not None:
+        content = content * 1_000_003 + recv_idx[:valid].sum(dim=1)
+    order = torch.sort(content, stable=True).indices
+    order = order[torch.sort(key[order], stable=True).indices]
+    pick = lambda t: None if t is None else t[:valid][order]  # noqa: E731
+    return pick(recv_x), pick(recv_idx), pick(recv_w), valid
+
+
+def compare_with_direct(bucketed: Any, direct: Any, combined_bucketed: Any, combined_direct: Any) -> dict:
+    """The same inputs through ``BucketedDispatcher`` and straight to DeepEP: are the results bit-identical?
+
+    ``recv_equal``: the valid received rows (:func:`canonical_rows`) of ``recv_x``, ``recv_topk_idx`` and
+    ``recv_topk_weights``; ``recv_raw_positional_equal``: the same without reordering (informative);
+    ``combined_equal``: both outputs of ``combine``; ``valid_rows``: the two valid counts.
+    """
+    p, q = canonical_rows(bucketed), canonical_rows(direct)
+    return {"recv_equal": p[3] == q[3] and all(tensors_equal(u, v) for u, v in zip(p[:3], q[:3])),
+            "recv_raw_positional_equal": all(tensors_equal(u[:p[3]], v[:q[3]])
+                                             for u, v in zip(bucketed[:2], direct[:2])),
+            "combined_equal": (tensors_equal(combined_bucketed[0], combined_direct[0])
+                               and tensors_equal(combined_bucketed[1], combined_direct[1])),
+            "valid_rows": [p[3], q[3]]}
+
+
 def run_phase(phases: dict[str, Callable[[Any], dict]], args: Any) -> dict:
     """Run ``phases[args.phase](args)`` in this (child) process and write its JSON to ``args.phase_out``,
     whatever happens: the parent must get a result even from a phase that raised."""

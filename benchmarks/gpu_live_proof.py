@@ -44,7 +44,7 @@ from pathlib import Path
 PROFILE = "h200-ep1"
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
-from _common import run_phase as _run_phase, say, tensors_equal as _equal  # noqa: E402
+from _common import compare_with_direct, run_phase as _run_phase, say  # noqa: E402
 
 
 def trace_sizes(steps: int, seed: int, cap: int) -> list[int]:
@@ -131,15 +131,6 @@ def _inputs(n: int, step: int, profile):
     return x, idx, weights
 
 
-def _canonical(result):
-    """Valid received rows in source-token order: (recv_x, recv_topk_idx, recv_topk_weights)."""
-    recv_x, recv_idx, recv_w, handle, _ = result
-    valid = int(handle.psum_num_recv_tokens_per_scaleup_rank[-1].item())
-    order = handle.recv_src_metadata[:valid, 0].argsort()
-    pick = lambda t: None if t is None else t[:valid][order]  # noqa: E731
-    return pick(recv_x), pick(recv_idx), pick(recv_w), valid
-
-
 def phase_trace(args: argparse.Namespace) -> dict:
     import torch
 
@@ -172,17 +163,16 @@ def phase_trace(args: argparse.Namespace) -> dict:
             c1 = dispatcher.combine(bucketed[0], bucketed[3], topk_weights=bucketed[2])
             c2 = buffer.combine(direct[0], direct[3], topk_weights=direct[2])
             torch.cuda.synchronize()
-            a, b = _canonical(bucketed), _canonical(direct)
-            recv_ok = a[3] == b[3] == n and all(_equal(p, q) for p, q in zip(a[:3], b[:3]))
-            raw_ok = all(_equal(p[:a[3]], q[:b[3]]) for p, q in zip(bucketed[:2], direct[:2]))
-            comb_ok = _equal(c1[0], c2[0]) and _equal(c1[1], c2[1])
+            same = compare_with_direct(bucketed, direct, c1, c2)
+            recv_ok = same["recv_equal"] and same["valid_rows"] == [n, n]  # EP1: every token arrives
+            raw_ok, comb_ok = same["recv_raw_positional_equal"], same["combined_equal"]
             counts["steps"] += 1
             counts["recv_equal"] += recv_ok
             counts["recv_raw_positional_equal"] += raw_ok
             counts["combined_equal"] += comb_ok
             if not (recv_ok and comb_ok) and len(mismatches) < 10:
                 mismatches.append({"step": step, "num_tokens": n, "bucket": policy.bucket(n),
-                                   "valid_rows": [a[3], b[3]], "recv_equal": recv_ok, "combined_equal": comb_ok})
+                                   "valid_rows": same["valid_rows"], "recv_equal": recv_ok, "combined_equal": comb_ok})
         except Exception as exc:  # noqa: BLE001 - record and go on
             counts["errors"] += 1
             if len(first_errors) < 5:

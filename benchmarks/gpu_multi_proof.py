@@ -72,7 +72,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))
-from _common import tensors_equal as _equal  # noqa: E402
+from _common import compare_with_direct  # noqa: E402
 
 PHASES = ("live", "live_plain", "lazy", "aot", "trace")
 DEFAULT_BUDGETS = {"live": 300.0, "live_plain": 300.0, "lazy": 300.0, "aot": 180.0, "trace": 240.0}
@@ -533,29 +533,6 @@ def child_lazy(args: argparse.Namespace, dog: Watchdog) -> dict:
     return result
 
 
-def _canonical(result):
-    """(recv_x, recv_topk_idx, recv_topk_weights, valid) with the valid rows in a content-determined order.
-
-    Sorted by DeepEP's own key (``recv_src_metadata[:, 0]``, what its deterministic
-    mode sorts by) after a sort by the row's content, so that equal keys (if the key is
-    per source rank) still give one order.
-    """
-    import torch
-
-    recv_x, recv_idx, recv_w, handle, _ = result
-    valid = int(handle.psum_num_recv_tokens_per_scaleup_rank[-1].item())
-    key = handle.recv_src_metadata[:valid, 0].to(torch.int64)
-    content = recv_x[:valid].view(torch.int16).to(torch.int64).sum(dim=1)
-    if recv_idx is not None:
-        content = content * 1_000_003 + recv_idx[:valid].sum(dim=1)
-    order = torch.sort(content, stable=True).indices
-    order = order[torch.sort(key[order], stable=True).indices]
-    pick = lambda t: None if t is None else t[:valid][order]  # noqa: E731
-    return pick(recv_x), pick(recv_idx), pick(recv_w), valid
-
-
-
-
 def child_trace(args: argparse.Namespace, dog: Watchdog) -> dict:
     work = Path(args.work)
     choice = args.trace_cache
@@ -630,10 +607,8 @@ def child_trace(args: argparse.Namespace, dog: Watchdog) -> dict:
             ca = dispatcher.combine(a[0], a[3], topk_weights=a[2])
             cb = buffer.combine(b[0], b[3], topk_weights=b[2])
             torch.cuda.synchronize()
-            p, q = _canonical(a), _canonical(b)
-            recv_ok = p[3] == q[3] and all(_equal(u, v) for u, v in zip(p[:3], q[:3]))
-            raw_ok = all(_equal(u[:p[3]], v[:q[3]]) for u, v in zip(a[:2], b[:2]))
-            comb_ok = _equal(ca[0], cb[0]) and _equal(ca[1], cb[1])
+            same = compare_with_direct(a, b, ca, cb)
+            recv_ok, raw_ok, comb_ok = same["recv_equal"], same["recv_raw_positional_equal"], same["combined_equal"]
             counts["steps"] += 1
             counts["recv_equal"] += recv_ok
             counts["recv_raw_positional_equal"] += raw_ok
@@ -644,7 +619,7 @@ def child_trace(args: argparse.Namespace, dog: Watchdog) -> dict:
                 if ca[0] is not None and cb[0] is not None and ca[0].shape == cb[0].shape:
                     diff = float((ca[0].float() - cb[0].float()).abs().max().item()) if ca[0].numel() else 0.0
                 mismatches.append({"step": step, "num_tokens": n, "across_dp": across, "bucket": bucket,
-                                   "valid_rows": [p[3], q[3]], "recv_equal": recv_ok, "combined_equal": comb_ok,
+                                   "valid_rows": same["valid_rows"], "recv_equal": recv_ok, "combined_equal": comb_ok,
                                    "combined_max_abs_diff": diff})
         except Exception as exc:  # noqa: BLE001 - recorded; every rank stops at the next step's all_gather
             counts["errors"] += 1

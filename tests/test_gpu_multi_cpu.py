@@ -238,3 +238,47 @@ def test_drivers_under_torchrun_run_every_rank_and_merge_what_each_wrote(tmp_pat
             assert part["exit_code"] == 0 and part["driver_timed_out"] is False and part["stage"] == "init NCCL"
         assert merged["phases"][phase]["summary"]["ranks_failed"] == [0, 1]
     assert merged["summary"]["trace_passed"] is False
+
+
+# -- the bit-equality check both GPU proofs use (benchmarks/_common.compare_with_direct), on CPU tensors ----------
+
+
+def _dispatched(rows, keys, valid, pad_rows=2):
+    """A DeepEP 2.5 dispatch result: ``rows`` (x, topk_idx, topk_weights per row) in arrival order, then padding."""
+    import torch
+    from types import SimpleNamespace
+
+    x = torch.stack([r[0] for r in rows] + [torch.full_like(rows[0][0], 7.0)] * pad_rows)
+    idx = torch.stack([r[1] for r in rows] + [torch.full_like(rows[0][1], -1)] * pad_rows)
+    w = torch.stack([r[2] for r in rows] + [torch.zeros_like(rows[0][2])] * pad_rows)
+    metadata = torch.tensor([[k, 0] for k in keys] + [[0, 0]] * pad_rows, dtype=torch.int32)
+    handle = SimpleNamespace(psum_num_recv_tokens_per_scaleup_rank=torch.tensor([valid]), recv_src_metadata=metadata)
+    return x, idx, w, handle, None
+
+
+def test_compare_with_direct_ignores_arrival_order_and_padding_but_not_a_changed_row():
+    torch = pytest.importorskip("torch")
+    from _common import compare_with_direct
+
+    g = torch.Generator().manual_seed(0)
+
+    def row():
+        return (torch.randn(8, generator=g).to(torch.bfloat16), torch.randint(0, 16, (2,), generator=g),
+                torch.rand(2, generator=g))
+
+    rows = [row() for _ in range(4)]
+    keys = [0, 1, 1, 2]  # key 1 twice: tokens of the same index from two source ranks
+    combined = (torch.ones(3, 8), torch.ones(3, 2))
+    bucketed = _dispatched(rows, keys, 4)
+    arrival = [3, 2, 0, 1]  # another arrival order, and other padding
+    direct = _dispatched([rows[i] for i in arrival], [keys[i] for i in arrival], 4, pad_rows=5)
+    same = compare_with_direct(bucketed, direct, combined, (combined[0].clone(), combined[1].clone()))
+    assert same == {"recv_equal": True, "recv_raw_positional_equal": False, "combined_equal": True,
+                    "valid_rows": [4, 4]}
+
+    changed = [rows[i] for i in arrival]
+    changed[1] = (changed[1][0] + 1, changed[1][1], changed[1][2])
+    other = compare_with_direct(bucketed, _dispatched(changed, [keys[i] for i in arrival], 4), combined,
+                                (combined[0] + 1, combined[1]))
+    assert other["recv_equal"] is False and other["combined_equal"] is False
+    assert compare_with_direct(bucketed, _dispatched(rows[:3], keys[:3], 3), combined, combined)["recv_equal"] is False
