@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine_facts, write_result  # noqa: E402
 
-from jitcache.buckets import BucketPolicy  # noqa: E402
+from jitcache.planning.buckets import BucketPolicy  # noqa: E402
 
 
 def measure(policy: BucketPolicy, sizes: list[int], repeat: int = 7) -> float:

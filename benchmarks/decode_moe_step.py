@@ -103,8 +103,8 @@ def setup(bench: Bench):
     import torch
     import torch.distributed as dist
 
-    from jitcache.engine import _free_port, make_buffer
-    from jitcache.profiles import load_profile
+    from jitcache.warm.live import _free_port, make_buffer
+    from jitcache.planning.profiles import load_profile
 
     torch.cuda.set_device(0)
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", world_size=1, rank=0,
@@ -117,7 +117,7 @@ def setup(bench: Bench):
     group = dist.group.WORLD
     try:  # the profile's buffer: the same kernels as `jitcache warmup --profile h200-ep1`, so entries are shared
         buffer = make_buffer(load_profile(PROFILE), group)
-        how = "jitcache.engine.make_buffer(h200-ep1)"
+        how = "jitcache.warm.live.make_buffer(h200-ep1)"
     except Exception:  # noqa: BLE001
         buffer = deep_ep.EPBuffer(group, num_max_tokens_per_rank=CAPACITY, hidden=HIDDEN, num_topk=NUM_TOPK)
         how = "deep_ep.EPBuffer(group, num_max_tokens_per_rank=8192, hidden=7168, num_topk=8)"
@@ -150,8 +150,8 @@ def dispatch(buffer, x, idx, weights, nmax):
 
 def warm_variants(bench: Bench, root, torch, deep_ep, buffer) -> None:
     """Load or compile every DeepEP variant the cases use, before any timing."""
-    from jitcache.buckets import BucketPolicy
-    from jitcache.deepep import committed_entries
+    from jitcache.planning.buckets import BucketPolicy
+    from jitcache.runtime.dispatcher import committed_entries
 
     policy = BucketPolicy(CAPACITY)
     values = [None] + sorted({policy.bucket(n) for n in bench.args.sizes})
@@ -208,7 +208,7 @@ def kernel_check(bench: Bench, torch, deep_ep, buffer, w1, w2) -> None:
 
 def run_case(bench: Bench, torch, deep_ep, buffer, w1, w2, n: int, setting: str, mode: str) -> dict:
     import _grouped_expert as ge
-    from jitcache.buckets import BucketPolicy
+    from jitcache.planning.buckets import BucketPolicy
 
     nmax = None if setting == "unbounded" else BucketPolicy(CAPACITY).bucket(n)
     x, idx, w = make_inputs(torch, deep_ep, n, 100 + n)

@@ -5,7 +5,7 @@ one failure does not lose the others); the parent imports neither torch nor
 deep_ep and merges what the phases wrote into ``<out>/live_proof.json``:
 
 1. ``warmup``: from an empty cache (a fresh temporary jitcache root, so an empty
-   ``EP_JIT_CACHE_DIR``), ``jitcache.engine.live_warmup_cli("h200-ep1")``: the
+   ``EP_JIT_CACHE_DIR``), ``jitcache.warm.live.live_warmup_cli("h200-ep1")``: the
    report, every step's compiled/cached status, and whether the cache now covers
    the whole plan (``jitcache.store.scan.coverage``).
 2. ``trace``: a new process, 2,000 decode steps with random batch sizes 1..8192
@@ -70,12 +70,12 @@ def _environment() -> dict:
 
 
 def phase_warmup(args: argparse.Namespace) -> dict:
-    from jitcache.deepep import committed_entries
-    from jitcache.engine import live_warmup_cli
-    from jitcache.profiles import load_profile
+    from jitcache.runtime.dispatcher import committed_entries
+    from jitcache.warm.live import live_warmup_cli
+    from jitcache.planning.profiles import load_profile
     from jitcache.store.root import resolve_root
     from jitcache.store.scan import coverage, scan_deep_ep
-    from jitcache.variants import plan
+    from jitcache.planning.variants import plan
 
     root = resolve_root(args.cache_dir)
     result: dict = {"cache_dir": str(root.path)}
@@ -110,8 +110,8 @@ def _setup(cache_dir: str):
     root = activate(cache_dir)
     import torch
     import torch.distributed as dist
-    from jitcache.engine import init_single_rank_group, make_buffer
-    from jitcache.profiles import load_profile
+    from jitcache.warm.live import init_single_rank_group, make_buffer
+    from jitcache.planning.profiles import load_profile
 
     init_single_rank_group(0)
     profile = load_profile(PROFILE)
@@ -134,8 +134,8 @@ def _inputs(n: int, step: int, profile):
 def phase_trace(args: argparse.Namespace) -> dict:
     import torch
 
-    from jitcache.deepep import BucketedDispatcher, committed_entries, warm_buckets_from_cache
-    from jitcache.engine import load_report
+    from jitcache.runtime.dispatcher import BucketedDispatcher, committed_entries, warm_buckets_from_cache
+    from jitcache.warm.live import load_report
 
     root, profile, buffer = _setup(args.cache_dir)
     policy = profile.policy
@@ -199,7 +199,7 @@ def phase_trace(args: argparse.Namespace) -> dict:
 def phase_raw(args: argparse.Namespace) -> dict:
     import torch
 
-    from jitcache.deepep import committed_entries
+    from jitcache.runtime.dispatcher import committed_entries
 
     root, profile, buffer = _setup(args.cache_dir)
     sizes = trace_sizes(args.steps, args.seed, profile.policy.max_num_batched_tokens)

@@ -18,7 +18,7 @@ killing the child at the phase's budget), and leaves with ``os._exit(0)``
 every part under ``<out>/parts`` (this run's and earlier runs') into
 ``<out>/multi_proof.json``. Phases (``--phases``, in this order):
 
-``live``   ``jitcache warmup`` (``jitcache.engine.live_warmup_cli``) on every rank
+``live``   ``jitcache warmup`` (``jitcache.warm.live.live_warmup_cli``) on every rank
            from one empty shared jitcache root ``<work>/live``: the ranks first
            precompile the plan with nvcc, split between them, then drive DeepEP
            through every step (which must then compile nothing); per rank the
@@ -434,9 +434,9 @@ def _inputs(n: int, seed: int, profile):
 
 def _shared_cache_facts(root, profile) -> dict:
     """Rank 0 after the live warmup: entries in the shared cache, and how many each plan variant has."""
-    from jitcache.deepep import committed_entries
+    from jitcache.runtime.dispatcher import committed_entries
     from jitcache.store.scan import coverage, scan_deep_ep
-    from jitcache.variants import plan
+    from jitcache.planning.variants import plan
 
     entries, _ = scan_deep_ep(root.deep_ep_dir, check_cubins=True)
     cov = coverage(plan(profile), entries)
@@ -457,8 +457,8 @@ def child_live(args: argparse.Namespace, dog: Watchdog) -> dict:
 
     precompile = args.child == "live"  # live_plain: --no-precompile, DeepEP compiles on every rank
     root = activate(Path(args.work) / args.child)  # before deep_ep is imported (it reads EP_JIT_CACHE_DIR once)
-    from jitcache.engine import init_torchrun_group, live_warmup_cli
-    from jitcache.profiles import load_profile
+    from jitcache.warm.live import init_torchrun_group, live_warmup_cli
+    from jitcache.planning.profiles import load_profile
 
     dog.beat("init NCCL")
     init_torchrun_group()
@@ -489,10 +489,10 @@ def child_live(args: argparse.Namespace, dog: Watchdog) -> dict:
 
 def child_lazy(args: argparse.Namespace, dog: Watchdog) -> dict:
     # The driver pointed EP_JIT_CACHE_DIR at this rank's own empty folder before this process started.
-    from jitcache.deepep import committed_entries
-    from jitcache.engine import init_torchrun_group, make_buffer
-    from jitcache.profiles import load_profile
-    from jitcache.variants import plan
+    from jitcache.runtime.dispatcher import committed_entries
+    from jitcache.warm.live import init_torchrun_group, make_buffer
+    from jitcache.planning.profiles import load_profile
+    from jitcache.planning.variants import plan
 
     import torch
     import torch.distributed as dist
@@ -541,10 +541,10 @@ def child_trace(args: argparse.Namespace, dog: Watchdog) -> dict:
     from jitcache.store.root import activate
 
     root = activate(work / choice)  # before deep_ep is imported
-    from jitcache.deepep import BucketedDispatcher, committed_entries, warm_buckets_from_cache
-    from jitcache.engine import init_torchrun_group, load_report, make_buffer
+    from jitcache.runtime.dispatcher import BucketedDispatcher, committed_entries, warm_buckets_from_cache
+    from jitcache.warm.live import init_torchrun_group, load_report, make_buffer
     from jitcache.errors import JitCacheError
-    from jitcache.profiles import load_profile
+    from jitcache.planning.profiles import load_profile
 
     import torch
     import torch.distributed as dist

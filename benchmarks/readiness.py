@@ -4,12 +4,12 @@ Each phase runs in its own process (a new worker is literally a new process;
 the parent imports neither torch nor deep_ep) and writes its JSON; the parent
 merges them into ``<out>/readiness.json`` after every phase.
 
-1. ``cold_live``: ``jitcache.engine.live_warmup_cli`` from an empty jitcache
+1. ``cold_live``: ``jitcache.warm.live.live_warmup_cli`` from an empty jitcache
    root A (``--cache-dir``): DeepEP JIT-compiles all 14 buckets (~172 s measured).
    Skipped when ``--cold-live-json`` names the JSON of such a run in this
    session (readiness.json, live_proof.json or a warmup report) and A already
    covers the plan; the number is then taken from that file.
-2. ``aot``: ``jitcache.aot.warmup_aot`` with ``--jobs`` nvcc processes (16 on the
+2. ``aot``: ``jitcache.build.pool.warmup_aot`` with ``--jobs`` nvcc processes (16 on the
    H200 host) into an empty root B; the toolchain is the device's own (nvcc,
    the installed DeepEP's headers, ``EP_NCCL_ROOT_DIR``), and, where A holds a
    dispatch entry DeepEP wrote, its recorded flags and compiler text
@@ -54,10 +54,10 @@ INCLUDE_CANDIDATES = ("/tmp/gpu-rig/src/deepinfer_ep-2.5.0/deep_ep/include",
 
 
 def _coverage(root_path: str) -> dict:
-    from jitcache.profiles import load_profile
+    from jitcache.planning.profiles import load_profile
     from jitcache.store.root import resolve_root
     from jitcache.store.scan import coverage, scan_deep_ep
-    from jitcache.variants import plan
+    from jitcache.planning.variants import plan
 
     root = resolve_root(root_path)
     entries, _ = scan_deep_ep(root.deep_ep_dir, check_cubins=False)
@@ -69,7 +69,7 @@ def phase_live(args: argparse.Namespace) -> dict:
     import torch
     import torch.distributed as dist
 
-    from jitcache.engine import COMPILED, _free_port, live_warmup_cli
+    from jitcache.warm.live import COMPILED, _free_port, live_warmup_cli
 
     torch.cuda.set_device(0)
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", world_size=1, rank=0,
@@ -109,7 +109,7 @@ def phase_live(args: argparse.Namespace) -> dict:
 
 def _toolchain(args: argparse.Namespace, learn_root: str | None):
     from jitcache.errors import JitCacheError
-    from jitcache.toolchain import learn_from_entry, resolve_toolchain
+    from jitcache.build.toolchain import learn_from_entry, resolve_toolchain
 
     tried = []
     toolchain = None
@@ -133,10 +133,10 @@ def _toolchain(args: argparse.Namespace, learn_root: str | None):
 
 
 def phase_aot(args: argparse.Namespace) -> dict:
-    from jitcache.aot import warmup_aot
-    from jitcache.profiles import load_profile
+    from jitcache.build.pool import warmup_aot
+    from jitcache.planning.profiles import load_profile
     from jitcache.store.root import resolve_root
-    from jitcache.variants import plan
+    from jitcache.planning.variants import plan
 
     toolchain, learned, tried = _toolchain(args, args.learn_root)
     the_plan = plan(load_profile(PROFILE))

@@ -40,7 +40,7 @@ from _common import RESULTS, machine_facts, machine_label, say, write_result  # 
 
 os.environ.setdefault("JITCACHE_STATS", "0")  # no stats files from a benchmark
 
-from jitcache.buckets import BucketPolicy  # noqa: E402
+from jitcache.planning.buckets import BucketPolicy  # noqa: E402
 
 PROFILE = "h200-ep1"
 SIZES = (1, 4, 16, 64, 256, 1024)
@@ -75,7 +75,7 @@ def _best_per_call(stmt: str, env: dict, calls: int, repeat: int) -> float:
 
 
 def cpu_part(calls: int, repeat: int) -> dict:
-    from jitcache.deepep import BucketedDispatcher
+    from jitcache.runtime.dispatcher import BucketedDispatcher
 
     rng = random.Random(0)
     sizes = [rng.randint(0, 8192) for _ in range(calls)]
@@ -138,9 +138,9 @@ def gpu_part(args: argparse.Namespace) -> dict:
     import torch
     import torch.distributed as dist
 
-    from jitcache.deepep import BucketedDispatcher
-    from jitcache.engine import _free_port, make_buffer
-    from jitcache.profiles import load_profile
+    from jitcache.runtime.dispatcher import BucketedDispatcher
+    from jitcache.warm.live import _free_port, make_buffer
+    from jitcache.planning.profiles import load_profile
 
     torch.cuda.set_device(0)
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", world_size=1, rank=0,

@@ -41,7 +41,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from _common import RESULTS, machine_facts, machine_label, write_result  # noqa: E402
 
-from jitcache.buckets import BucketPolicy  # noqa: E402
+from jitcache.planning.buckets import BucketPolicy  # noqa: E402
 
 CAPTURE = RESULTS / "h200" / "gpu_capture_cache.json"
 FALLBACK_SECONDS = 12.25  # DESIGN.md: 14 pow2 buckets in 171.5 s on the H200; used only if the JSON is missing

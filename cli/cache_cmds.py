@@ -14,14 +14,14 @@ from typing import Optional
 import typer
 
 from jitcache.errors import UsageError
-from jitcache.profiles import load_profile
+from jitcache.planning.profiles import load_profile
 from jitcache.store.bundle import export_bundle, import_bundle
 from jitcache.store.model import SCHEMA_VERSION, iso_time
 from jitcache.store.prune import parse_age, parse_size, plan_prune, prune
 from jitcache.store.root import CacheRoot, LockHolder, env_exports, resolve_root
 from jitcache.store.scan import coverage, scan
 from jitcache.store.verify import repair, verify
-from jitcache.variants import plan
+from jitcache.planning.variants import plan
 
 from .output import Format, Output, human_bytes
 

@@ -1,7 +1,7 @@
 """Rendering of the live warmup: a rich progress bar with ETA on rank 0, then the report.
 
 ``cli/warmup_cmds.py`` calls :func:`run_live_warmup` when ``--aot`` is absent;
-the engine only calls back with :class:`~jitcache.engine.WarmupProgress` events.
+the engine only calls back with :class:`~jitcache.warm.live.WarmupProgress` events.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from jitcache.engine import PRECOMPILE
+from jitcache.warm.live import PRECOMPILE
 
 from .output import Output
 
 
 @contextmanager
 def progress_bar(out: Output) -> Iterator[Callable[[Any], None]]:
-    """A callback for :func:`jitcache.engine.warmup` that draws a bar on stderr (none with ``--format json``)."""
+    """A callback for :func:`jitcache.warm.live.warmup` that draws a bar on stderr (none with ``--format json``)."""
     if out.is_json or out.quiet:
         yield lambda event: None
         return
@@ -88,8 +88,8 @@ def render_precompile(o: Output, pre: dict, num_steps: int) -> None:
 
 def run_live_warmup(profile: str, modes: Optional[Sequence[str]], cache_dir: Optional[Path], out: Output, *,
                     jobs: Optional[int] = None, precompile: bool = True) -> Any:
-    """Run :func:`jitcache.engine.live_warmup_cli` with a progress bar, render and return its report."""
-    from jitcache.engine import live_warmup_cli
+    """Run :func:`jitcache.warm.live.live_warmup_cli` with a progress bar, render and return its report."""
+    from jitcache.warm.live import live_warmup_cli
 
     with progress_bar(out) as on_event:
         report = live_warmup_cli(profile, modes=modes, cache_dir=cache_dir, progress=on_event, jobs=jobs,

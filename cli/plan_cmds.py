@@ -6,10 +6,10 @@ from typing import Optional
 
 import typer
 
-from jitcache.buckets import BucketPolicy
+from jitcache.planning.buckets import BucketPolicy
 from jitcache.errors import UsageError
-from jitcache.profiles import DEFAULT_PROFILE, Profile, builtin_profile_names, load_profile
-from jitcache.variants import FAMILIES, plan
+from jitcache.planning.profiles import DEFAULT_PROFILE, Profile, builtin_profile_names, load_profile
+from jitcache.planning.variants import FAMILIES, plan
 
 from .output import Format, Output
 

@@ -26,7 +26,7 @@ def fetch(
     fmt: Format = FORMAT,
 ) -> None:
     """Download a DeepEP sdist (sha256-checked) into <cache root>/sources/; `warmup --aot` then finds its headers."""
-    from jitcache.sources import fetch_sdist
+    from jitcache.build.sources import fetch_sdist
     from jitcache.store.root import resolve_root
 
     out = Output(fmt)
@@ -45,7 +45,7 @@ def fetch(
 @sources_app.command("list")
 def list_(cache_dir: Optional[Path] = CACHE_DIR, fmt: Format = FORMAT) -> None:
     """The archives under <cache root>/sources/."""
-    from jitcache.sources import list_sources, sources_dir
+    from jitcache.build.sources import list_sources, sources_dir
     from jitcache.store.root import resolve_root
 
     out = Output(fmt)

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from jitcache.stats import aggregate, stats_dir, zero
+from jitcache.runtime.stats import aggregate, stats_dir, zero
 from jitcache.store.root import resolve_root
 
 from .output import Format, Output

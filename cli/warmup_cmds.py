@@ -2,7 +2,7 @@
 
 ``--aot`` compiles ahead of time with nvcc (no GPU, no DeepEP runtime) into
 DeepEP's native cache layout; without it the live warmup of
-:mod:`jitcache.engine` drives DeepEP itself, after the same nvcc compile split
+:mod:`jitcache.warm.live` drives DeepEP itself, after the same nvcc compile split
 over its ranks (``--no-precompile`` leaves all compiling to DeepEP).
 """
 
@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from jitcache.errors import CompileError, UsageError
-from jitcache.profiles import DEFAULT_PROFILE
+from jitcache.planning.profiles import DEFAULT_PROFILE
 
 from .output import Format, Output
 
@@ -75,12 +75,12 @@ def warmup(
         run_live_warmup(profile, modes, cache_dir, out, jobs=jobs, precompile=precompile)
         return
 
-    from jitcache.aot import warmup_aot
-    from jitcache.learn import derive_jobs_from_entry
-    from jitcache.profiles import load_profile
+    from jitcache.build.pool import warmup_aot
+    from jitcache.adapters.learn import derive_jobs_from_entry
+    from jitcache.planning.profiles import load_profile
     from jitcache.store.root import resolve_root
-    from jitcache.toolchain import learn_from_entry, resolve_toolchain
-    from jitcache.variants import plan
+    from jitcache.build.toolchain import learn_from_entry, resolve_toolchain
+    from jitcache.planning.variants import plan
 
     prof = load_profile(profile)
     try:
@@ -92,7 +92,7 @@ def warmup(
     root = resolve_root(cache_dir)
     triton_jobs: tuple = ()
     if triton_modules:
-        from jitcache.triton_aot import import_kernel_modules, jobs_for_triton
+        from jitcache.build.triton_aot import import_kernel_modules, jobs_for_triton
 
         kernels = import_kernel_modules(triton_modules)
         if not kernels:
@@ -107,7 +107,7 @@ def warmup(
                             distributed=True if distributed else None, on_result=_progress(out))
         _render(out, prof, report)
         return
-    from jitcache.sources import sources_dir
+    from jitcache.build.sources import sources_dir
 
     toolchain = resolve_toolchain(nvcc=nvcc, deep_ep_include=deep_ep_include, nccl_include=nccl_include,
                                   target_nccl_include=target_nccl_include, python_library_root=target_deep_ep_root,

@@ -10,7 +10,7 @@ from importlib import import_module
 from typing import Any
 
 from ._version import __version__
-from .buckets import BucketPolicy
+from .planning.buckets import BucketPolicy
 from .errors import (
     BundleError,
     CacheError,
@@ -23,18 +23,18 @@ from .errors import (
     UsageError,
     WarmupError,
 )
-from .profiles import Profile, builtin_profile_names, load_profile
-from .variants import KernelVariant, WarmupPlan, plan
+from .planning.profiles import Profile, builtin_profile_names, load_profile
+from .planning.variants import KernelVariant, WarmupPlan, plan
 
 # Names that live in modules with heavier imports; resolved on first access.
 _LAZY = {
     "activate": "jitcache.store.root",
     "CacheRoot": "jitcache.store.root",
-    "warmup": "jitcache.engine",
-    "WarmupReport": "jitcache.engine",
-    "BucketedDispatcher": "jitcache.deepep",
-    "install": "jitcache.deepep",
-    "uninstall": "jitcache.deepep",
+    "warmup": "jitcache.warm.live",
+    "WarmupReport": "jitcache.warm.live",
+    "BucketedDispatcher": "jitcache.runtime.dispatcher",
+    "install": "jitcache.runtime.dispatcher",
+    "uninstall": "jitcache.runtime.dispatcher",
 }
 
 

@@ -29,8 +29,8 @@ def register() -> None:
     name = os.environ.get("JITCACHE_PROFILE", "").strip()
     if not name:
         return
-    from .deepep import _importable_buffer_classes, install
-    from .profiles import load_profile
+    from .runtime.dispatcher import _importable_buffer_classes, install
+    from .planning.profiles import load_profile
 
     profile = load_profile(name)
     strict = os.environ.get("JITCACHE_STRICT", "").strip().lower() in _TRUE

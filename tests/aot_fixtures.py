@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jitcache.aot import BuildJob
+from jitcache.build.pool import BuildJob
 from jitcache.errors import ToolchainError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,14 +25,14 @@ def deep_ep25_include(tmp_path_factory) -> Path:
     """DeepEP 2.5's deep_ep/include, extracted from the sdist in ../shared/gpu (CI has it beside the clone)."""
     if not SDIST.is_file():
         pytest.skip(f"DeepEP 2.5 sdist not found at {SDIST}")
-    from jitcache.toolchain import extract_sdist_headers
+    from jitcache.build.toolchain import extract_sdist_headers
 
     return extract_sdist_headers(SDIST, into=tmp_path_factory.mktemp("headers"))
 
 
 @pytest.fixture(scope="session")
 def nccl_include() -> Path:
-    from jitcache.toolchain import find_nccl_include
+    from jitcache.build.toolchain import find_nccl_include
 
     try:
         return find_nccl_include(os.environ.get("JITCACHE_TEST_NCCL_INCLUDE"))

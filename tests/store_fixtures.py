@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
-from jitcache.profiles import load_profile
+from jitcache.planning.profiles import load_profile
 from jitcache.store.kernels import TEMPLATE_PARAMS
 from jitcache.store.root import CacheRoot, resolve_root
-from jitcache.variants import plan
+from jitcache.planning.variants import plan
 
 NVCC = shutil.which("nvcc")
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not on the PATH")

@@ -13,9 +13,9 @@ import pytest
 
 from aot_fixtures import RIG_NCCL_INCLUDE, deep_ep25_include, nccl_include, nvcc, tiny_job  # noqa: F401
 from jitcache import load_profile, plan
-from jitcache.aot import COMPILE_LOG_ENV, jobs_for_plan, run_jobs, warmup_aot
+from jitcache.build.pool import COMPILE_LOG_ENV, jobs_for_plan, run_jobs, warmup_aot
 from jitcache.store.root import resolve_root
-from jitcache.toolchain import resolve_toolchain
+from jitcache.build.toolchain import resolve_toolchain
 
 pytestmark = pytest.mark.nvcc
 
@@ -58,7 +58,7 @@ WORKER = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from pathlib import Path
     from aot_fixtures import tiny_job
-    from jitcache.aot import run_jobs
+    from jitcache.build.pool import run_jobs
     from jitcache.store.root import resolve_root
     jobs = [tiny_job(Path({nvcc!r}), n) for n in (1, 2, 3)]
     results, _ = run_jobs(jobs, resolve_root({root!r}), num_workers=3)
@@ -86,7 +86,7 @@ GLOO_WORKER = textwrap.dedent("""
     rank = int(sys.argv[1])
     dist.init_process_group("gloo", init_method="file://{rendezvous}", rank=rank, world_size=2)
     from aot_fixtures import tiny_job
-    from jitcache.aot import warmup_aot
+    from jitcache.build.pool import warmup_aot
     from jitcache import load_profile, plan
     from jitcache.store.root import resolve_root
     jobs = [tiny_job(Path({nvcc!r}), n) for n in (1, 2, 3, 4)]

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from aot_fixtures import nccl_include, nvcc  # noqa: F401
-from jitcache.aot import jobs_for_plan, warmup_aot
+from jitcache.build.pool import jobs_for_plan, warmup_aot
 from jitcache.errors import ToolchainError
-from jitcache.profiles import load_profile
+from jitcache.planning.profiles import load_profile
 from jitcache.store.elf import entry_symbol_problem, read_cubin
 from jitcache.store.root import resolve_root
-from jitcache.toolchain import resolve_toolchain
-from jitcache.variants import plan
+from jitcache.build.toolchain import resolve_toolchain
+from jitcache.planning.variants import plan
 
 from test_render21 import wheel  # noqa: F401
 

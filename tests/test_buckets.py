@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jitcache.buckets import BucketPolicy
+from jitcache.planning.buckets import BucketPolicy
 
 
 def test_powers_of_two_up_to_cap():

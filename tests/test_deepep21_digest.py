@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jitcache.deepep21 import cache_key21, flags21, hex_digest21
+from jitcache.adapters.digest21 import cache_key21, flags21, hex_digest21
 
 MASK = (1 << 64) - 1
 

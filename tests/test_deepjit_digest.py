@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from aot_fixtures import NVCC_13_0, REPO, RIG_NCCL_INCLUDE, deep_ep25_include  # noqa: F401
-from jitcache.deepjit import (FNV1a, IncludeHasher, NonStandardInclude, cache_key, deep_ep_compiler_options,
+from jitcache.adapters.deepjit import (FNV1a, IncludeHasher, NonStandardInclude, cache_key, deep_ep_compiler_options,
                               hex_digest, meta_json, nvcc_command, options_from_meta)
 
 MASK = (1 << 64) - 1
@@ -103,7 +103,7 @@ def test_h200_ep1_digests_pinned(deep_ep25_include):  # noqa: F811
     DeepEP wrote, when tests/data/deepep25-h200 is present.
     """
     from jitcache import load_profile, plan
-    from jitcache.render import render_plan
+    from jitcache.adapters.render25 import render_plan
 
     kernels = render_plan(plan(load_profile("h200-ep1")))
     opts = deep_ep_compiler_options("sm_90a", RIG_NCCL_INCLUDE)
@@ -141,7 +141,7 @@ def test_rendered_entries_are_the_ones_deepep_wrote(deep_ep25_include):  # noqa:
     from dataclasses import replace
 
     from jitcache import load_profile, plan
-    from jitcache.render import render_plan
+    from jitcache.adapters.render25 import render_plan
 
     profile = load_profile("h200-ep1")
     profile = replace(profile, serving=replace(profile.serving, modes=("decode", "prefill", "cached")))
@@ -158,7 +158,7 @@ def test_rendered_barrier_is_the_one_deepep_wrote(deep_ep25_include):  # noqa: F
     """EPBuffer's constructor barrier: DeepEP wrote barrier.6e83... on the H200 rig
     (benchmarks/results/h200/inspect_rig.json); AOT warmups compile it too."""
     from jitcache import load_profile
-    from jitcache.render import render_barrier
+    from jitcache.adapters.render25 import render_barrier
 
     kernel = render_barrier(load_profile("h200-ep1"))
     assert kernel.function == "barrier_impl<true, 1, 512, 1, 1, 198000000000, true, true>"
@@ -175,7 +175,7 @@ def test_ep2_entries_deepep_wrote_on_two_h200s_are_the_ones_we_render(deep_ep25_
     """EP2 (h200x2-ep2, num_sms 28): every entry DeepEP wrote on two H200s, name and kernel.cu bytes,
     comes out of the renderer + digest with the profile's defaults (nothing learned from an entry)."""
     from jitcache import load_profile, plan
-    from jitcache.render import render_barrier, render_plan
+    from jitcache.adapters.render25 import render_barrier, render_plan
 
     profile = load_profile("h200x2-ep2")
     opts = deep_ep_compiler_options("sm_90a", RIG_NCCL_INCLUDE)

@@ -10,11 +10,11 @@ torch = pytest.importorskip("torch")
 
 import fake_deep_ep as fake  # noqa: E402
 from jitcache import BucketPolicy, ColdVariantError, UsageError, WarmupError  # noqa: E402
-from jitcache import deepep  # noqa: E402
-from jitcache.deepep import BucketedDispatcher  # noqa: E402
-from jitcache.engine import PRECOMPILE, WarmupReport, live_warmup_cli, load_report, warmup  # noqa: E402
-from jitcache.profiles import parse_profile  # noqa: E402
-from jitcache.variants import plan  # noqa: E402
+from jitcache.runtime import dispatcher as deepep  # noqa: E402
+from jitcache.runtime.dispatcher import BucketedDispatcher  # noqa: E402
+from jitcache.warm.live import PRECOMPILE, WarmupReport, live_warmup_cli, load_report, warmup  # noqa: E402
+from jitcache.planning.profiles import parse_profile  # noqa: E402
+from jitcache.planning.variants import plan  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

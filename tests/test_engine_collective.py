@@ -21,8 +21,8 @@ _RANK = textwrap.dedent("""
     import torch.distributed as dist
     import fake_deep_ep as fake
     from jitcache.errors import WarmupError
-    from jitcache.engine import warmup
-    from jitcache.profiles import parse_profile
+    from jitcache.warm.live import warmup
+    from jitcache.planning.profiles import parse_profile
 
     store, rank, cap, out = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     dist.init_process_group("gloo", init_method=f"file://{store}", world_size=2, rank=rank)

@@ -23,9 +23,9 @@ import fake_deep_ep as fake  # noqa: E402
 from aot_fixtures import NVCC_13_0, deep_ep25_include, nccl_include  # noqa: E402,F401
 from fake_deep_ep import isolated_deep_ep_env  # noqa: E402,F401 - autouse: HOME, EP_JIT_CACHE_DIR in tmp_path
 from jitcache import BucketPolicy  # noqa: E402
-from jitcache.aot import COMPILE_LOG_ENV  # noqa: E402
-from jitcache.engine import WarmupReport, warmup  # noqa: E402
-from jitcache.profiles import parse_profile  # noqa: E402
+from jitcache.build.pool import COMPILE_LOG_ENV  # noqa: E402
+from jitcache.warm.live import WarmupReport, warmup  # noqa: E402
+from jitcache.planning.profiles import parse_profile  # noqa: E402
 
 TESTS = Path(__file__).parent
 
@@ -42,8 +42,8 @@ _RANK = textwrap.dedent("""
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"file://{store}", world_size=2, rank=rank)
     import deep_ep
-    from jitcache.engine import warmup
-    from jitcache.profiles import load_profile
+    from jitcache.warm.live import warmup
+    from jitcache.planning.profiles import load_profile
 
     prof = load_profile(profile)
     buf = deep_ep.EPBuffer(group=dist.group.WORLD, num_max_tokens_per_rank=prof.serving.max_num_batched_tokens,
@@ -170,7 +170,7 @@ def test_skip_reasons_of_the_test_double_deep_ep_21_and_a_bare_policy(tmp_path):
 def test_failed_compiles_are_a_status_and_the_live_pass_still_runs(tmp_path, deep_ep25_include,  # noqa: F811
                                                                   nccl_include):  # noqa: F811
     """One process, no group; the toolchain= override runs a compiler that always fails."""
-    from jitcache.toolchain import Toolchain
+    from jitcache.build.toolchain import Toolchain
 
     broken = Toolchain(nvcc=Path("/bin/false"), nvcc_version_output=NVCC_13_0, deep_ep_include=deep_ep25_include,
                        deep_ep_api="2.5", nccl_include=nccl_include, target_nccl_include=str(nccl_include),
@@ -235,11 +235,11 @@ def test_target_facts_the_profile_leaves_unknown_come_from_the_gpu_and_buffer_it
     from dataclasses import replace
     from types import SimpleNamespace
 
-    from jitcache.aot import jobs_for_plan
-    from jitcache.prepass import live_target_facts, with_live_target
-    from jitcache.profiles import TargetSpec
-    from jitcache.toolchain import Toolchain
-    from jitcache.variants import plan
+    from jitcache.build.pool import jobs_for_plan
+    from jitcache.warm.prepass import live_target_facts, with_live_target
+    from jitcache.planning.profiles import TargetSpec
+    from jitcache.build.toolchain import Toolchain
+    from jitcache.planning.variants import plan
 
     toolchain = Toolchain(nvcc=Path("/bin/false"), nvcc_version_output=NVCC_13_0, deep_ep_include=deep_ep25_include,
                           deep_ep_api="2.5", nccl_include=nccl_include, target_nccl_include=str(nccl_include),
@@ -288,11 +288,11 @@ def test_at_ep2_num_sms_zero_is_deep_eps_own_choice_asked_of_the_buffer(deep_ep2
     from dataclasses import replace
     from types import SimpleNamespace
 
-    from jitcache.aot import jobs_for_plan
-    from jitcache.prepass import with_live_num_sms
-    from jitcache.profiles import load_profile
-    from jitcache.toolchain import Toolchain
-    from jitcache.variants import plan
+    from jitcache.build.pool import jobs_for_plan
+    from jitcache.warm.prepass import with_live_num_sms
+    from jitcache.planning.profiles import load_profile
+    from jitcache.build.toolchain import Toolchain
+    from jitcache.planning.variants import plan
 
     toolchain = Toolchain(nvcc=Path("/bin/false"), nvcc_version_output=NVCC_13_0, deep_ep_include=deep_ep25_include,
                           deep_ep_api="2.5", nccl_include=nccl_include, target_nccl_include=str(nccl_include),

@@ -25,7 +25,7 @@ def test_live_warmup_under_torchrun_initialises_the_group_eagerly_on_local_rank(
     import torch
     import torch.distributed as dist
 
-    from jitcache.engine import live_warmup_cli
+    from jitcache.warm.live import live_warmup_cli
 
     calls: list = []
     monkeypatch.setenv("RANK", "1")

@@ -53,9 +53,9 @@ def test_live_warmup_then_strict_bucketed_trace_is_exact_and_compiles_nothing(sm
     import torch
     import torch.distributed as dist
 
-    from jitcache.deepep import BucketedDispatcher, committed_entries
-    from jitcache.engine import init_single_rank_group, live_warmup_cli, load_report, make_buffer
-    from jitcache.profiles import load_profile
+    from jitcache.runtime.dispatcher import BucketedDispatcher, committed_entries
+    from jitcache.warm.live import init_single_rank_group, live_warmup_cli, load_report, make_buffer
+    from jitcache.planning.profiles import load_profile
 
     root = tmp_path / "root"
     # No nvcc pass first: DeepEP compiles every step itself (the precompile has its own test below).
@@ -106,7 +106,7 @@ def test_live_warmup_precompiles_with_nvcc_and_deep_ep_then_compiles_nothing(sma
     In a new process: DeepEP reads EP_JIT_CACHE_DIR once per process, and the test above set it to its own root.
     """
     root = tmp_path / "root"
-    code = ("import json, sys; from jitcache.engine import live_warmup_cli; "
+    code = ("import json, sys; from jitcache.warm.live import live_warmup_cli; "
             "r = live_warmup_cli(sys.argv[1], cache_dir=sys.argv[2], progress=False); "
             "print(json.dumps(r.to_dict()))")
     done = subprocess.run([sys.executable, "-c", code, str(small_profile), str(root)], capture_output=True, text=True,

@@ -30,7 +30,7 @@ import gpu_multi_proof as proof  # noqa: E402
 
 
 def test_trace_sizes_differ_per_rank_and_cover_every_bucket():
-    from jitcache.buckets import BucketPolicy
+    from jitcache.planning.buckets import BucketPolicy
 
     policy = BucketPolicy(8192)
     a, b = (proof.trace_sizes(2000, 1234, r, 8192) for r in (0, 1))
@@ -57,8 +57,8 @@ _RANK = textwrap.dedent("""
     import torch.distributed as dist
     import fake_deep_ep as fake
     import gpu_multi_proof as proof
-    from jitcache.buckets import BucketPolicy
-    from jitcache.deepep import BucketedDispatcher
+    from jitcache.planning.buckets import BucketPolicy
+    from jitcache.runtime.dispatcher import BucketedDispatcher
 
     store, rank, out = sys.argv[3], int(sys.argv[4]), sys.argv[5]
     dist.init_process_group("gloo", init_method=f"file://{store}", world_size=2, rank=rank)

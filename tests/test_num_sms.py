@@ -13,9 +13,9 @@ import pytest
 
 import fake_deep_ep as fake
 from jitcache import BucketPolicy
-from jitcache.deepep import BucketedDispatcher, committed_entries, jit_cache_roots
-from jitcache.engine import warmup
-from jitcache.profiles import load_profile, parse_profile
+from jitcache.runtime.dispatcher import BucketedDispatcher, committed_entries, jit_cache_roots
+from jitcache.warm.live import warmup
+from jitcache.planning.profiles import load_profile, parse_profile
 
 Rows = fake.Rows
 isolated_deep_ep_env = fake.isolated_deep_ep_env  # autouse: see fake_deep_ep

@@ -24,7 +24,7 @@ def test_wheel_layout_and_installed_profiles(tmp_path):
     # Unpacked on its own (no checkout on the path), it finds the shipped profiles.
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    code = ("import jitcache, sys; from jitcache.profiles import builtin_profile_names; "
+    code = ("import jitcache, sys; from jitcache.planning.profiles import builtin_profile_names; "
             "assert jitcache.__file__.startswith(sys.argv[1]), jitcache.__file__; "
             "print(len(builtin_profile_names()))")
     done = subprocess.run([sys.executable, "-c", code, str(site)], capture_output=True, text=True, cwd=tmp_path,

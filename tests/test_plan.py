@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from jitcache.profiles import builtin_profile_names, load_profile
-from jitcache.variants import FAMILIES, plan
+from jitcache.planning.profiles import builtin_profile_names, load_profile
+from jitcache.planning.variants import FAMILIES, plan
 
 
 def test_h200_plan_is_56_decode_variants():

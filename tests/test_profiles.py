@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from jitcache.errors import ProfileError
-from jitcache.profiles import builtin_profile_names, load_profile
+from jitcache.planning.profiles import builtin_profile_names, load_profile
 
 GOOD = """
 description = "test"

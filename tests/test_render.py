@@ -8,7 +8,7 @@ import pytest
 
 from jitcache import load_profile, plan
 from jitcache.errors import ProfileError
-from jitcache.render import render_plan, target_facts, token_layout_num_bytes
+from jitcache.adapters.render25 import render_plan, target_facts, token_layout_num_bytes
 
 
 def test_token_layout_bytes_by_hand():

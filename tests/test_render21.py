@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from jitcache.deepep21 import IncludeHasher21, cache_key21, flags21, hex_digest21
-from jitcache.profiles import load_profile
-from jitcache.render21 import (SOURCE_TEMPLATE21, render_barrier21, render_plan21, target_facts21,
+from jitcache.adapters.digest21 import IncludeHasher21, cache_key21, flags21, hex_digest21
+from jitcache.planning.profiles import load_profile
+from jitcache.adapters.render21 import (SOURCE_TEMPLATE21, render_barrier21, render_plan21, target_facts21,
                                token_layout_num_bytes21)
-from jitcache.variants import plan
+from jitcache.planning.variants import plan
 
 PROFILES = ("h200-ep1", "deepseek-v3-ep8", "deepseek-v3-ep16x2", "qwen3-30b-a3b-ep4")
 
@@ -145,7 +145,7 @@ def test_h200_ep1_arguments_by_hand():
     assert (facts.num_sms, facts.num_qps, facts.num_timeout_cycles) == (132, 129, 198_000_000_000)
     # hidden 14336 + metadata (8*8 + 9*4 = 100 -> 128) + mbarrier 32; no 64-byte RDMA alignment in 2.1
     assert token_layout_num_bytes21(14336, 0, 8, True, True) == 14496
-    from jitcache.render import token_layout_num_bytes
+    from jitcache.adapters.render25 import token_layout_num_bytes
     # gpt-oss's hidden 2880 (5760 B) + top-4 weights (32 B): 2.1 packs 5824 B where 2.5 pads the data to 64 B
     assert token_layout_num_bytes21(5760, 0, 4, False, True) == 5824
     assert token_layout_num_bytes(5760, 0, 4, False, True) == 5856
@@ -172,8 +172,8 @@ def test_hybrid_profile_uses_hybrid_kernels_and_channels():
 
 
 def test_digest_of_rendered_sources_follows_the_2_1_rule(wheel, tmp_path):
-    from jitcache.aot21 import build_jobs21, target_flags21
-    from jitcache.toolchain import Toolchain
+    from jitcache.adapters.deepep21 import build_jobs21, target_flags21
+    from jitcache.build.toolchain import Toolchain
 
     from aot_fixtures import NVCC_13_0
 

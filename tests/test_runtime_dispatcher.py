@@ -8,7 +8,7 @@ import pytest
 
 import fake_deep_ep as fake
 from jitcache import BucketPolicy, ColdVariantError, UsageError
-from jitcache.deepep import (
+from jitcache.runtime.dispatcher import (
     BucketedDispatcher,
     buffer_api,
     committed_entries,
@@ -16,7 +16,7 @@ from jitcache.deepep import (
     local_num_tokens,
     warm_buckets_from_cache,
 )
-from jitcache.profiles import parse_profile
+from jitcache.planning.profiles import parse_profile
 
 Rows = fake.Rows
 isolated_deep_ep_env = fake.isolated_deep_ep_env  # autouse: see fake_deep_ep

@@ -7,7 +7,8 @@ import pytest
 import fake_deep_ep as fake
 import jitcache
 from jitcache import BucketPolicy, ColdVariantError, UsageError
-from jitcache import deepep, plugin
+from jitcache.runtime import dispatcher as deepep
+from jitcache import plugin
 
 Rows = fake.Rows
 isolated_deep_ep_env = fake.isolated_deep_ep_env  # autouse: see fake_deep_ep

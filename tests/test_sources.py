@@ -15,8 +15,8 @@ import pytest
 
 from cli_helpers import run_cli
 from jitcache.errors import ToolchainError, UsageError
-from jitcache.sources import fetch_sdist, find_sdists, list_sources, parse_requirement, pip_index_url, sources_dir
-from jitcache.toolchain import locate_deep_ep_headers
+from jitcache.build.sources import fetch_sdist, find_sdists, list_sources, parse_requirement, pip_index_url, sources_dir
+from jitcache.build.toolchain import locate_deep_ep_headers
 
 HEADER = "#pragma once\n// DeepEP 2.5 dispatch (test stand-in)\n"
 

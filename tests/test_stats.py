@@ -12,7 +12,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from jitcache.cli.app import app
-from jitcache.stats import DispatchStats, StatsSnapshot, aggregate, flush, process_file, zero
+from jitcache.runtime.stats import DispatchStats, StatsSnapshot, aggregate, flush, process_file, zero
 
 TESTS = Path(__file__).parent
 
@@ -67,7 +67,7 @@ def test_zero_records_a_baseline_that_later_counts_start_from(tmp_path):
 _WORKER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from jitcache.stats import DispatchStats, flush
+    from jitcache.runtime.stats import DispatchStats, flush
     directory, n, bucket = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     stats = DispatchStats()
     for i in range(n):
@@ -99,7 +99,7 @@ _SERVING = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     import fake_deep_ep as fake
     from jitcache import BucketPolicy
-    from jitcache.deepep import BucketedDispatcher
+    from jitcache.runtime.dispatcher import BucketedDispatcher
     d = BucketedDispatcher(fake.EPBuffer(hidden=64), BucketPolicy(64), warm=range(1, 65))
     for n in (1, 3, 3, 17):
         d.dispatch(fake.Rows(n, 64), topk_idx=fake.Rows(n, 2), topk_weights=None, num_experts=8)

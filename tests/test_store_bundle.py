@@ -21,7 +21,7 @@ from jitcache.errors import BundleError
 from jitcache.store.bundle import export_bundle, import_bundle
 from jitcache.store.root import resolve_root
 from jitcache.store.scan import scan
-from jitcache.variants import plan
+from jitcache.planning.variants import plan
 from store_fixtures import *  # noqa: F401,F403 (fixtures)
 
 pytestmark = pytest.mark.nvcc
@@ -89,7 +89,7 @@ def test_round_trip(filled_root, bundle, tmp_path):
 
 
 def test_export_profile_only(filled_root, test_profile, tmp_path):
-    from jitcache.profiles import parse_profile
+    from jitcache.planning.profiles import parse_profile
     result = export_bundle(filled_root, tmp_path / "p.tar.zst", plan=plan(test_profile))
     assert len(result.entries) == 16 and result.missing_variants == 0
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from jitcache.errors import UsageError
-from jitcache.profiles import load_profile
+from jitcache.planning.profiles import load_profile
 from jitcache.store.prune import parse_age, parse_size, plan_prune, prune
 from jitcache.store.scan import scan
-from jitcache.variants import plan
+from jitcache.planning.variants import plan
 from store_fixtures import *  # noqa: F401,F403 (fixtures)
 from store_fixtures import PROFILE_TOML
 

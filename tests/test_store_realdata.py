@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from jitcache.deepep import warm_buckets_from_cache
-from jitcache.profiles import load_profile
+from jitcache.runtime.dispatcher import warm_buckets_from_cache
+from jitcache.planning.profiles import load_profile
 from jitcache.store.root import CacheRoot
 from jitcache.store.scan import coverage, scan
 from jitcache.store.verify import verify
-from jitcache.variants import plan
+from jitcache.planning.variants import plan
 
 DATA = Path(__file__).parent / "data" / "deepep25-h200"
 pytestmark = pytest.mark.skipif(not (DATA / "cache").is_dir(), reason="no captured DeepEP cache in tests/data")

@@ -13,7 +13,7 @@ from jitcache.store.elf import InvalidCubin, read_cubin
 from jitcache.store.kernels import parse_source
 from jitcache.store.root import CacheRoot
 from jitcache.store.scan import coverage, scan, scan_deep_ep
-from jitcache.variants import plan
+from jitcache.planning.variants import plan
 from store_fixtures import *  # noqa: F401,F403 (fixtures)
 from store_fixtures import FAMILY_KERNELS, make_entry
 

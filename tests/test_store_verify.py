@@ -109,7 +109,7 @@ def test_root_writable_by_others_is_flagged_not_moved(filled_root):
 
 
 def test_bare_deep_ep_dir(tmp_path, cubins, test_profile):
-    from jitcache.variants import plan
+    from jitcache.planning.variants import plan
     from store_fixtures import fill_plan
 
     fill_plan(tmp_path / "dj", plan(test_profile), cubins, buckets=(1,))

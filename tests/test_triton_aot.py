@@ -22,11 +22,11 @@ pytest.importorskip("triton")
 import triton_kernels  # noqa: E402  (registers scale_rows and topk_count)
 from cli_helpers import run_cli  # noqa: E402
 from jitcache import load_profile, plan  # noqa: E402
-from jitcache.aot import COMPILE_LOG_ENV, run_jobs, warmup_aot  # noqa: E402
+from jitcache.build.pool import COMPILE_LOG_ENV, run_jobs, warmup_aot  # noqa: E402
 from jitcache.errors import UsageError  # noqa: E402
 from jitcache.store.root import resolve_root  # noqa: E402
 from jitcache.store.scan import scan  # noqa: E402
-from jitcache.triton_aot import Pointer, gpu_target, jobs_for_triton, register, registered, specialize  # noqa: E402
+from jitcache.build.triton_aot import Pointer, gpu_target, jobs_for_triton, register, registered, specialize  # noqa: E402
 
 TESTS = Path(__file__).parent
 #: 1 (a constexpr at run time), 2 (a plain i32, like 4 and 8) and 16 (divisible by 16, like 32..8192):
@@ -37,7 +37,7 @@ BUCKETS = (1, 2, 16)
 @pytest.fixture(autouse=True)
 def _registry():
     """Every test sees exactly the two good kernels, whatever another test registered."""
-    from jitcache import triton_aot
+    from jitcache.build import triton_aot
     saved = dict(triton_aot._REGISTRY)
     triton_aot._REGISTRY.clear()
     triton_kernels.register_good()
@@ -49,7 +49,7 @@ def _registry():
 @pytest.fixture(scope="session")
 def warmed(tmp_path_factory):
     """One real AOT run of the two kernels x BUCKETS into a fresh root (6 compiles)."""
-    from jitcache import triton_aot
+    from jitcache.build import triton_aot
     triton_aot._REGISTRY.clear()
     triton_kernels.register_good()
     root = resolve_root(tmp_path_factory.mktemp("triton-aot") / "root")
@@ -59,7 +59,7 @@ def warmed(tmp_path_factory):
 
 
 def test_import_triton_is_the_real_package_from_inside_jitcache():
-    code = ("import jitcache.triton as jt, jitcache.triton_aot as ta, triton, triton.language; "
+    code = ("import jitcache.triton as jt, jitcache.build.triton_aot as ta, triton, triton.language; "
             "print(triton.__file__); print(jt.register is ta.register)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=TESTS.parent).stdout.split()
@@ -194,9 +194,9 @@ WORKER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     import triton_kernels
-    from jitcache.aot import run_jobs
+    from jitcache.build.pool import run_jobs
     from jitcache.store.root import resolve_root
-    from jitcache.triton_aot import jobs_for_triton, registered
+    from jitcache.build.triton_aot import jobs_for_triton, registered
     results, _ = run_jobs(jobs_for_triton(registered(), {buckets!r}, "sm_90a"), resolve_root({root!r}),
                           num_workers=2)
     print(" ".join(r.status for r in results))

@@ -11,7 +11,7 @@ a bare ``dispatch_impl<...>``). The argument order is the host code's
 ``std::format`` call in ``csrc/kernels/ep/{dispatch,combine}.hpp`` (2.5),
 identical to the template parameter lists of ``impls/*.cuh`` in 2.1 and 2.5.
 Names are DeepEP's own host-side argument names, as in
-:mod:`jitcache.variants`, so an entry and a plan variant compare key by key.
+:mod:`jitcache.planning.variants`, so an entry and a plan variant compare key by key.
 Pure: no I/O.
 """
 

@@ -147,7 +147,7 @@ def scan(root: CacheRoot, *, check_cubins: bool = True, orphan_age: float = ORPH
 
 
 def entry_matches(entry: CacheEntry, variant: Any) -> bool:
-    """Whether ``entry`` is the kernel ``variant`` (a :class:`jitcache.variants.KernelVariant`) asks for.
+    """Whether ``entry`` is the kernel ``variant`` (a :class:`jitcache.planning.variants.KernelVariant`) asks for.
 
     Same family, and every parameter the plan decides equal to the decoded
     one. Parameters the plan leaves to the GPU (SM count, warps, QPs,

@@ -39,11 +39,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .errors import ProfileError
-from .profiles import Profile
-from .render import (_MAX_CHANNELS_PER_SM, _NUM_NOTIFY_WARPS, _SF_PACK_BYTES, RenderedKernel, TargetFacts, _align,
+from jitcache.errors import ProfileError
+from jitcache.planning.profiles import Profile
+from jitcache.adapters.render25 import (_MAX_CHANNELS_PER_SM, _NUM_NOTIFY_WARPS, _SF_PACK_BYTES, RenderedKernel, TargetFacts, _align,
                      _fmt, _notify_smem_bytes, _require, token_layout_num_bytes)
-from .variants import KernelVariant, WarmupPlan
+from jitcache.planning.variants import KernelVariant, WarmupPlan
 
 __all__ = ["SOURCE_TEMPLATE21", "render_barrier21", "render_plan21", "render_variant21", "target_facts21",
            "token_layout_num_bytes21"]

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .aot import BuildJob
-from .deepep21 import IncludeHasher21, cache_key21, flags21, nvcc_command21, with_include_hash
-from .deepjit import IncludeHasher, cache_key, meta_json, nvcc_command, options_from_meta
-from .errors import ToolchainError, UsageError
-from .store.publish import COMMIT_MARKER
-from .toolchain import Toolchain
-from .variants import WarmupPlan
+from jitcache.build.pool import BuildJob
+from jitcache.adapters.digest21 import IncludeHasher21, cache_key21, flags21, nvcc_command21, with_include_hash
+from jitcache.adapters.deepjit import IncludeHasher, cache_key, meta_json, nvcc_command, options_from_meta
+from jitcache.errors import ToolchainError, UsageError
+from jitcache.store.publish import COMMIT_MARKER
+from jitcache.build.toolchain import Toolchain
+from jitcache.planning.variants import WarmupPlan
 
 __all__ = ["LearnedKernel", "derive_jobs_from_entry", "find_entries", "substitute_nmax", "template_param_index"]
 

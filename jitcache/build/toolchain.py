@@ -28,8 +28,8 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .deepjit import LearnedEntry, options_from_meta
-from .errors import ToolchainError
+from jitcache.adapters.deepjit import LearnedEntry, options_from_meta
+from jitcache.errors import ToolchainError
 
 __all__ = ["HeaderSource", "Toolchain", "deep_ep_api_of", "find_deep_ep_include", "find_nccl_include", "find_nvcc",
            "learn_from_entry", "locate_deep_ep_headers", "nvcc_version", "resolve_toolchain"]
@@ -107,7 +107,7 @@ def extract_sdist_headers(tarball: Path, into: Path | None = None) -> Path:
     import tarfile
     import tempfile
 
-    from .store.root import default_root_path
+    from jitcache.store.root import default_root_path
 
     base = into or default_root_path().parent / "jitcache-headers"
     stamp = hashlib.sha256(f"{tarball.name}:{tarball.stat().st_size}".encode()).hexdigest()[:12]
@@ -203,10 +203,10 @@ def locate_deep_ep_headers(explicit: str | Path | None = None, *, api: str = "au
         for include, location, found in packages:
             if found == "2.5":
                 return HeaderSource(include, "2.5", "package", location)
-        from .sources import find_sdists  # noqa: PLC0415 - sources imports the store
+        from jitcache.build.sources import find_sdists  # noqa: PLC0415 - sources imports the store
 
         if sources_dir is None:
-            from .store.root import default_root_path  # noqa: PLC0415
+            from jitcache.store.root import default_root_path  # noqa: PLC0415
 
             sources_dir = default_root_path() / "sources"
         for sdist in find_sdists(sources_dir):

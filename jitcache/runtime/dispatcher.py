@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .buckets import BucketPolicy
-from .errors import ColdVariantError, UsageError
-from .profiles import Profile, load_profile
-from .stats import DispatchStats, register_for_flush
+from jitcache.planning.buckets import BucketPolicy
+from jitcache.errors import ColdVariantError, UsageError
+from jitcache.planning.profiles import Profile, load_profile
+from jitcache.runtime.stats import DispatchStats, register_for_flush
 
 __all__ = [
     "API_21",
@@ -163,9 +163,9 @@ def warm_buckets_from_cache(api: str, roots: Iterable[str | Path], profile: Prof
     ``num_max_tokens_per_rank`` exists with ``do_cpu_sync=false`` and no slot
     reuse (the decode path), whatever its model.
     """
-    from .store.kernels import parse_source
-    from .store.scan import coverage, scan_deep_ep
-    from .variants import plan
+    from jitcache.store.kernels import parse_source
+    from jitcache.store.scan import coverage, scan_deep_ep
+    from jitcache.planning.variants import plan
 
     entries = []
     for root in roots:
@@ -212,7 +212,7 @@ class BucketedDispatcher:
     """Wraps a DeepEP buffer so that decode dispatches use the bucket policy and never JIT unnoticed.
 
     ``policy`` is a :class:`BucketPolicy` or a :class:`Profile` (or its name).
-    ``warm`` says which buckets are compiled: a :class:`~jitcache.engine.WarmupReport`,
+    ``warm`` says which buckets are compiled: a :class:`~jitcache.warm.live.WarmupReport`,
     an iterable of bucket values, or ``None`` for a scan of DeepEP's cache
     directory (matched against the profile when there is one). A dispatch to a
     bucket outside that set is a miss: logged once per bucket and counted; with
@@ -253,7 +253,7 @@ class BucketedDispatcher:
         return frozenset(self._warm)
 
     def stats(self):
-        """A frozen snapshot of this dispatcher's counters (:class:`~jitcache.stats.StatsSnapshot`)."""
+        """A frozen snapshot of this dispatcher's counters (:class:`~jitcache.runtime.stats.StatsSnapshot`)."""
         return self._stats.snapshot()
 
     def bucket_for(self, x: Any, num_tokens_across_dp: Any = None, requested: Any = None) -> tuple[int, int]:

@@ -264,7 +264,7 @@ def register_for_flush(stats: DispatchStats) -> None:
             if os.environ.get("JITCACHE_STATS_DIR"):
                 directory = Path(os.environ["JITCACHE_STATS_DIR"])
             else:
-                from .store.root import resolve_root
+                from jitcache.store.root import resolve_root
                 directory = stats_dir(resolve_root(None))
             interval = float(os.environ.get("JITCACHE_STATS_INTERVAL", DEFAULT_FLUSH_INTERVAL))
         except Exception as exc:  # noqa: BLE001 - stats are best effort, serving is not

@@ -3,7 +3,7 @@
 DeepEP's JIT compiles in-process, one kernel at a time, and on every rank (it
 has no cross-process lock). Before the live warmup dispatches anything,
 :func:`precompile` renders DeepEP 2.5's exact sources and digests for the plan
-and runs nvcc through :func:`jitcache.aot.warmup_aot`: the ranks split the
+and runs nvcc through :func:`jitcache.build.pool.warmup_aot`: the ranks split the
 jobs, per-entry locks make each entry compiled once per node, and the live
 pass then finds in its cache the entries DeepEP would have written. Where our
 digest disagrees with this DeepEP the live pass compiles as before; the
@@ -35,14 +35,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from .buckets import BucketPolicy
-from .collectives import all_gather_bytes, initialized_dist
-from .deepep import API_25, buffer_api, jit_cache_roots
-from .errors import JitCacheError
-from .profiles import Profile, load_profile
-from .store.root import CacheRoot, resolve_root
-from .toolchain import Toolchain
-from .variants import plan
+from jitcache.planning.buckets import BucketPolicy
+from jitcache.warm.collectives import all_gather_bytes, initialized_dist
+from jitcache.runtime.dispatcher import API_25, buffer_api, jit_cache_roots
+from jitcache.errors import JitCacheError
+from jitcache.planning.profiles import Profile, load_profile
+from jitcache.store.root import CacheRoot, resolve_root
+from jitcache.build.toolchain import Toolchain
+from jitcache.planning.variants import plan
 
 __all__ = ["PrecompileResult", "buffer_headers", "live_target_facts", "precompile", "with_live_num_sms",
            "with_live_target"]
@@ -206,7 +206,7 @@ def _prepare(buffer: Any, target: Profile | BucketPolicy | str, modes: Iterable[
         filled = {**filled, **sms}
         the_plan = plan(profile, modes)
         if toolchain is None:
-            from .toolchain import resolve_toolchain
+            from jitcache.build.toolchain import resolve_toolchain
 
             package_dir, include = buffer_headers(buffer)
             buffer_class = f"{type(buffer).__module__}.{type(buffer).__qualname__}"
@@ -216,7 +216,7 @@ def _prepare(buffer: Any, target: Profile | BucketPolicy | str, modes: Iterable[
             toolchain = resolve_toolchain(deep_ep_include=include, python_library_root=str(package_dir), api=API_25)
             toolchain = replace(toolchain, deep_ep_headers_from=f"DeepEP {toolchain.deep_ep_api} headers of the "
                                                                 f"package of {buffer_class} ({package_dir})")
-        from .aot import jobs_for_plan
+        from jitcache.build.pool import jobs_for_plan
 
         jobs = jobs_for_plan(the_plan, toolchain)
         root = _root_for(jit_cache_roots(API_25)[0], cache_dir).ensure()
@@ -260,7 +260,7 @@ def _group_verdict(records: list[dict[str, Any]]) -> str | None:
 
 
 def _outcome(local: _Local, group: Any, num_workers: int | None) -> dict[str, Any]:
-    from .aot import warmup_aot
+    from jitcache.build.pool import warmup_aot
 
     try:
         report = warmup_aot(local.the_plan, local.toolchain, local.root, jobs=local.jobs, distributed=None,
@@ -296,7 +296,7 @@ def precompile(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, mod
                toolchain: Toolchain | None = None) -> PrecompileResult:
     """Compile the plan's DeepEP 2.5 kernels with nvcc into DeepEP's cache folder; collective over ``group``.
 
-    Every rank of ``group`` must call it (as :func:`jitcache.engine.warmup`
+    Every rank of ``group`` must call it (as :func:`jitcache.warm.live.warmup`
     does, after the ranks agreed on the plan). The entries go to
     ``jit_cache_roots("2.5")[0]``, the writable folder of ``EP_JIT_CACHE_DIR``
     (the jitcache root of ``cache_dir`` when its ``deep_ep/`` is that folder).

@@ -8,7 +8,7 @@ ranks compare a hash of what they are about to run: a rank with another
 profile, plan or policy would issue a different collective sequence and hang
 the group, so that is an error naming the ranks instead.
 
-Then, before the first dispatch, :func:`jitcache.prepass.precompile` compiles
+Then, before the first dispatch, :func:`jitcache.warm.prepass.precompile` compiles
 the plan's kernels with nvcc, split over the ranks, into the folder DeepEP
 reads (DeepEP 2.5 and a profile only; every rank runs it or none does), so
 that the live pass mostly finds its kernels instead of compiling each one on
@@ -31,17 +31,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ._version import __version__
-from .buckets import BucketPolicy
-from .collectives import all_gather_bytes, initialized_dist
-from .deepep import _original_bound_dispatch, buffer_api, committed_entries, jit_cache_roots
-from .errors import UsageError, WarmupError
-from . import prepass as _prepass
-from .prepass import PrecompileResult, precompile
-from .profiles import MODES, Profile, load_profile
-from .stats import write_json_atomic
-from .toolchain import Toolchain
-from .variants import plan
+from jitcache._version import __version__
+from jitcache.planning.buckets import BucketPolicy
+from jitcache.warm.collectives import all_gather_bytes, initialized_dist
+from jitcache.runtime.dispatcher import _original_bound_dispatch, buffer_api, committed_entries, jit_cache_roots
+from jitcache.errors import UsageError, WarmupError
+from jitcache.warm import prepass as _prepass
+from jitcache.warm.prepass import PrecompileResult, precompile
+from jitcache.planning.profiles import MODES, Profile, load_profile
+from jitcache.runtime.stats import write_json_atomic
+from jitcache.build.toolchain import Toolchain
+from jitcache.planning.variants import plan
 
 __all__ = [
     "PrecompileResult",
@@ -161,7 +161,7 @@ class WarmupReport:
 
     @classmethod
     def load(cls, path: str | Path) -> "WarmupReport":
-        from .errors import CacheError
+        from jitcache.errors import CacheError
 
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
@@ -180,7 +180,7 @@ def report_path(meta_dir: str | Path, profile: Profile | str | None, plan_finger
 
 def load_report(profile: Profile | str, cache_dir: str | Path | None = None) -> WarmupReport:
     """The last saved warmup report of ``profile`` in the cache root."""
-    from .store.root import resolve_root
+    from jitcache.store.root import resolve_root
 
     name = profile.name if isinstance(profile, Profile) else load_profile(profile).name
     return WarmupReport.load(report_path(resolve_root(cache_dir).meta_dir, name))
@@ -354,7 +354,7 @@ def warmup(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, modes: 
     ``dispatch_dtype`` are needed only with a bare :class:`BucketPolicy`.
 
     ``precompile`` (default on) first compiles the plan with nvcc, split over
-    the ranks (:func:`jitcache.prepass.precompile`; ``jobs`` nvcc processes per
+    the ranks (:func:`jitcache.warm.prepass.precompile`; ``jobs`` nvcc processes per
     rank, ``toolchain`` to override the one found from the buffer's package);
     when it cannot run, DeepEP compiles in the live pass as before.
     """
@@ -409,7 +409,7 @@ def warmup(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, modes: 
         modes=tuple(dict.fromkeys(m for m, _ in spec.steps)), rank=rank, world_size=world,
         cache_dirs=tuple(str(r) for r in roots), results=tuple(results), seconds=time.perf_counter() - start)
     if save and rank == 0:
-        from .store.root import resolve_root
+        from jitcache.store.root import resolve_root
 
         root = resolve_root(cache_dir)
         report.save(report_path(root.meta_dir, spec.profile, spec.plan_fingerprint))
@@ -538,7 +538,7 @@ def live_warmup_cli(profile: Profile | str, modes: Sequence[str] | None = None, 
     if not torch.cuda.is_available():
         raise WarmupError("a live warmup needs an NVIDIA GPU, and torch sees none (torch.cuda.is_available() is False)",
                           hint=_aot_hint(prof))
-    from .store.root import activate
+    from jitcache.store.root import activate
 
     root = activate(cache_dir, read_only_roots)  # before deep_ep is imported: it reads EP_JIT_CACHE_DIR once
     buffer_cls = _buffer_class(prof)

@@ -17,7 +17,7 @@ HTML, PEP 691 JSON), of the index pip is configured with:
   index) written the same way after it. A mismatch or a failed download leaves
   nothing behind.
 
-:func:`jitcache.toolchain.resolve_toolchain` looks here by default, so
+:func:`jitcache.build.toolchain.resolve_toolchain` looks here by default, so
 ``jitcache sources fetch`` then ``jitcache warmup --aot`` work on a fresh machine.
 """
 
@@ -39,8 +39,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import ToolchainError, UsageError
-from .store.publish import atomic_write_text, fsync_dir
+from jitcache.errors import ToolchainError, UsageError
+from jitcache.store.publish import atomic_write_text, fsync_dir
 
 __all__ = ["DEFAULT_REQUIREMENT", "FetchReport", "IndexFile", "SourceArchive", "fetch_sdist", "find_sdists",
            "index_files", "list_sources", "pip_index_url", "sources_dir"]

@@ -18,8 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from .buckets import BucketPolicy
-from .errors import ProfileError
+from jitcache.planning.buckets import BucketPolicy
+from jitcache.errors import ProfileError
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -22,9 +22,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ProfileError
-from .profiles import Profile
-from .variants import KernelVariant, WarmupPlan
+from jitcache.errors import ProfileError
+from jitcache.planning.profiles import Profile
+from jitcache.planning.variants import KernelVariant, WarmupPlan
 
 __all__ = ["RenderedKernel", "TargetFacts", "render_plan", "render_variant", "target_facts",
            "token_layout_num_bytes"]

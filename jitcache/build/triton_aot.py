@@ -4,7 +4,7 @@ A user module calls :func:`register` (spelled ``jitcache.triton.register``)
 with the kernel and a function ``args_for_bucket(bucket) -> dict`` giving the
 arguments serving will launch it with for that bucket (or a list of such
 dicts). :func:`jobs_for_triton` turns the registry into
-:class:`jitcache.aot.BuildJob` s that run in the same pool, under the same
+:class:`jitcache.build.pool.BuildJob` s that run in the same pool, under the same
 per-entry locks, into the same report as the nvcc jobs.
 
 Why the entries are the ones Triton's runtime looks up (read from Triton 3.9:
@@ -258,8 +258,8 @@ def _kernel_location(fn: Any) -> dict[str, str]:
 
 
 def jobs_for_triton(kernels: Sequence[TritonKernel], buckets: Iterable[int], arch: str) -> tuple:
-    """One :class:`jitcache.aot.BuildJob` per distinct Triton cache entry of ``kernels`` x ``buckets``."""
-    from jitcache.aot import BuildJob
+    """One :class:`jitcache.build.pool.BuildJob` per distinct Triton cache entry of ``kernels`` x ``buckets``."""
+    from jitcache.build.pool import BuildJob
 
     target = gpu_target(arch)
     by_key: dict[str, tuple[TritonSpec, TritonKernel, list[int]]] = {}
@@ -272,9 +272,9 @@ def jobs_for_triton(kernels: Sequence[TritonKernel], buckets: Iterable[int], arc
                 else:
                     by_key[spec.key] = (spec, kernel, [bucket])
     jobs = []
-    package_parent = str(Path(__file__).resolve().parent.parent)
+    package_parent = str(Path(__file__).resolve().parents[2])
     code = (f"import sys; sys.path.insert(0, {package_parent!r}); "
-            "from jitcache.triton_aot import worker_main; sys.exit(worker_main(sys.argv[1]))")
+            "from jitcache.build.triton_aot import worker_main; sys.exit(worker_main(sys.argv[1]))")
     for key, (spec, kernel, buckets_here) in by_key.items():
         payload = {
             "kernel": kernel.name, "buckets": buckets_here, "location": _kernel_location(kernel.fn),

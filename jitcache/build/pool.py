@@ -1,7 +1,7 @@
 """The ahead-of-time compiler: every variant of a plan, in parallel, once per node, in DeepEP's own layout.
 
-For each variant the job is: render DeepEP's exact source (:mod:`jitcache.render`),
-compute DeepEP's own digest (:mod:`jitcache.deepjit`), and, unless
+For each variant the job is: render DeepEP's exact source (:mod:`jitcache.adapters.render25`),
+compute DeepEP's own digest (:mod:`jitcache.adapters.deepjit`), and, unless
 ``<cache>/<name>.<digest>/`` already exists, run nvcc with DeepEP's flags in a
 private build dir, then publish it with one directory rename and the
 ``.committed`` marker last (:func:`jitcache.store.publish.publish_entry`).
@@ -19,7 +19,7 @@ Concurrency:
   over the process group (:func:`exchange_entries`).
 
 Triton kernels registered with ``jitcache.triton.register`` become jobs of
-the same kind (:mod:`jitcache.triton_aot`): ``backend="triton"`` puts the
+the same kind (:mod:`jitcache.build.triton_aot`): ``backend="triton"`` puts the
 entry under the root's ``triton/`` folder, the command is a Python worker
 running ``triton.compile``, and Triton's group file stands in for the marker.
 
@@ -46,14 +46,14 @@ from typing import Any, Callable, Iterable, Sequence
 
 import filelock
 
-from .collectives import all_gather_bytes, initialized_dist
-from .deepjit import CompilerOptions, IncludeHasher, cache_key, deep_ep_compiler_options, meta_json, nvcc_command
-from .errors import CacheError, ToolchainError, UsageError
-from .render import RenderedKernel, render_plan, target_facts
-from .store.publish import COMMIT_MARKER, atomic_write_text, make_temp_dir, publish_entry, remove_tree
-from .store.root import CacheRoot
-from .toolchain import Toolchain
-from .variants import WarmupPlan
+from jitcache.warm.collectives import all_gather_bytes, initialized_dist
+from jitcache.adapters.deepjit import CompilerOptions, IncludeHasher, cache_key, deep_ep_compiler_options, meta_json, nvcc_command
+from jitcache.errors import CacheError, ToolchainError, UsageError
+from jitcache.adapters.render25 import RenderedKernel, render_plan, target_facts
+from jitcache.store.publish import COMMIT_MARKER, atomic_write_text, make_temp_dir, publish_entry, remove_tree
+from jitcache.store.root import CacheRoot
+from jitcache.build.toolchain import Toolchain
+from jitcache.planning.variants import WarmupPlan
 
 __all__ = ["AotReport", "BuildJob", "VariantResult", "build_jobs", "exchange_entries", "jobs_for_plan",
            "local_world_size", "run_jobs", "warmup_aot"]
@@ -159,12 +159,12 @@ def jobs_for_plan(the_plan: WarmupPlan, toolchain: Toolchain, *, options: Compil
             hint="pass --deep-ep-include with that version's headers, `jitcache sources fetch` (2.5), "
                  "`pip install tokenspeed-deepep` (2.1), or set api = \"auto\"")
     if toolchain.deep_ep_api == "2.1":
-        from .aot21 import jobs_for_plan21  # noqa: PLC0415 - aot21 imports this module
+        from jitcache.adapters.deepep21 import jobs_for_plan21  # noqa: PLC0415 - aot21 imports this module
         return jobs_for_plan21(the_plan, toolchain, with_barrier=with_barrier)
     profile = the_plan.profile
     kernels = list(render_plan(the_plan))
     if with_barrier:
-        from .render import render_barrier
+        from jitcache.adapters.render25 import render_barrier
         kernels.append(render_barrier(profile, target_facts(profile)))
     return build_jobs(kernels, toolchain, profile.target.arch, options=options)
 
@@ -228,7 +228,7 @@ def _final_path(root: CacheRoot, job: BuildJob) -> Path:
 
 def _entry_present(final: Path, job: BuildJob) -> bool:
     if job.backend == "triton":
-        from .triton_aot import triton_entry_present
+        from jitcache.build.triton_aot import triton_entry_present
         return all(triton_entry_present(final, group) for group in job.outputs)
     if job.marker is not None:
         return (final / job.marker).is_file()
@@ -237,7 +237,7 @@ def _entry_present(final: Path, job: BuildJob) -> bool:
 
 def _publish(build: Path, final: Path, job: BuildJob) -> bool:
     if job.backend == "triton":
-        from .triton_aot import publish_triton_entry
+        from jitcache.build.triton_aot import publish_triton_entry
         return publish_triton_entry(build, final)
     return publish_entry(build, final, marker=job.marker)
 
@@ -425,7 +425,7 @@ def warmup_aot(the_plan: WarmupPlan, toolchain: Toolchain | None, root: CacheRoo
     (locks still make that once per node). Split over ranks, ``num_workers=None``
     means the cores divided by torchrun's ``LOCAL_WORLD_SIZE`` (the ranks of
     this node); the report's ``jobs`` is the number used. ``extra_jobs``
-    (Triton's, from :func:`jitcache.triton_aot.jobs_for_triton`) run in the
+    (Triton's, from :func:`jitcache.build.triton_aot.jobs_for_triton`) run in the
     same pool; with ``toolchain=None`` and no ``jobs`` they are the whole run.
     Under torch.distributed an exception while compiling fails this rank's
     jobs instead of leaving the barrier that its peers wait in.

@@ -30,7 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
-from .profiles import MODES, Profile
+from jitcache.planning.profiles import MODES, Profile
 
 __all__ = ["FAMILIES", "KernelVariant", "WarmupPlan", "plan"]
 

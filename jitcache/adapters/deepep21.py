@@ -14,13 +14,13 @@ import shlex
 from pathlib import Path
 from typing import Iterable
 
-from .aot import BuildJob
-from .deepep21 import IncludeHasher21, cache_key21, entry_name21, flags21, with_include_hash
-from .errors import ToolchainError
-from .render import RenderedKernel
-from .render21 import render_barrier21, render_plan21, target_facts21
-from .toolchain import Toolchain
-from .variants import WarmupPlan
+from jitcache.build.pool import BuildJob
+from jitcache.adapters.digest21 import IncludeHasher21, cache_key21, entry_name21, flags21, with_include_hash
+from jitcache.errors import ToolchainError
+from jitcache.adapters.render25 import RenderedKernel
+from jitcache.adapters.render21 import render_barrier21, render_plan21, target_facts21
+from jitcache.build.toolchain import Toolchain
+from jitcache.planning.variants import WarmupPlan
 
 __all__ = ["build_jobs21", "jobs_for_plan21", "target_flags21"]
 
