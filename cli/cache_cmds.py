@@ -71,11 +71,27 @@ def env_cmd(
     root = resolve_root(cache_dir)
     exports = env_exports(root, read_only_roots or ())
 
+    lines = [shell_export(name, value) for name, value in exports.items()]
+
     def render(o: Output) -> None:
-        for name, value in exports.items():
-            o.print(f"export {name}={shlex.quote(value)}", markup=False)
+        o.raw_lines(lines)  # never through rich: a wrapped or re-spaced line would eval to something else
 
     Output(fmt).result({"schema": SCHEMA_VERSION, "root": str(root.path), "env": exports}, render)
+
+
+def shell_export(name: str, value: str) -> str:
+    """``export NAME='value'``, quoted for any POSIX sh (bash, dash, zsh): ``eval`` gives back ``value`` exactly.
+
+    Single quotes keep every byte literal (``$()``, backticks, tabs, newlines);
+    a single quote is written as ``'"'"'``. A value that is not valid text
+    (a path with undecodable bytes) cannot be written faithfully: refused.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{name}: the path {value!r} is not valid UTF-8; cannot print it as a shell export",
+                         hint="use a --cache-dir whose path is plain text") from None
+    return f"export {name}={shlex.quote(value)}"
 
 
 def inspect_cmd(

@@ -59,6 +59,11 @@ class Output:
         """Human output to stdout (only used from ``render`` callbacks)."""
         self.out.print(*objects, **kwargs)
 
+    def raw_lines(self, lines: list[str]) -> None:
+        """Lines written as they are, bypassing rich (no wrapping, no markup, no re-spacing): shell code."""
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        sys.stdout.flush()
+
     def table(self, title: str | None, columns: list[str], rows: list[list[Any]],
               justify: dict[str, str] | None = None) -> None:
         table = Table(title=title, title_justify="left", header_style="bold")

@@ -291,7 +291,11 @@ def resolve_root(cache_dir: str | Path | None = None) -> CacheRoot:
         raise CacheError("--cache-dir must not be empty")
     path = Path(cache_dir).expanduser() if cache_dir is not None else default_root_path()
     path = path.absolute()
-    if path.exists() and not path.is_dir():
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as exc:  # ENAMETOOLONG, EACCES on a parent, ELOOP...
+        raise CacheError(f"{path}: cannot use this path as a cache root ({exc.strerror})", path=path) from None
+    if exists and not is_dir:
         raise CacheError(f"{path}: cache root exists and is not a directory", path=path)
     return CacheRoot(path)
 
