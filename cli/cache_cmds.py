@@ -16,6 +16,7 @@ import typer
 from jitcache.errors import UsageError
 from jitcache.planning.profiles import load_profile
 from jitcache.store.bundle import export_bundle, import_bundle
+from jitcache.store.elf import normalize_arch
 from jitcache.store.model import SCHEMA_VERSION, iso_time
 from jitcache.store.prune import parse_age, parse_size, plan_prune, prune
 from jitcache.store.root import CacheRoot, LockHolder, env_exports, resolve_root
@@ -47,6 +48,14 @@ def _root(cache_dir: Optional[Path], deep_ep_dir: Optional[Path]) -> CacheRoot:
     root = resolve_root(cache_dir)
     root.check_layout()
     return root
+
+
+def _arch_option(arch: Optional[str]) -> Optional[str]:
+    if arch is None:
+        return None
+    if (normal := normalize_arch(arch)) is None:
+        raise UsageError(f"--arch {arch!r}: not a GPU arch", hint="use e.g. sm_90a, sm_90, sm_100a")
+    return normal
 
 
 def _waiting(out: Output):
@@ -148,12 +157,14 @@ def verify_cmd(
     deep_ep_dir: Optional[Path] = DEEP_EP_DIR,
     do_repair: bool = typer.Option(False, "--repair", help="Move broken entries and dead builds to quarantine."),
     dry_run: bool = typer.Option(False, "--dry-run", help="With --repair: show the moves, make none."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="The serving GPU's arch (e.g. sm_90a): a cubin whose "
+                                                             "ELF header names another is an error."),
     fmt: Format = FORMAT,
 ) -> None:
     """Find entries that would crash or mislead a runtime; --repair quarantines them (never deletes)."""
     root = _root(cache_dir, deep_ep_dir)
     out = Output(fmt)
-    result = verify(root)
+    result = verify(root, expected_arch=_arch_option(arch))
     data = result.to_dict()
     outcome = None
     if do_repair and not dry_run:
@@ -269,7 +280,7 @@ def import_cmd(
     """Verify a bundle completely, then publish each entry atomically (identical ones are skipped)."""
     root = _root(cache_dir, deep_ep_dir)
     out = Output(fmt)
-    result = import_bundle(root, bundle, force=force, target_arch=arch, on_wait=_waiting(out))
+    result = import_bundle(root, bundle, force=force, target_arch=_arch_option(arch), on_wait=_waiting(out))
     for mismatch in result.forced_mismatches:
         out.warn(f"imported despite a mismatch ({mismatch})")
     for name in result.conflicts:

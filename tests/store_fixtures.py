@@ -106,9 +106,50 @@ def compile_cubin(source: str, workdir: Path, arch: str = "sm_90a") -> bytes:
     return (workdir / "kernel.cubin").read_bytes()
 
 
+class CubinSet(dict):
+    """Family name -> a real cubin of that kernel template (``two_kernels``: a cubin with two kernels).
+
+    :meth:`matching` gives the cubin compiled from an entry's exact
+    instantiation (memoised for the session), so that an entry's
+    ``kernel.cu`` and ``kernel.cubin`` agree on the template arguments, as
+    DeepEP's own entries do (verify and import check it).
+    """
+
+    def __init__(self, base: Path, compiled: dict[str, bytes]) -> None:
+        super().__init__(compiled)
+        self.base = base
+        self._memo: dict[tuple[str, tuple, str], bytes] = {}
+
+    def _compile(self, kernel: str, args: list[Any], arch: str = "sm_90a") -> bytes:
+        key = (kernel, tuple(args), arch)
+        if key not in self._memo:
+            source = render_source(kernel, list(args))
+            self._memo[key] = compile_cubin(source, self.base / "matching" / arch / entry_key(source), arch)
+        return self._memo[key]
+
+    def matching(self, kernel: str, args: list[Any], arch: str = "sm_90a") -> bytes:
+        return self._compile(kernel, args, arch)
+
+    def prefetch(self, pairs: list[tuple[str, list[Any]]]) -> None:
+        todo = {(k, tuple(a), "sm_90a") for k, a in pairs} - set(self._memo)
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            for future in [pool.submit(self._compile, k, list(a), arch) for k, a, arch in sorted(todo)]:
+                future.result()
+
+
+def plan_instantiations(the_plan) -> list[tuple[str, list[Any]]]:
+    """(template, arguments) of every variant of a plan, as make_entry renders them."""
+    pairs = []
+    for variant in the_plan.variants:
+        params = variant.param_dict
+        kernel = params.get("kernel", FAMILY_KERNELS[variant.family])
+        pairs.append((kernel, template_args(kernel, params)))
+    return pairs
+
+
 @pytest.fixture(scope="session")
-def cubins(tmp_path_factory) -> dict[str, bytes]:
-    """One real cubin per kernel template (+ ``two_kernels``), compiled once, in parallel."""
+def cubins(tmp_path_factory, test_profile) -> CubinSet:
+    """One real cubin per kernel template (+ ``two_kernels``), and every test-profile variant's, compiled once."""
     if NVCC is None:
         pytest.skip("nvcc is not on the PATH")
     base = tmp_path_factory.mktemp("cubins")
@@ -117,7 +158,9 @@ def cubins(tmp_path_factory) -> dict[str, bytes]:
     jobs["two_kernels"] = TWO_KERNELS_SOURCE
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         futures = {name: pool.submit(compile_cubin, src, base / name) for name, src in jobs.items()}
-        return {name: f.result() for name, f in futures.items()}
+        compiled = CubinSet(base, {name: f.result() for name, f in futures.items()})
+    compiled.prefetch(plan_instantiations(plan(test_profile)))
+    return compiled
 
 
 @pytest.fixture(scope="session")
@@ -131,11 +174,18 @@ def entry_key(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def make_entry(deep_ep_dir: Path, family: str, params: dict[str, Any], cubin: bytes, *,
+def make_entry(deep_ep_dir: Path, family: str, params: dict[str, Any], cubin: "bytes | CubinSet", *,
                style: str = "2.5", meta: bool = True, committed: bool = True) -> Path:
-    """Write one entry in a DeepEP layout, with a real cubin and a decodable kernel.cu."""
+    """Write one entry in a DeepEP layout, with a real cubin and a decodable kernel.cu.
+
+    ``cubin``: the bytes to use as they are, or the :class:`CubinSet`, which
+    gives the cubin compiled from this entry's own instantiation.
+    """
     kernel = params.get("kernel", FAMILY_KERNELS[family])
-    source = render_source(kernel, template_args(kernel, params), style)
+    args = template_args(kernel, params)
+    source = render_source(kernel, args, style)
+    if isinstance(cubin, CubinSet):
+        cubin = cubin.matching(kernel, args)
     key = entry_key(source)
     name = f"{family}.{key}" if style == "2.5" else f"kernel.{family}.{key}"
     path = deep_ep_dir / "cache" / name
@@ -159,8 +209,7 @@ def fill_plan(deep_ep_dir: Path, the_plan, cubins: dict[str, bytes], *, style: s
     paths = []
     for variant in the_plan.variants:
         if buckets is None or variant.num_max_tokens_per_rank in buckets:
-            paths.append(make_entry(deep_ep_dir, variant.family, variant.param_dict, cubins[variant.family],
-                                    style=style))
+            paths.append(make_entry(deep_ep_dir, variant.family, variant.param_dict, cubins, style=style))
     return paths
 
 
@@ -214,4 +263,4 @@ def filled_root(tmp_path, cubins, test_profile, triton_cache) -> CacheRoot:
     return root
 
 
-__all__ = ["cubins", "filled_root", "test_profile", "triton_cache"]
+__all__ = ["cubins", "filled_root", "test_profile", "triton_cache"]  # fixtures

@@ -90,7 +90,7 @@ def test_scan_filled_root(filled_root, test_profile):
 
 def test_scan_deep_ep_21_layout(tmp_path, cubins, test_profile):
     variant = plan(test_profile).variants[0]
-    path = make_entry(tmp_path, variant.family, variant.param_dict, cubins[variant.family], style="2.1")
+    path = make_entry(tmp_path, variant.family, variant.param_dict, cubins, style="2.1")
     entries, problems = scan_deep_ep(tmp_path)
     assert problems == ()
     (entry,) = entries

@@ -44,7 +44,8 @@ from typing import Any, Callable, Iterable
 
 from jitcache.errors import BundleError, CacheError
 
-from .formats import TRITON_KEY, classify_deep_ep_name
+from .elf import InvalidCubin, normalize_arch, read_cubin
+from .formats import TRITON_KEY, classify_deep_ep_name, read_deep_ep_entry
 from .model import SCHEMA_VERSION, CacheEntry
 from .publish import COMMIT_MARKER, TEMP_PREFIX, fsync_dir, make_temp_dir, publish_entry, remove_tree
 from .root import CacheRoot, LockHolder
@@ -353,6 +354,41 @@ def _check_staged(bundle: Path, staging: Path, manifest: dict[str, Any]) -> list
     return entries
 
 
+#: Problems of a staged entry that say nothing about the bundle (the marker is written on publish; the
+#: staging directory is ours).
+_STAGING_CODES = frozenset({"not_committed", "unsafe_permissions", "foreign_owner"})
+
+
+def check_staged_cubins(bundle: Path, staging: Path, entries: list[dict[str, Any]]) -> list[str]:
+    """Every staged cubin as a runtime will see it: a CUDA ELF, for the arch its ELF header names and
+    (DeepEP) holding exactly the one kernel its ``kernel.cu`` instantiates. Returns the archs found.
+
+    The arch comes from each cubin, never from the manifest: a bundle is
+    input from elsewhere, and a cubin for another GPU would fail only when
+    serving. Raises :class:`BundleError` naming the entry and the file.
+    """
+    archs: set[str] = set()
+    for entry in entries:
+        tree, name = entry["backend"], str(entry["name"])
+        directory = staging / tree / name
+        if tree == "deep_ep":
+            found = read_deep_ep_entry(directory)
+            errors = [p for p in found.problems if p.severity == "error" and p.code not in _STAGING_CODES]
+            if errors:
+                raise BundleError(f"{bundle}: entry {name}: {Path(errors[0].path).name} {errors[0].message} "
+                                  f"({errors[0].code}); nothing imported", path=bundle)
+            if found.arch:
+                archs.add(found.arch)
+            continue
+        for cubin in sorted(directory.glob("*.cubin")):
+            try:
+                archs.add(read_cubin(cubin).arch)
+            except InvalidCubin as exc:
+                raise BundleError(f"{bundle}: entry {name}: {cubin.name} {exc.reason} (invalid_cubin); "
+                                  "nothing imported", path=bundle) from None
+    return sorted(archs)
+
+
 def _same_entry(staged: Path, final: Path, tree: str) -> bool:
     """Identical files (Triton group files compared by the names they list: their paths differ by root)."""
     try:
@@ -402,10 +438,16 @@ def import_bundle(root: CacheRoot, bundle: str | Path, *, force: bool = False, t
         manifest = _stage(bundle, staging)
         entries = _check_staged(bundle, staging, manifest)
         fingerprint = manifest.get("fingerprint") or {}
+        archs = check_staged_cubins(bundle, staging, entries)
+        claimed = fingerprint.get("archs") if isinstance(fingerprint, dict) else None
+        claimed = sorted({a for a in claimed if isinstance(a, str) and normalize_arch(a)}) if claimed else []
+        if claimed and claimed != archs:
+            raise BundleError(f"{bundle}: the manifest says its cubins are for {claimed}, their ELF "
+                              f"headers say {archs}; refused", path=bundle)
         local = environment_fingerprint()
         if target_arch:
             local["archs"] = [target_arch]
-        mismatches = fingerprint_mismatches(fingerprint, local)
+        mismatches = fingerprint_mismatches({**fingerprint, "archs": archs}, local)
         if mismatches and not force:
             raise BundleError(f"{bundle}: built for another environment: {'; '.join(mismatches)}", path=bundle,
                               hint="pass --force to import anyway (entries for another compiler or GPU are never hit)")

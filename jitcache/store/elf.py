@@ -28,7 +28,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["EM_CUDA", "CubinInfo", "InvalidCubin", "entry_symbol_problem", "read_cubin"]
+__all__ = ["EM_CUDA", "CubinInfo", "InvalidCubin", "arch_problem", "entry_symbol_problem", "normalize_arch",
+           "read_cubin"]
 
 EM_CUDA = 190
 _ELF_MAGIC = b"\x7fELF"
@@ -137,3 +138,32 @@ def entry_symbol_problem(info: CubinInfo) -> str | None:
     if count == 0:
         return "holds no kernel entry symbol (DeepEP expects exactly one)"
     return f"holds {count} kernel entry symbols (DeepEP expects exactly one): {', '.join(info.entry_symbols)}"
+
+
+_ARCH = re.compile(r"^(?:sm_|compute_)?(\d{2,3})([af]?)$")
+
+
+def normalize_arch(text: str | None) -> str | None:
+    """``"90a"``, ``"sm_90a"``, ``"compute_90a"`` -> ``"sm_90a"``; ``None`` for what is not an arch."""
+    if not isinstance(text, str):
+        return None
+    match = _ARCH.match(text.strip())
+    return f"sm_{match.group(1)}{match.group(2)}" if match else None
+
+
+def arch_problem(info: CubinInfo, expected: str | None, *, source: str) -> str | None:
+    """Why a cubin is not for the ``expected`` arch (read from its ELF header, never from a manifest).
+
+    ``source`` says who expects it (``meta.json``, ``--arch``). The SM number
+    comes from ``e_flags``; the ``a``/``f`` suffix from ptxas's recorded
+    command line, so when ptxas recorded nothing only the number is compared.
+    """
+    wanted = normalize_arch(expected)
+    if wanted is None:
+        return None
+    if info.ptxas_version is None:  # no ptxas note: the suffix is unknown, compare the SM number
+        if f"sm_{info.sm}" == wanted.rstrip("af"):
+            return None
+    elif info.arch == wanted:
+        return None
+    return f"its ELF header says {info.arch}, {source} says {wanted}: the driver refuses it or runs the wrong code"

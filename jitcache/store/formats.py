@@ -23,8 +23,8 @@ import stat
 from pathlib import Path
 from typing import Any, Iterator
 
-from .elf import InvalidCubin, entry_symbol_problem, read_cubin
-from .kernels import parse_source
+from .elf import InvalidCubin, arch_problem, entry_symbol_problem, normalize_arch, read_cubin
+from .kernels import parse_source, symbol_problem
 from .model import CacheEntry, Problem
 from .publish import COMMIT_MARKER
 
@@ -70,7 +70,13 @@ def _tree_stats(path: Path) -> tuple[int, list[tuple[Path, os.stat_result]]]:
 
 def permission_problems(path: Path, key: str | None, items: list[tuple[Path, os.stat_result]] | None = None,
                         ) -> list[Problem]:
-    """Writable by group/others, or owned by someone else: a cubin here runs on the GPU as us."""
+    """Writable by group/others, or owned by someone else: a cubin here runs on the GPU as us.
+
+    Symlinks are followed, as every runtime follows them: what counts is the
+    file or directory a link lands on, and the directory holding that target
+    (whoever can write it can swap the target). A dangling link is left to the
+    missing-file checks.
+    """
     problems = []
     uid = os.getuid()
     try:
@@ -78,16 +84,25 @@ def permission_problems(path: Path, key: str | None, items: list[tuple[Path, os.
     except OSError:
         return problems
     for item, st in [(path, top), *(items or [])]:
+        checks = [(item, st, "")]
         if stat.S_ISLNK(st.st_mode):
-            continue
-        if st.st_uid != uid:
-            problems.append(Problem("foreign_owner", str(item),
-                                    f"owned by uid {st.st_uid}, not by the current user (uid {uid})", key))
-            break
-        if st.st_mode & 0o022:
-            problems.append(Problem("unsafe_permissions", str(item),
-                                    f"writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})", key))
-            break
+            try:
+                target = item.resolve(strict=True)
+                checks = [(target, target.stat(), f" (through the symlink {item})"),
+                          (target.parent, target.parent.stat(), f" (it holds the target of the symlink {item})")]
+            except (OSError, RuntimeError):
+                continue
+        for where, info, via in checks:
+            if info.st_uid != uid:
+                problems.append(Problem("foreign_owner", str(where),
+                                        f"owned by uid {info.st_uid}, not by the current user (uid {uid}){via}", key))
+                return problems
+            if info.st_mode & 0o022 and not (stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
+                                             and via.startswith(" (it holds")):
+                problems.append(Problem("unsafe_permissions", str(where),
+                                        f"writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}){via}",
+                                        key))
+                return problems
     return problems
 
 
@@ -122,8 +137,13 @@ def _last_used(path: Path) -> float | None:
     return max(st.st_mtime, st.st_atime)
 
 
-def read_deep_ep_entry(path: Path, *, check_cubin: bool = True) -> CacheEntry:
-    """Read one ``cache/`` subdirectory of a DeepEP cache (either layout)."""
+def read_deep_ep_entry(path: Path, *, check_cubin: bool = True, expected_arch: str | None = None) -> CacheEntry:
+    """Read one ``cache/`` subdirectory of a DeepEP cache (either layout).
+
+    With ``check_cubin`` the cubin's ELF is read: a CUDA ELF, exactly one
+    kernel, the one ``kernel.cu`` instantiates, for the arch ``meta.json``
+    records and, if given, ``expected_arch`` (the serving GPU's).
+    """
     name = path.name
     kind = classify_deep_ep_name(name)
     size, items = _tree_stats(path)
@@ -154,8 +174,13 @@ def read_deep_ep_entry(path: Path, *, check_cubin: bool = True) -> CacheEntry:
         else:
             arch = info.arch
             compiler = f"ptxas {info.ptxas_version}" if info.ptxas_version else None
-            if (why := entry_symbol_problem(info)) is not None:
+            if (why := entry_symbol_problem(info) or symbol_problem(info.entry_symbols, params)) is not None:
                 problems.append(Problem("entry_symbols", str(cubin), why, name))
+            if (why := arch_problem(info, expected_arch, source="--arch")) is not None:
+                problems.append(Problem("wrong_arch", str(cubin), why, name))
+            elif fmt == "deepjit" and (why := arch_problem(info, _meta_arch(path / "meta.json"),
+                                                           source="meta.json")) is not None:
+                problems.append(Problem("wrong_arch", str(cubin), why, name))
 
     last_used = _last_used(cubin)
     if fmt == "deepjit":
@@ -189,6 +214,23 @@ def _read_meta(path: Path) -> tuple[dict | None, str]:
     if not isinstance(data, dict):
         return None, f"meta.json must hold a JSON object, got {type(data).__name__}"
     return data, ""
+
+
+_GPU_ARCH_FLAG = re.compile(r"(?:--gpu-architecture[= ]|-arch[= ])(\S+)")
+
+
+def _meta_arch(path: Path) -> str | None:
+    """The arch DeepJIT compiled for, as ``meta.json`` records it (``compiler_options.arch`` or the command)."""
+    meta, _ = _read_meta(path) if path.is_file() else (None, "")
+    if meta is None:
+        return None
+    options = meta.get("compiler_options")
+    if isinstance(options, dict) and (arch := normalize_arch(options.get("arch"))):
+        return arch
+    command = meta.get("command")
+    if isinstance(command, str) and (match := _GPU_ARCH_FLAG.search(command)):
+        return normalize_arch(match.group(1))
+    return None
 
 
 def _nvcc_version(meta: dict) -> str | None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["TEMPLATE_PARAMS", "decode_instantiation", "parse_source"]
+__all__ = ["TEMPLATE_PARAMS", "decode_instantiation", "instantiation_args", "parse_source", "symbol_problem"]
 
 #: kernel template -> its non-defaulted parameters, in order.
 TEMPLATE_PARAMS: dict[str, tuple[str, ...]] = {
@@ -107,3 +107,58 @@ def parse_source(source: str) -> dict[str, Any] | None:
     if namespace:
         params["namespace"] = namespace
     return params
+
+
+def instantiation_args(params: dict[str, Any]) -> list[Any] | None:
+    """The template arguments of a decoded source, in the order it wrote them (``None``: not decoded)."""
+    if "template_args" in params:
+        return list(params["template_args"])
+    names = TEMPLATE_PARAMS.get(params.get("kernel", ""))
+    if names is None or any(name not in params for name in names):
+        return None
+    return [params[name] for name in names]
+
+
+# An Itanium-mangled integral template argument: L<builtin type><n for minus?><digits>E (Lb1E, Li132E, Ll198E).
+_MANGLED_LITERAL = re.compile(r"L([abcdhijlmstxy])(n?)(\d+)E")
+
+
+def _mangled_args(symbol: str, kernel: str) -> list[Any] | None:
+    """The leading literal template arguments of ``kernel`` in a mangled symbol, ``None`` if it is not there."""
+    marker = f"{len(kernel)}{kernel}I"
+    at = symbol.find(marker)
+    if at < 0:
+        return None
+    pos = at + len(marker)
+    if symbol.startswith("J", pos):  # a pack: template <auto... kArgs>
+        pos += 1
+    values: list[Any] = []
+    while match := _MANGLED_LITERAL.match(symbol, pos):
+        kind, minus, digits = match.groups()
+        number = -int(digits) if minus else int(digits)
+        values.append(bool(number) if kind == "b" else number)
+        pos = match.end()
+    return values
+
+
+def symbol_problem(symbols: tuple[str, ...], params: dict[str, Any]) -> str | None:
+    """Why the cubin's single kernel is not the instantiation ``kernel.cu`` asks for, or ``None``.
+
+    DeepEP loads the one kernel of the cubin whatever its name; a cubin of
+    another kernel (or of the same template with other arguments) would run
+    with the wrong compile-time sizes. The mangled name spells the template
+    and its literal arguments; the source's arguments must be their prefix
+    (DeepEP's templates add defaulted ones). Pure: no I/O.
+    """
+    kernel = params.get("kernel")
+    if not kernel or len(symbols) != 1:
+        return None
+    wanted = instantiation_args(params)
+    found = _mangled_args(symbols[0], kernel)
+    if found is None:
+        return f"its kernel {symbols[0]} is not {kernel}, the template kernel.cu instantiates"
+    if wanted is not None and all(isinstance(v, (bool, int)) for v in wanted):
+        if [int(v) for v in found[:len(wanted)]] != [int(v) for v in wanted]:
+            return (f"its kernel {symbols[0]} is {kernel} with other template arguments than kernel.cu's "
+                    f"<{', '.join(map(str, wanted))}>")
+    return None

@@ -25,6 +25,7 @@ PROBLEM_CODES = {
     "empty_file": "error",
     "invalid_cubin": "error",
     "entry_symbols": "error",
+    "wrong_arch": "error",
     "not_committed": "error",
     "bad_meta": "error",
     "bad_group": "error",
@@ -35,6 +36,7 @@ PROBLEM_CODES = {
     "undecoded_source": "warning",
     "orphan_build": "warning",
     "unknown_entry": "warning",
+    "stray_file": "warning",
 }
 
 

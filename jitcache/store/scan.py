@@ -8,6 +8,7 @@ warmup plan have an entry. Scanning never takes the lock and writes nothing.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from .formats import TRITON_KEY, permission_problems, read_deep_ep_entry, read_t
 from .model import SCHEMA_VERSION, CacheEntry, Problem, iso_time
 from .root import CacheRoot
 
-__all__ = ["ORPHAN_AGE_S", "CacheReport", "Coverage", "coverage", "entry_matches", "scan", "scan_deep_ep",
+__all__ = ["DEEP_EP_CHILDREN", "ORPHAN_AGE_S", "ROOT_CHILDREN", "CacheReport", "Coverage", "coverage", "entry_matches", "scan", "scan_deep_ep",
            "scan_triton"]
 
 #: A build directory untouched for this long belongs to a compile that died
@@ -89,18 +90,47 @@ def _orphans(tmp_dir: Path, now: float, min_age: float) -> list[Problem]:
     return problems
 
 
-def scan_deep_ep(directory: str | Path, *, check_cubins: bool = True,
-                 orphan_age: float = ORPHAN_AGE_S) -> tuple[tuple[CacheEntry, ...], tuple[Problem, ...]]:
-    """Every entry under ``<directory>/cache/`` (both DeepEP layouts) and the problems outside them."""
+#: What a jitcache root, and a DeepEP cache dir, hold; anything else in them is reported as stray.
+ROOT_CHILDREN = frozenset({"CACHEDIR.TAG", "deep_ep", "triton", "meta", "quarantine", "sources"})
+DEEP_EP_CHILDREN = frozenset({"cache", "tmp", ".jitcache"})
+
+
+def _stray(path: Path, what: str) -> Problem:
+    return Problem("stray_file", str(path), f"{what} is not part of the cache layout (left there by hand or by "
+                   "another tool; jitcache neither reads nor removes it)")
+
+
+def stray_problems(directory: Path, known: frozenset[str], what: str) -> list[Problem]:
+    """Names in ``directory`` that the layout does not have (a warning each; nothing is touched)."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    return [_stray(directory / name, f"{what} {name!r}") for name in names if name not in known]
+
+
+def scan_deep_ep(directory: str | Path, *, check_cubins: bool = True, orphan_age: float = ORPHAN_AGE_S,
+                 expected_arch: str | None = None) -> tuple[tuple[CacheEntry, ...], tuple[Problem, ...]]:
+    """Every entry under ``<directory>/cache/`` (both DeepEP layouts) and the problems outside them.
+
+    An entry that is a symlink is read through it, as DeepEP does (its
+    target's permissions count); a file, or anything else that is not a
+    directory, in ``cache/`` is a ``stray_file`` warning.
+    """
     directory = Path(directory)
     cache = directory / "cache"
     entries = []
+    problems: list[Problem] = []
     if cache.is_dir():
         for child in sorted(cache.iterdir()):
-            if child.name.startswith(".") or not child.is_dir() or child.is_symlink():
+            if child.name.startswith(".") and ".deleting-" in child.name:
+                continue  # remove_tree's rename-then-delete in flight
+            if not child.is_dir():
+                problems.append(_stray(child, f"{'symlink' if child.is_symlink() else 'file'} {child.name!r} "
+                                              "in cache/"))
                 continue
-            entries.append(read_deep_ep_entry(child, check_cubin=check_cubins))
-    problems = _orphans(directory / "tmp", time.time(), orphan_age)
+            entries.append(read_deep_ep_entry(child, check_cubin=check_cubins, expected_arch=expected_arch))
+    problems += _orphans(directory / "tmp", time.time(), orphan_age)
     return tuple(entries), tuple(problems)
 
 
@@ -125,14 +155,23 @@ def scan_triton(directory: str | Path, *, check_cubins: bool = True,
     return tuple(entries), tuple(problems)
 
 
-def scan(root: CacheRoot, *, check_cubins: bool = True, orphan_age: float = ORPHAN_AGE_S) -> CacheReport:
-    """Scan a jitcache root (or, for ``CacheRoot.for_deep_ep_dir``, a bare DeepEP cache)."""
+def scan(root: CacheRoot, *, check_cubins: bool = True, orphan_age: float = ORPHAN_AGE_S,
+         expected_arch: str | None = None) -> CacheReport:
+    """Scan a jitcache root (or, for ``CacheRoot.for_deep_ep_dir``, a bare DeepEP cache).
+
+    ``expected_arch`` (``verify --arch sm_90a``): every cubin must be for it.
+    """
     problems: list[Problem] = []
     # The folders a runtime resolves entries through: whoever can write them can swap a cubin.
     for directory in (root.path, root.deep_ep_dir, root.deep_ep_dir / "cache", root.triton_dir):
         if directory is not None and directory.exists():
             problems += permission_problems(directory, None)
-    deep_entries, deep_problems = scan_deep_ep(root.deep_ep_dir, check_cubins=check_cubins, orphan_age=orphan_age)
+    if not root.external and root.path.is_dir():
+        problems += stray_problems(root.path, ROOT_CHILDREN, "root entry")
+    if root.deep_ep_dir.is_dir():
+        problems += stray_problems(root.deep_ep_dir, DEEP_EP_CHILDREN, "DeepEP cache dir entry")
+    deep_entries, deep_problems = scan_deep_ep(root.deep_ep_dir, check_cubins=check_cubins, orphan_age=orphan_age,
+                                               expected_arch=expected_arch)
     entries, problems = list(deep_entries), problems + list(deep_problems)
     if root.triton_dir is not None:
         tri_entries, tri_problems = scan_triton(root.triton_dir, check_cubins=check_cubins, orphan_age=orphan_age)

@@ -90,9 +90,13 @@ def _quarantine_name(root: CacheRoot) -> Path:
     return root.quarantine_dir / f"{stamp}-{uuid.uuid4().hex[:6]}"
 
 
-def verify(root: CacheRoot, *, check_cubins: bool = True, orphan_age: float = ORPHAN_AGE_S) -> VerifyReport:
-    """Scan ``root`` and plan a quarantine move for every broken entry and orphaned build."""
-    report = scan(root, check_cubins=check_cubins, orphan_age=orphan_age)
+def verify(root: CacheRoot, *, check_cubins: bool = True, orphan_age: float = ORPHAN_AGE_S,
+           expected_arch: str | None = None) -> VerifyReport:
+    """Scan ``root`` and plan a quarantine move for every broken entry and orphaned build.
+
+    ``expected_arch``: the serving GPU's arch; a cubin for another is broken.
+    """
+    report = scan(root, check_cubins=check_cubins, orphan_age=orphan_age, expected_arch=expected_arch)
     batch = _quarantine_name(root)
     moves: list[QuarantineMove] = []
     for entry in report.entries:
