@@ -14,7 +14,7 @@ import pytest
 
 from cli_helpers import run_cli
 from jitcache.store.root import resolve_root
-from jitcache.variants import plan
+from jitcache.planning.variants import plan
 from store_fixtures import *  # noqa: F401,F403 (fixtures)
 from store_fixtures import FAMILY_KERNELS, fill_plan, make_entry, template_args
 
