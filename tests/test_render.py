@@ -51,9 +51,11 @@ def test_unknown_target_value_names_the_field():
         target_facts(profile)
 
 
-def test_multi_rank_needs_num_sms():
-    with pytest.raises(ProfileError, match="deep_ep.num_sms"):
-        target_facts(load_profile("qwen3-30b-a3b-ep4"))
+def test_multi_rank_num_sms_comes_from_the_bandwidth_model_or_the_profile():
     profile = load_profile("qwen3-30b-a3b-ep4")
+    assert target_facts(profile).num_sms == 20  # [target] gpu = "h200-sxm": tests/test_num_sms_model.py
+    unknown = replace(profile, target=replace(profile.target, nvlink_gbs=0.0))
+    with pytest.raises(ProfileError, match="target.nvlink_gbs"):
+        target_facts(unknown)
     profile = replace(profile, deep_ep=replace(profile.deep_ep, num_sms=23))
     assert target_facts(profile).num_sms == 24  # DeepEP aligns an explicit count to 2

@@ -20,10 +20,11 @@ headers, and the integer rules were read in its machine code (``objdump -d``):
 - dispatch warps: ``min((smem - notify_smem) / layout, 32 - notify_warps)``,
   4 notify warps (none in cached mode, which also reuses slot indices);
   epilogues and combine: ``min(smem / layout, 32)``;
-- ``num_sms`` (``ElasticBuffer.get_theoretical_num_sms``): every SM of the
-  device when there is no traffic (EP1), rounded as ``align(max(4, ceil(n *
-  1.25)), 2)`` and capped by the device; the copy and reduce epilogues use
-  every SM of the device; an explicit ``num_sms`` is passed unchanged;
+- ``num_sms`` (``ElasticBuffer.get_theoretical_num_sms``, :mod:`jitcache.adapters.num_sms`):
+  every SM of the device when there is no traffic (EP1), a bandwidth model of
+  ``[target] nvlink_gbs``/``rdma_gbs`` otherwise, rounded as ``align(max(4,
+  ceil(n * 1.25)), 2)`` and capped by the device; the copy and reduce
+  epilogues use every SM of the device; an explicit ``num_sms`` is passed unchanged;
 - ``num_qps`` as 2.5; timeout cycles: ``num_gpu_timeout_secs *
   cudaDevAttrClockRate (kHz) * 1000``;
 - barrier: ``barrier_impl<nvlink, 1 + (scaleout > 1 and not sequential), 512,
@@ -36,13 +37,12 @@ sources; docs/aot.md says what is and is not proven. Pure: no I/O.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from jitcache.errors import ProfileError
-from jitcache.planning.profiles import Profile
+from jitcache.adapters.num_sms import profile_num_sms
 from jitcache.adapters.render25 import (_MAX_CHANNELS_PER_SM, _NUM_NOTIFY_WARPS, _SF_PACK_BYTES, RenderedKernel, TargetFacts, _align,
                      _fmt, _notify_smem_bytes, _require, token_layout_num_bytes)
+from jitcache.planning.profiles import Profile
 from jitcache.planning.variants import KernelVariant, WarmupPlan
 
 __all__ = ["SOURCE_TEMPLATE21", "render_barrier21", "render_plan21", "render_variant21", "target_facts21",
@@ -66,29 +66,17 @@ def _dispatch_layout(hidden_bytes: int, sf_packs: int, topk: int) -> int:
     return token_layout_num_bytes21(hidden_bytes, sf_packs * _SF_PACK_BYTES, topk, True, True)
 
 
-def _theoretical_num_sms(profile: Profile, num_device_sms: int) -> int:
-    if profile.parallel.ep_size == 1:
-        num_sms = _align(max(4, math.ceil(num_device_sms * 1.25)), 2)
-        return min(num_sms, num_device_sms)
-    raise ProfileError(
-        profile.source,
-        f"is 0, but at EP{profile.parallel.ep_size} DeepEP 2.1 derives it from the NVLink/RDMA bandwidth it "
-        "measures on the host, which a build machine cannot see",
-        field="deep_ep.num_sms",
-        hint="set [deep_ep] num_sms to the value serving passes (ElasticBuffer.get_theoretical_num_sms prints it "
-             "with EP_BUFFER_DEBUG=1 on the GPU host)")
-
-
-def target_facts21(profile: Profile, *, allow_hybrid_mode: bool = True,
-                   prefer_overlap_with_compute: bool = True) -> TargetFacts:
+def target_facts21(profile: Profile) -> TargetFacts:
     """The per-GPU template arguments DeepEP 2.1 computes for ``profile`` on ``profile.target``."""
     t, m, p = profile.target, profile.model, profile.parallel
+    allow_hybrid_mode = profile.deep_ep.allow_hybrid_mode
+    prefer_overlap_with_compute = profile.deep_ep.prefer_overlap_with_compute
     num_device_sms = _require(profile, "num_device_sms", t.num_device_sms)
     num_smem_bytes = _require(profile, "num_smem_bytes", t.num_smem_bytes)
     clock_rate_khz = _require(profile, "clock_rate_khz", t.clock_rate_khz)
     num_allocated_qps = _require(profile, "num_allocated_qps", t.num_allocated_qps)
     requested = profile.deep_ep.num_sms
-    num_sms = requested if requested else _theoretical_num_sms(profile, num_device_sms)
+    num_sms = requested if requested else profile_num_sms(profile, "2.1")
     num_qps = num_sms * 16 + 1 if allow_hybrid_mode else min(num_sms, 8 + 1)
     num_qps = min(num_qps, num_allocated_qps)
     channels = 1

@@ -4,8 +4,9 @@ DeepEP builds each source with ``std::format`` in ``csrc/kernels/ep/{dispatch,
 combine}.hpp`` (booleans print as ``true``/``false``). Some template arguments
 come from the profile (the plan's variant), others from the GPU DeepEP runs on:
 
-- ``num_sms`` of dispatch/combine: ``EPBuffer.get_theoretical_num_sms`` (all
-  the device's SMs at EP1; a bandwidth model otherwise) or ``[deep_ep] num_sms``;
+- ``num_sms`` of dispatch/combine: ``[deep_ep] num_sms``, else
+  ``EPBuffer.get_theoretical_num_sms`` (all the device's SMs at EP1; at EP>1 a
+  bandwidth model fed by ``[target] nvlink_gbs``/``rdma_gbs``: :mod:`jitcache.adapters.num_sms`);
   the epilogues use every SM of the device;
 - warps: as many tokens as fit in the opt-in shared memory per block
   (``TokenLayout::get_num_bytes``, ported below), capped at 32 warps;
@@ -18,10 +19,10 @@ machine renders what DeepEP renders on the GPU. Pure: no I/O.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
+from jitcache.adapters.num_sms import profile_num_sms
 from jitcache.errors import ProfileError
 from jitcache.planning.profiles import Profile
 from jitcache.planning.variants import KernelVariant, WarmupPlan
@@ -87,33 +88,21 @@ def _require(profile: Profile, field: str, value: int) -> int:
     return value
 
 
-def _theoretical_num_sms(profile: Profile, num_device_sms: int) -> int:
-    """``EPBuffer.get_theoretical_num_sms`` with DeepEP's defaults, where no bandwidth is needed."""
-    p, m = profile.parallel, profile.model
-    num_ranks = p.ep_size
-    if num_ranks == 1:
-        # No traffic: DeepEP takes every SM of the device (then rounds to an even count).
-        num_sms = num_device_sms
-        num_sms = _align(max(4, math.ceil(num_sms * 1.3)), 4)
-        return min(num_sms, num_device_sms // 2 * 2)
-    raise ProfileError(
-        profile.source,
-        f"is 0, but at EP{num_ranks} DeepEP derives it from the NVLink/RDMA bandwidth it measures on the "
-        "host (nvidia-smi, ibstat), which a build machine cannot see",
-        field="deep_ep.num_sms",
-        hint="set [deep_ep] num_sms to the value serving passes (or EPBuffer.get_theoretical_num_sms prints "
-             "with EP_BUFFER_DEBUG=1 on the GPU host)")
+def _theoretical_num_sms(profile: Profile) -> int:
+    """``EPBuffer.get_theoretical_num_sms`` for the profile's facts (:mod:`jitcache.adapters.num_sms`)."""
+    return profile_num_sms(profile, "2.5")
 
 
-def target_facts(profile: Profile, *, allow_hybrid_mode: bool = True,
-                 prefer_overlap_with_compute: bool = True) -> TargetFacts:
+def target_facts(profile: Profile) -> TargetFacts:
     t, m, p = profile.target, profile.model, profile.parallel
+    allow_hybrid_mode = profile.deep_ep.allow_hybrid_mode
+    prefer_overlap_with_compute = profile.deep_ep.prefer_overlap_with_compute
     num_device_sms = _require(profile, "num_device_sms", t.num_device_sms)
     num_smem_bytes = _require(profile, "num_smem_bytes", t.num_smem_bytes)
     clock_rate_khz = _require(profile, "clock_rate_khz", t.clock_rate_khz)
     num_allocated_qps = _require(profile, "num_allocated_qps", t.num_allocated_qps)
     requested = profile.deep_ep.num_sms
-    num_sms = _align(requested, 2) if requested else _theoretical_num_sms(profile, num_device_sms)
+    num_sms = _align(requested, 2) if requested else _theoretical_num_sms(profile)
     num_qps = num_sms * 16 + 1 if allow_hybrid_mode else min(num_sms, 8 + 1)
     num_qps = min(num_qps, num_allocated_qps)
     channels = 1

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from jitcache.planning.buckets import BucketPolicy
 from jitcache.errors import ProfileError
+from jitcache.planning.gpus import GPU_DEFAULTS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -81,6 +82,10 @@ class DeepEPSettings:
     num_sms: int = 0
     expert_alignment: int = 1
     allow_multiple_reduction: bool = True
+    # The buffer's constructor flags (DeepEP's defaults; vLLM 0.33 passes False for all three unless its
+    # VLLM_DEEPEP_V2_* variables are set): they enter num_sms, num_qps and the combine templates.
+    allow_hybrid_mode: bool = True
+    prefer_overlap_with_compute: bool = True
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,12 @@ class TargetSpec:
     ``clock_rate_khz`` and ``num_allocated_qps`` are what DeepEP reads from the
     device at run time; a CPU-only machine needs them written down to render
     exactly the same kernels. 0 means unknown.
+
+    ``nvlink_gbs`` and ``rdma_gbs`` are the bandwidths DeepEP measures at EP>1
+    to choose ``num_sms`` when the profile leaves it at 0 (what its
+    ``get_nvlink_gbs()`` / ``get_rdma_gbs()`` return, GB/s); ``gpu`` names a
+    GPU kind of :data:`jitcache.planning.gpus.GPU_DEFAULTS` whose documented values
+    fill the two when they are not set.
     """
 
     arch: str = "sm_90a"
@@ -99,6 +110,9 @@ class TargetSpec:
     clock_rate_khz: int = 0
     num_allocated_qps: int = 0
     gpu_timeout_secs: int = 100
+    gpu: str = ""
+    nvlink_gbs: float = 0.0
+    rdma_gbs: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -153,6 +167,10 @@ def _non_negative(value: int) -> str | None:
     return None if value >= 0 else f"must be >= 0, got {value}"
 
 
+def _gpu(value: str) -> str | None:
+    return None if value in GPU_DEFAULTS else f"unknown GPU {value!r}; known: {', '.join(GPU_DEFAULTS)}"
+
+
 def _one_of(choices: tuple[str, ...]) -> _Check:
     def check(value: str) -> str | None:
         return None if value in choices else f"must be one of {', '.join(choices)}; got {value!r}"
@@ -204,6 +222,8 @@ _SCHEMA: dict[str, dict[str, tuple[type, bool, _Check | None]]] = {
         "num_sms": (int, False, _non_negative),
         "expert_alignment": (int, False, _positive),
         "allow_multiple_reduction": (bool, False, None),
+        "allow_hybrid_mode": (bool, False, None),
+        "prefer_overlap_with_compute": (bool, False, None),
     },
     "target": {
         "arch": (str, False, _arch),
@@ -212,11 +232,14 @@ _SCHEMA: dict[str, dict[str, tuple[type, bool, _Check | None]]] = {
         "clock_rate_khz": (int, False, _non_negative),
         "num_allocated_qps": (int, False, _non_negative),
         "gpu_timeout_secs": (int, False, _positive),
+        "gpu": (str, False, _gpu),
+        "nvlink_gbs": (float, False, _non_negative),
+        "rdma_gbs": (float, False, _non_negative),
     },
 }
 _REQUIRED_SECTIONS = ("model", "parallel", "serving")
 _TOP_LEVEL = {"description": str}
-_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list"}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
 
 
 def _validate_section(source: str, section: str, table: Any) -> dict[str, Any]:
@@ -234,8 +257,10 @@ def _validate_section(source: str, section: str, table: Any) -> dict[str, Any]:
                 raise ProfileError(source, "is required", field=name)
             continue
         value = table[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # `nvlink_gbs = 430` is a number too
         # bool is a subclass of int in Python: `hidden = true` must not pass as 1.
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
             raise ProfileError(source, f"must be {_TYPE_NAMES[kind]}, got {value!r}", field=name)
         if check is not None and (problem := check(value)):
             raise ProfileError(source, problem, field=name)
@@ -260,7 +285,12 @@ def parse_profile(data: dict[str, Any], *, source: str, name: str) -> Profile:
     parallel = ParallelSpec(**sections["parallel"])
     serving = ServingSpec(**sections["serving"])
     deep_ep = DeepEPSettings(**sections["deep_ep"])
-    target = TargetSpec(**sections["target"])
+    target_fields = sections["target"]
+    if target_fields.get("gpu"):
+        defaults = GPU_DEFAULTS[target_fields["gpu"]]
+        target_fields.setdefault("nvlink_gbs", defaults.nvlink_gbs)
+        target_fields.setdefault("rdma_gbs", defaults.rdma_gbs)
+    target = TargetSpec(**target_fields)
 
     # Cross-field rules.
     if model.num_topk > model.num_experts:

@@ -466,7 +466,8 @@ def _free_port() -> int:
 def make_buffer(profile: Profile, group: Any, buffer_cls: type | None = None) -> Any:
     """A DeepEP buffer built from the profile as serving builds it (capacity, dims, dtype, QPs, timeout).
 
-    The settings that enter kernel templates (QPs, GPU timeout) must match
+    The settings that enter kernel templates (QPs, GPU timeout, the hybrid,
+    overlap and reduction flags) must match
     serving's for the warmed kernels to be the ones serving asks for.
     """
     cls = buffer_cls or _buffer_class(profile)
@@ -474,6 +475,8 @@ def make_buffer(profile: Profile, group: Any, buffer_cls: type | None = None) ->
     return cls(group, num_max_tokens_per_rank=profile.serving.max_num_batched_tokens, hidden=m.hidden,
                num_topk=m.num_topk, use_fp8_dispatch=m.dispatch_dtype == "fp8",
                allow_multiple_reduction=profile.deep_ep.allow_multiple_reduction,
+               allow_hybrid_mode=profile.deep_ep.allow_hybrid_mode,
+               prefer_overlap_with_compute=profile.deep_ep.prefer_overlap_with_compute,
                num_allocated_qps=t.num_allocated_qps, num_gpu_timeout_secs=t.gpu_timeout_secs,
                explicitly_destroy=True)
 
