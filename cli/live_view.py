@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from jitcache.warm.live import PRECOMPILE
 
-from .output import Output
+from .output import Output, stdout_to_stderr
 
 
 @contextmanager
@@ -91,7 +91,8 @@ def run_live_warmup(profile: str, modes: Optional[Sequence[str]], cache_dir: Opt
     """Run :func:`jitcache.warm.live.live_warmup_cli` with a progress bar, render and return its report."""
     from jitcache.warm.live import live_warmup_cli
 
-    with progress_bar(out) as on_event:
+    # With --format json, DeepEP's own prints (C++ and Python, to fd 1) go to stderr: stdout holds only the JSON.
+    with stdout_to_stderr(out.is_json), progress_bar(out) as on_event:
         report = live_warmup_cli(profile, modes=modes, cache_dir=cache_dir, progress=on_event, jobs=jobs,
                                  precompile=precompile)
     if report.rank == 0:

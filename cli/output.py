@@ -7,11 +7,13 @@ stderr, so ``jitcache inspect --format json | jq`` always works.
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import json
 import os
 import sys
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from rich.console import Console
 from rich.markup import escape
@@ -29,6 +31,44 @@ def human_bytes(num: float) -> str:
             return f"{num:.0f} {unit}" if unit == "B" else f"{num:.1f} {unit}"
         num /= 1024
     raise AssertionError("unreachable")
+
+
+def _flush_c_stdio() -> None:
+    # printf/std::cout output sits in libc's buffer (full buffering on a pipe) until exit, when it would
+    # reach whatever fd 1 is then: flush it while fd 1 still points where it was written.
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # no C library to ask (not glibc/musl/macOS libc)
+        pass
+
+
+@contextmanager
+def stdout_to_stderr(enabled: bool = True) -> Iterator[None]:
+    """Point file descriptor 1 at stderr while inside, so that code we do not own cannot write into stdout.
+
+    DeepEP prints to fd 1 from C++ and from Python ("Failed to get NVLink
+    connection speed", seen on the H200), which would corrupt ``--format
+    json``. Only ``dup2`` catches the C++ writes; ``sys.stdout`` (fd 1 too)
+    follows, so Python prints go to stderr as well. Write the data after the
+    block. A no-op when ``enabled`` is false.
+    """
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    _flush_c_stdio()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass
+        _flush_c_stdio()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 class Output:
