@@ -188,3 +188,18 @@ def test_missing_bandwidth_at_ep_over_one_names_the_field_and_the_gpu_defaults(t
 def test_bad_bandwidth_fields(target, message):
     with pytest.raises(ProfileError, match=message):
         parse_profile(profile_data(**target), source="x.toml", name="x")
+
+
+@pytest.mark.parametrize("name", builtin_profile_names())
+def test_every_builtin_profile_renders_its_whole_plan_for_both_versions(name):
+    # What `jitcache warmup --aot -p NAME` renders before nvcc runs; at EP>1 it used to stop at num_sms = 0.
+    from jitcache.render import render_plan
+    from jitcache.render21 import render_plan21
+    from jitcache.variants import plan
+
+    the_plan = plan(load_profile(name))
+    for kernels, api in ((render_plan(the_plan), "2.5"), (render_plan21(the_plan), "2.1")):
+        assert len(kernels) == len(the_plan)
+        num_sms = load_profile(name).deep_ep.num_sms or profile_num_sms(the_plan.profile, api)
+        dispatch = next(k for k in kernels if k.name.startswith(("dispatch", "hybrid_dispatch")))
+        assert f", {num_sms + num_sms % 2}, " in dispatch.source, (api, dispatch.source)
