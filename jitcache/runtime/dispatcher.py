@@ -19,8 +19,10 @@ not told which classes to patch.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,7 @@ __all__ = [
     "jit_cache_roots",
     "local_num_tokens",
     "uninstall",
+    "vllm_dp_num_tokens",
     "warm_buckets_from_cache",
 ]
 
@@ -201,6 +204,35 @@ def local_num_tokens(x: Any) -> int:
         raise UsageError(f"cannot tell the token count of x={type(data).__name__}: it has no shape[0]") from None
 
 
+def vllm_dp_num_tokens() -> int | None:
+    """The DP-uniform token count of vLLM's current forward pass, or ``None`` outside one.
+
+    vLLM (``vllm.forward_context``) keeps ``dp_metadata.num_tokens_across_dp_cpu``
+    (a CPU tensor, one count per DP rank) for the step being run; its DeepEP V2
+    path dispatches ``ceil(max / sp_size)`` per EP rank. ``sp_size`` is read from
+    the context or its ``dp_metadata`` when either carries it (vLLM keeps it on
+    its prepare/finalize object instead: then 1, and the caller's own
+    ``num_max_tokens_per_rank`` bounds the result, see :meth:`BucketedDispatcher.dispatch`).
+    Never raises; cheap when vLLM is not loaded (one dict lookup).
+    """
+    module = sys.modules.get("vllm.forward_context")
+    if module is None:
+        return None
+    try:
+        if not module.is_forward_context_available():
+            return None
+        context = module.get_forward_context()
+        meta = context.dp_metadata
+        if meta is None:
+            return None
+        across = meta.num_tokens_across_dp_cpu
+        count = int(across.max()) if hasattr(across, "max") else max(int(v) for v in across)
+        sp_size = int(getattr(context, "sp_size", None) or getattr(meta, "sp_size", None) or 1)
+        return -(-count // sp_size)
+    except Exception:  # noqa: BLE001 - another vLLM's context shape: fall back to the caller's numbers
+        return None
+
+
 def _as_policy(policy_or_profile: BucketPolicy | Profile | str | os.PathLike) -> tuple[BucketPolicy, Profile | None]:
     if isinstance(policy_or_profile, BucketPolicy):
         return policy_or_profile, None
@@ -235,6 +267,8 @@ class BucketedDispatcher:
         self._warm = set(self._resolve_warm(warm))
         self._warned: set[int] = set()
         self._lock = threading.Lock()
+        # strict: the ranks agree on one warm set at the first dispatch (see _agree_on_warm_buckets)
+        self._agree_pending = self.strict
         self._stats = stats if stats is not None else DispatchStats()
         register_for_flush(self._stats)
 
@@ -270,7 +304,9 @@ class BucketedDispatcher:
                 values = list(values)
                 return self.policy.for_dp(values), (max(int(v) for v in values) if values else 0)
             if requested is not None and not isinstance(requested, bool):
-                count = int(requested)
+                # An upper bound from the caller (vLLM's power of two of the DP-padded size, which it does
+                # not clamp: a 6144 cap would get 8192): never beyond the buffer's capacity.
+                count = min(int(requested), self.policy.max_num_batched_tokens)
             else:
                 count = local_num_tokens(x)
             return self.policy.bucket(count), count
@@ -280,7 +316,15 @@ class BucketedDispatcher:
     # -- DeepEP's API -------------------------------------------------------------------------
 
     def dispatch(self, x: Any, *args: Any, num_tokens_across_dp: Any = None, **kwargs: Any) -> Any:
-        """DeepEP's ``dispatch`` with ``num_max_tokens_per_rank`` bucketed; returns DeepEP's result as is."""
+        """DeepEP's ``dispatch`` with ``num_max_tokens_per_rank`` bucketed; returns DeepEP's result as is.
+
+        Without ``num_tokens_across_dp``, inside a vLLM forward pass the count
+        comes from vLLM's forward context (:func:`vllm_dp_num_tokens`), bounded
+        by the caller's own ``num_max_tokens_per_rank``: so a policy with
+        ``steps_per_octave > 1`` refines vLLM's power of two.
+        """
+        if self._agree_pending:
+            self._agree_on_warm_buckets()
         if len(args) > len(_SHARED_POSITIONAL):
             # Beyond the shared prefix the two APIs differ: name every argument once (slow, rare).
             kwargs = _name_arguments(self._dispatch, args, kwargs)
@@ -300,6 +344,11 @@ class BucketedDispatcher:
             requested = args[_NMAX_POSITION]
         else:
             requested = kwargs.get("num_max_tokens_per_rank")
+        if num_tokens_across_dp is None:
+            forward = vllm_dp_num_tokens()
+            if forward is not None:
+                if requested is None or isinstance(requested, bool) or int(requested) >= forward:
+                    requested = forward
         bucket, count = self.bucket_for(x, num_tokens_across_dp, requested)
         miss = bucket not in self._warm
         if miss:
@@ -322,6 +371,40 @@ class BucketedDispatcher:
     def __getattr__(self, name: str) -> Any:
         # Everything else (barrier, destroy, get_comm_stream...) is the buffer's own.
         return getattr(self.buffer, name)
+
+    def _agree_on_warm_buckets(self) -> None:
+        """Strict mode, first dispatch: every rank of the buffer's group keeps the buckets warm on *all* ranks.
+
+        Each rank scanned its own cache; if one rank refused a bucket another
+        found warm, that rank would raise while the others wait inside DeepEP's
+        collective dispatch. One all-gather of the warm sets makes the decision
+        the same everywhere (buckets are DP-uniform). Never raises: a failed
+        exchange keeps this rank's own set and logs it.
+        """
+        self._agree_pending = False
+        group = getattr(self.buffer, "group", None)
+        from jitcache.warm.collectives import all_gather_bytes, initialized_dist
+
+        dist = initialized_dist()
+        if dist is None or group is None:
+            return
+        try:
+            if dist.get_world_size(group) <= 1:
+                return
+            gathered = [set(json.loads(blob)) for blob in
+                        all_gather_bytes(json.dumps(sorted(self._warm)).encode(), group)]
+        except Exception as exc:  # noqa: BLE001
+            log.error("jitcache: could not agree on the warm buckets over the group (%s: %s): this rank keeps "
+                      "its own", type(exc).__name__, exc)
+            return
+        common = set.intersection(*gathered)
+        if common != self._warm or any(g != common for g in gathered):
+            lacking = {b: [r for r, g in enumerate(gathered) if b not in g] for b in set.union(*gathered) - common}
+            log.warning("jitcache: buckets warm on some ranks only are treated as cold on all (strict): %s",
+                        ", ".join(f"{b} (cold on rank{'s' if len(r) > 1 else ''} {', '.join(map(str, r))})"
+                                  for b, r in sorted(lacking.items())))
+        with self._lock:
+            self._warm = common
 
     def _on_cold(self, bucket: int) -> None:
         if self.strict:
