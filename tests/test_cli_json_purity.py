@@ -23,7 +23,7 @@ CHILD = textwrap.dedent("""
     import ctypes, os, sys
     sys.path.insert(0, {tests!r})
     import fake_deep_ep as fake
-    from jitcache import engine
+    from jitcache.warm import live as engine
     from jitcache.cli.app import main
 
     libc = ctypes.CDLL(None)
