@@ -193,9 +193,9 @@ def test_bad_bandwidth_fields(target, message):
 @pytest.mark.parametrize("name", builtin_profile_names())
 def test_every_builtin_profile_renders_its_whole_plan_for_both_versions(name):
     # What `jitcache warmup --aot -p NAME` renders before nvcc runs; at EP>1 it used to stop at num_sms = 0.
-    from jitcache.render import render_plan
-    from jitcache.render21 import render_plan21
-    from jitcache.variants import plan
+    from jitcache.adapters.render25 import render_plan
+    from jitcache.adapters.render21 import render_plan21
+    from jitcache.planning.variants import plan
 
     the_plan = plan(load_profile(name))
     for kernels, api in ((render_plan(the_plan), "2.5"), (render_plan21(the_plan), "2.1")):
