@@ -95,6 +95,11 @@ class Output:
         else:
             render(self)
 
+    def raw(self, text: str) -> None:
+        """Data that has a format of its own (Prometheus' text format): written to stdout as is."""
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
     def print(self, *objects: Any, **kwargs: Any) -> None:
         """Human output to stdout (only used from ``render`` callbacks)."""
         self.out.print(*objects, **kwargs)

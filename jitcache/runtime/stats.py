@@ -31,6 +31,7 @@ __all__ = [
     "aggregate",
     "flush",
     "process_file",
+    "process_total",
     "register_for_flush",
     "stats_dir",
     "write_json_atomic",
@@ -52,7 +53,8 @@ def _pairs(counter: dict[int, int]) -> tuple[tuple[int, int], ...]:
 @dataclass(frozen=True)
 class StatsSnapshot:
     """Counters at one moment. ``real_rows``: the token counts buckets were computed from;
-    ``padded_rows``: the buckets DeepEP was given (so padding = padded - real)."""
+    ``padded_rows``: the buckets DeepEP was given (so padding = padded - real). Per bucket: ``calls``,
+    ``misses``, ``refused``, ``real_rows_per_bucket`` (a bucket's padded rows are ``calls x bucket``)."""
 
     calls: tuple[tuple[int, int], ...] = ()
     misses: tuple[tuple[int, int], ...] = ()
@@ -60,6 +62,7 @@ class StatsSnapshot:
     passthrough: int = 0
     real_rows: int = 0
     padded_rows: int = 0
+    real_rows_per_bucket: tuple[tuple[int, int], ...] = ()
 
     @property
     def bucketed_calls(self) -> int:
@@ -86,6 +89,8 @@ class StatsSnapshot:
             passthrough=self.passthrough + other.passthrough,
             real_rows=self.real_rows + other.real_rows,
             padded_rows=self.padded_rows + other.padded_rows,
+            real_rows_per_bucket=_pairs(Counter(dict(self.real_rows_per_bucket))
+                                        + Counter(dict(other.real_rows_per_bucket))),
         )
 
     def __sub__(self, other: "StatsSnapshot") -> "StatsSnapshot":
@@ -97,7 +102,8 @@ class StatsSnapshot:
                              refused=minus(self.refused, other.refused),
                              passthrough=max(self.passthrough - other.passthrough, 0),
                              real_rows=max(self.real_rows - other.real_rows, 0),
-                             padded_rows=max(self.padded_rows - other.padded_rows, 0))
+                             padded_rows=max(self.padded_rows - other.padded_rows, 0),
+                             real_rows_per_bucket=minus(self.real_rows_per_bucket, other.real_rows_per_bucket))
 
     def is_empty(self) -> bool:
         return not (self.calls or self.misses or self.refused or self.passthrough)
@@ -114,6 +120,7 @@ class StatsSnapshot:
             "calls_per_bucket": {str(b): n for b, n in self.calls},
             "misses_per_bucket": {str(b): n for b, n in self.misses},
             "refused_per_bucket": {str(b): n for b, n in self.refused},
+            "real_rows_per_bucket": {str(b): n for b, n in self.real_rows_per_bucket},
         }
 
     @classmethod
@@ -122,7 +129,8 @@ class StatsSnapshot:
             return _pairs({int(b): int(n) for b, n in (data.get(key) or {}).items()})
         return cls(calls=pairs("calls_per_bucket"), misses=pairs("misses_per_bucket"),
                    refused=pairs("refused_per_bucket"), passthrough=int(data.get("passthrough_calls", 0)),
-                   real_rows=int(data.get("real_rows", 0)), padded_rows=int(data.get("padded_rows", 0)))
+                   real_rows=int(data.get("real_rows", 0)), padded_rows=int(data.get("padded_rows", 0)),
+                   real_rows_per_bucket=pairs("real_rows_per_bucket"))
 
 
 class DispatchStats:
@@ -136,11 +144,13 @@ class DispatchStats:
         self._passthrough = 0
         self._real = 0
         self._padded = 0
+        self._real_per_bucket: Counter = Counter()
 
     def record(self, bucket: int, num_tokens: int, miss: bool = False) -> None:
         with self._lock:
             self._calls[bucket] += 1
             self._real += num_tokens
+            self._real_per_bucket[bucket] += num_tokens
             self._padded += bucket
             if miss:
                 self._misses[bucket] += 1
@@ -157,7 +167,8 @@ class DispatchStats:
         with self._lock:
             return StatsSnapshot(calls=_pairs(self._calls), misses=_pairs(self._misses),
                                  refused=_pairs(self._refused), passthrough=self._passthrough,
-                                 real_rows=self._real, padded_rows=self._padded)
+                                 real_rows=self._real, padded_rows=self._padded,
+                                 real_rows_per_bucket=_pairs(self._real_per_bucket))
 
 
 # -- files ------------------------------------------------------------------------------------
@@ -197,6 +208,11 @@ _STARTED = time.time()
 _REGISTRY: list[DispatchStats] = []
 _REGISTRY_LOCK = threading.Lock()
 _FLUSHER: dict[str, Any] = {}
+
+
+def process_total() -> StatsSnapshot:
+    """Every counter of this process added up (what its stats file and its metrics say)."""
+    return _process_total()
 
 
 def _process_total() -> StatsSnapshot:
@@ -247,7 +263,8 @@ def _flush_loop(interval: float, stop: threading.Event) -> None:
 def register_for_flush(stats: DispatchStats) -> None:
     """Count ``stats`` in this process's file, flushed every ``JITCACHE_STATS_INTERVAL`` s and at exit.
 
-    ``JITCACHE_STATS=0`` turns flushing off (the counters still work). The file
+    ``JITCACHE_STATS=0`` turns flushing off (the counters, and their Prometheus metrics
+    (:mod:`jitcache.runtime.metrics`, enabled here once per process), still work). The file
     goes to the default cache root's ``stats/`` (``JITCACHE_HOME``...), or to
     ``JITCACHE_STATS_DIR`` when set.
     """
@@ -255,6 +272,9 @@ def register_for_flush(stats: DispatchStats) -> None:
         if any(member is stats for member in _REGISTRY):
             return
         _REGISTRY.append(stats)
+    from jitcache.runtime.metrics import enable
+
+    enable()  # Prometheus metrics of the same counters, when prometheus_client is installed (once per process)
     if os.environ.get("JITCACHE_STATS", "1").lower() in ("0", "false", "no", "off"):
         return
     with _REGISTRY_LOCK:
