@@ -32,7 +32,7 @@ def warmup(
     precompile: bool = typer.Option(
         True, "--precompile/--no-precompile",
         help="Live warmup: first compile the plan with nvcc, split over the ranks, into the folder DeepEP reads "
-             "(DeepEP 2.5; skipped, with the reason, when no toolchain resolves). --no-precompile leaves every "
+             "(DeepEP 2.5 or 2.1; skipped, with the reason, when no toolchain resolves). --no-precompile leaves every "
              "compile to DeepEP on every rank. An error with --aot, which is that compile."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="The jitcache root (default: ~/.cache/jitcache)."),
     modes: Optional[list[str]] = typer.Option(None, "--mode", "-m", help="Restrict to these modes (repeatable)."),

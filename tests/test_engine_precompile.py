@@ -151,7 +151,7 @@ def _profile():
     }, source="small.toml", name="small")
 
 
-def test_skip_reasons_of_the_test_double_deep_ep_21_and_a_bare_policy(tmp_path):
+def test_skip_reasons_of_the_test_double_both_versions_and_a_bare_policy(tmp_path):
     def run(cls=fake.EPBuffer, target=None, **kwargs):
         buf = cls(num_max_tokens_per_rank=4, hidden=256, num_topk=4)
         return warmup(buf, target or _profile(), progress=False, save=False, **kwargs).precompile
@@ -160,7 +160,8 @@ def test_skip_reasons_of_the_test_double_deep_ep_21_and_a_bare_policy(tmp_path):
     pre = run()
     assert pre["status"] == "skipped" and pre["missed_by_live"] is None
     assert pre["reason"].startswith(f"{TESTS / 'include'}: no such folder") and "fake_deep_ep.EPBuffer" in pre["reason"]
-    assert "DeepEP 2.1 digests are not pinned" in run(fake.ElasticBuffer)["reason"]
+    # DeepEP 2.1 precompiles too (tests/test_engine_precompile21.py); the double has no headers beside it either.
+    assert run(fake.ElasticBuffer)["reason"].startswith(f"{TESTS / 'include'}: no such folder")
     bare = run(target=BucketPolicy(4), hidden=256, num_experts=16, num_topk=4)
     assert bare["status"] == "skipped" and "bare BucketPolicy" in bare["reason"]
     assert run(precompile=False) is None

@@ -10,7 +10,7 @@ the group, so that is an error naming the ranks instead.
 
 Then, before the first dispatch, :func:`jitcache.warm.prepass.precompile` compiles
 the plan's kernels with nvcc, split over the ranks, into the folder DeepEP
-reads (DeepEP 2.5 and a profile only; every rank runs it or none does), so
+reads (with a profile, for DeepEP 2.5 and 2.1; every rank runs it or none does), so
 that the live pass mostly finds its kernels instead of compiling each one on
 every rank. The report records what it did (``precompile``), and how many
 live steps still compiled something after it (``missed_by_live``).
@@ -424,8 +424,8 @@ def _precompile_record(prepass: PrecompileResult, results: Sequence[VariantResul
         missed = len(compiled)
         if compiled:
             log.warning("%d of %d live warmup steps still compiled after the nvcc precompile (first: %s "
-                        "num_max_tokens_per_rank=%d): jitcache's rendered DeepEP 2.5 digests disagree with "
-                        "this DeepEP's", missed, len(results), compiled[0].mode, compiled[0].num_max_tokens_per_rank)
+                        "num_max_tokens_per_rank=%d): jitcache's rendered digests disagree with this DeepEP's",
+                        missed, len(results), compiled[0].mode, compiled[0].num_max_tokens_per_rank)
     return {**prepass.to_dict(), "missed_by_live": missed}
 
 

@@ -2,7 +2,8 @@
 
 DeepEP's JIT compiles in-process, one kernel at a time, and on every rank (it
 has no cross-process lock). Before the live warmup dispatches anything,
-:func:`precompile` renders DeepEP 2.5's exact sources and digests for the plan
+:func:`precompile` renders the exact sources and digests of the buffer's DeepEP
+(2.5 or 2.1) for the plan
 and runs nvcc through :func:`jitcache.build.pool.warmup_aot`: the ranks split the
 jobs, per-entry locks make each entry compiled once per node, and the live
 pass then finds in its cache the entries DeepEP would have written. Where our
@@ -10,7 +11,7 @@ digest disagrees with this DeepEP the live pass compiles as before; the
 warmup report counts those steps (``missed_by_live``).
 
 It is a collective, and every rank takes the same decision: each rank first
-decides alone whether it can run (a profile, DeepEP 2.5, the headers of the
+decides alone whether it can run (a profile, the headers of the
 package the buffer class comes from, a toolchain, a writable cache folder),
 then the ranks all-gather those decisions and the digests of the jobs they
 rendered; all run, or all skip with a reason naming the ranks that could not.
@@ -37,7 +38,7 @@ from typing import Any, Iterable
 
 from jitcache.planning.buckets import BucketPolicy
 from jitcache.warm.collectives import all_gather_bytes, initialized_dist
-from jitcache.runtime.dispatcher import API_25, buffer_api, jit_cache_roots
+from jitcache.runtime.dispatcher import API_21, API_25, buffer_api, jit_cache_roots
 from jitcache.errors import JitCacheError
 from jitcache.planning.profiles import Profile, load_profile
 from jitcache.store.root import CacheRoot, resolve_root
@@ -198,9 +199,6 @@ def _prepare(buffer: Any, target: Profile | BucketPolicy | str, modes: Iterable[
                       "pass a profile to precompile")
     try:
         api = buffer_api(buffer)
-        if api != API_25:
-            return _Local(f"DeepEP {api} buffer: jitcache's DeepEP 2.1 digests are not pinned against entries "
-                          "DeepEP 2.1 wrote, so DeepEP compiles its own kernels")
         profile, filled = with_live_target(load_profile(target), live_target_facts(buffer))
         profile, sms = with_live_num_sms(profile, buffer)
         filled = {**filled, **sms}
@@ -213,13 +211,19 @@ def _prepare(buffer: Any, target: Profile | BucketPolicy | str, modes: Iterable[
             if not include.is_dir():
                 return _Local(f"{include}: no such folder, so there are no DeepEP headers beside "
                               f"{buffer_class} to compile against")
-            toolchain = resolve_toolchain(deep_ep_include=include, python_library_root=str(package_dir), api=API_25)
+            if api == API_21:
+                from jitcache.adapters.live21 import live_toolchain21
+
+                toolchain = live_toolchain21(buffer, include, package_dir)
+            else:
+                toolchain = resolve_toolchain(deep_ep_include=include, python_library_root=str(package_dir),
+                                              api=API_25)
             toolchain = replace(toolchain, deep_ep_headers_from=f"DeepEP {toolchain.deep_ep_api} headers of the "
                                                                 f"package of {buffer_class} ({package_dir})")
         from jitcache.build.pool import jobs_for_plan
 
         jobs = jobs_for_plan(the_plan, toolchain)
-        root = _root_for(jit_cache_roots(API_25)[0], cache_dir).ensure()
+        root = _root_for(jit_cache_roots(api)[0], cache_dir).ensure()
         (root.meta_dir / "locks").mkdir(parents=True, exist_ok=True)  # what run_jobs needs first
     except (JitCacheError, OSError, ValueError) as exc:
         return _Local(str(exc))
@@ -294,11 +298,12 @@ def _group_status(outcomes: list[dict[str, Any]], counts: dict[str, int], num_jo
 def precompile(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, modes: Iterable[str] | None = None,
                *, group: Any = None, cache_dir: str | Path | None = None, jobs: int | None = None,
                toolchain: Toolchain | None = None) -> PrecompileResult:
-    """Compile the plan's DeepEP 2.5 kernels with nvcc into DeepEP's cache folder; collective over ``group``.
+    """Compile the plan's DeepEP kernels (2.5 or 2.1, the buffer's) with nvcc into DeepEP's cache folder;
+    collective over ``group``.
 
     Every rank of ``group`` must call it (as :func:`jitcache.warm.live.warmup`
     does, after the ranks agreed on the plan). The entries go to
-    ``jit_cache_roots("2.5")[0]``, the writable folder of ``EP_JIT_CACHE_DIR``
+    ``jit_cache_roots(api)[0]``, the writable folder of ``EP_JIT_CACHE_DIR``
     (the jitcache root of ``cache_dir`` when its ``deep_ep/`` is that folder).
     The headers are those of the package ``buffer``'s class comes from;
     ``toolchain`` overrides the whole toolchain. ``jobs``: nvcc processes per
