@@ -203,3 +203,17 @@ def test_every_builtin_profile_renders_its_whole_plan_for_both_versions(name):
         num_sms = load_profile(name).deep_ep.num_sms or profile_num_sms(the_plan.profile, api)
         dispatch = next(k for k in kernels if k.name.startswith(("dispatch", "hybrid_dispatch")))
         assert f", {num_sms + num_sms % 2}, " in dispatch.source, (api, dispatch.source)
+
+
+def test_the_cli_names_the_missing_bandwidth_and_leaves_the_cache_alone(tmp_path):
+    from cli_helpers import run_cli
+
+    source = (Path(__file__).resolve().parents[1] / "cache_profiles" / "deepseek-v3-ep8.toml").read_text()
+    profile = tmp_path / "no-bandwidth.toml"
+    profile.write_text("".join(line for line in source.splitlines(keepends=True) if not line.startswith("gpu = ")))
+    result = run_cli("warmup", "--aot", "-p", str(profile), "--cache-dir", str(tmp_path / "root"))
+    assert result.code == 2, result.stderr
+    text = " ".join(result.stderr.split())
+    assert f"Error: {profile}: target.nvlink_gbs: is 0 (unknown): at EP8" in text
+    assert all(name in text for name in GPU_DEFAULTS)
+    assert not (tmp_path / "root").exists()
