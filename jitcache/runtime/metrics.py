@@ -114,7 +114,7 @@ class _MultiprocessCounters:
         self._snapshot = snapshot
         self._synced = StatsSnapshot()
         self._lock = threading.Lock()
-        self._counters = {}
+        self._counters: dict[str, Any] = {}
         for name, documentation, read in METRICS:
             per_bucket = not isinstance(read(StatsSnapshot()), int)
             self._counters[name] = Counter(name, documentation, labelnames=("bucket",) if per_bucket else (),
@@ -152,11 +152,12 @@ def enable(snapshot: Callable[[], StatsSnapshot] | None = None, *, registry: Any
         _STATE["mode"] = None
         if os.environ.get("JITCACHE_METRICS", "1").strip().lower() in _OFF or not available():
             return None
-        if snapshot is None:
-            from jitcache.runtime.stats import process_total as snapshot
+        from jitcache.runtime.stats import process_total
+
+        read: Callable[[], StatsSnapshot] = snapshot if snapshot is not None else process_total
         try:
             if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-                counters = _MultiprocessCounters(snapshot)
+                counters = _MultiprocessCounters(read)
                 interval = float(os.environ.get("JITCACHE_METRICS_INTERVAL", DEFAULT_INTERVAL))
                 stop = threading.Event()
 
@@ -171,7 +172,7 @@ def enable(snapshot: Callable[[], StatsSnapshot] | None = None, *, registry: Any
             else:
                 from prometheus_client import REGISTRY
 
-                (registry or REGISTRY).register(StatsCollector(snapshot))
+                (registry or REGISTRY).register(StatsCollector(read))
                 _STATE["mode"] = "collector"
         except Exception as exc:  # noqa: BLE001 - metrics are best effort, serving is not
             log.warning("jitcache: dispatch metrics are off: %s: %s", type(exc).__name__, exc)
