@@ -47,6 +47,7 @@ from jitcache.errors import BundleError, CacheError
 from .elf import InvalidCubin, normalize_arch, read_cubin
 from .formats import TRITON_KEY, classify_deep_ep_name, read_deep_ep_entry
 from .model import SCHEMA_VERSION, CacheEntry
+from .reading import read_bytes
 from .publish import COMMIT_MARKER, TEMP_PREFIX, fsync_dir, make_temp_dir, publish_entry, remove_tree
 from .root import CacheRoot, LockHolder
 from .scan import coverage, scan
@@ -140,7 +141,7 @@ def _read_entry(path: Path) -> list[tuple[str, bytes]] | None:
             item = path / name
             if name == COMMIT_MARKER or name.startswith("tmp.pid_") or item.is_symlink() or not item.is_file():
                 continue
-            files.append((name, item.read_bytes()))
+            files.append((name, read_bytes(item)))  # an export is not a use: atime kept
     except (FileNotFoundError, NotADirectoryError):
         return None
     return files
@@ -312,11 +313,7 @@ def _stage(bundle: Path, staging: Path) -> dict[str, Any]:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return hashlib.sha256(read_bytes(path)).hexdigest()  # comparing with a cached entry is not a use
 
 
 def _check_staged(bundle: Path, staging: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:

@@ -89,9 +89,11 @@ def read_cubin(path: str | Path) -> CubinInfo:
     from elftools.elf.elffile import ELFFile
     from elftools.elf.sections import SymbolTableSection
 
+    from .reading import read_bytes  # never a use: DeepEP 2.1's LRU clock is the cubin's atime
+
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_bytes(path)
     except OSError as exc:
         raise InvalidCubin(path, f"unreadable ({exc.strerror})") from None
     abi_version, machine, flags = _header(data, path)

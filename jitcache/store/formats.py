@@ -27,6 +27,7 @@ from .elf import InvalidCubin, arch_problem, entry_symbol_problem, normalize_arc
 from .kernels import parse_source, symbol_problem
 from .model import CacheEntry, Problem
 from .publish import COMMIT_MARKER
+from .reading import read_text
 
 __all__ = [
     "DEEPEP21_NAME",
@@ -108,7 +109,7 @@ def permission_problems(path: Path, key: str | None, items: list[tuple[Path, os.
 
 def _read_text(path: Path) -> str | None:
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
+        return read_text(path)  # keeps the atime (see .reading)
     except OSError:
         return None
 
@@ -206,7 +207,7 @@ def read_deep_ep_entry(path: Path, *, check_cubin: bool = True, expected_arch: s
 
 def _read_meta(path: Path) -> tuple[dict | None, str]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except OSError as exc:
         return None, f"meta.json is unreadable ({exc.strerror})"
     except (ValueError, UnicodeDecodeError) as exc:
@@ -259,7 +260,7 @@ def read_triton_entry(path: Path, *, check_cubin: bool = True) -> CacheEntry:
         family = group.name[len("__grp__"):-len(".json")]
         last_used = max(last_used or 0.0, _last_used(group) or 0.0) or None
         try:
-            data = json.loads(group.read_text(encoding="utf-8"))
+            data = json.loads(read_text(group))  # the group file's atime is Triton's "last used"
             children = data["child_paths"]
             if not isinstance(children, dict):
                 raise TypeError("child_paths is not an object")
@@ -276,7 +277,7 @@ def read_triton_entry(path: Path, *, check_cubin: bool = True) -> CacheEntry:
                 problems.append(Problem("group_missing_file", str(local),
                                         f"group points {child_name} outside its directory: {child_path}", key))
         meta_file = path / f"{family}.json"
-        meta = json.loads(meta_file.read_text()) if _is_json_object(meta_file) else {}
+        meta = json.loads(read_text(meta_file)) if _is_json_object(meta_file) else {}
         for name in ("num_warps", "num_stages", "num_ctas", "shared"):
             if name in meta:
                 params[name] = meta[name]
@@ -301,6 +302,6 @@ def read_triton_entry(path: Path, *, check_cubin: bool = True) -> CacheEntry:
 
 def _is_json_object(path: Path) -> bool:
     try:
-        return isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+        return isinstance(json.loads(read_text(path)), dict)
     except (OSError, ValueError):
         return False

@@ -1,0 +1,56 @@
+"""Reading cache files without touching their access time.
+
+DeepEP 2.1 writes no marker: the only "last used" a 2.1 entry has is its
+cubin's access time, which DeepEP's load updates (relatime). A maintenance
+read (`verify`, `inspect`, `export`, `import` comparing entries) must not look
+like a use, or a cache scanned daily would never age and `prune
+--older-than` would never find anything. So every read of an entry's files
+goes through :func:`read_bytes`: ``O_NOATIME`` where the kernel permits it
+(the file's owner, or ``CAP_FOWNER``), else a plain read followed by
+``os.utime`` putting the access time back (where we may).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+__all__ = ["O_NOATIME", "read_bytes", "read_text"]
+
+#: Linux's flag; 0 elsewhere (then only the restore path runs).
+O_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+def _open(path: str | Path) -> tuple[int, bool]:
+    if O_NOATIME:
+        try:
+            return os.open(path, os.O_RDONLY | O_NOATIME), True
+        except PermissionError:
+            pass  # EPERM: not our file; fall back to restoring the time
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+    return os.open(path, os.O_RDONLY), False
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """The file's bytes, leaving its atime as it was."""
+    fd, noatime = _open(path)
+    try:
+        before = None if noatime else os.fstat(fd)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    if before is not None:
+        try:
+            os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        except OSError:
+            pass  # not ours to change: nothing more we can do
+    return b"".join(chunks)
+
+
+def read_text(path: str | Path) -> str:
+    return read_bytes(path).decode("utf-8", errors="replace")
