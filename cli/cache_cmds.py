@@ -226,6 +226,10 @@ def prune_cmd(
         data["removed"] = [e.path for e in result.removed]
         data["failed"] = [{"path": e.path, "error": why} for e, why in result.failed]
 
+    if the_plan.foreign:
+        out.info(f"Left {len(the_plan.foreign)} foreign entries alone (not DeepEP kernels: DeepGEMM's or another "
+                 "tool's in a shared root).")
+
     def render(o: Output) -> None:
         if not the_plan.remove:
             o.print(f"Nothing to remove: the cache holds {human_bytes(the_plan.size_before)} and every entry is "
@@ -261,6 +265,9 @@ def export_cmd(
         out.warn(f"{result.missing_variants} variants of the profile are not in the cache and are not in the bundle")
     for name in result.skipped:
         out.warn(f"{name} vanished while being exported (pruned?); left out")
+    if result.foreign:
+        out.warn(f"left {len(result.foreign)} foreign entries out (not DeepEP kernels: DeepGEMM's or another "
+                 f"tool's in a shared root): {', '.join(result.foreign[:5])}" + (" ..." if len(result.foreign) > 5 else ""))
 
     def render(o: Output) -> None:
         o.print(f"Exported {len(result.entries)} entries to {result.path} ({human_bytes(result.size)}).")

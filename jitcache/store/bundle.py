@@ -121,10 +121,12 @@ class ExportResult:
     missing_variants: int              # of the profile's plan, with no entry in the cache
     size: int                          # bytes of the bundle file
     manifest: dict[str, Any]
+    foreign: tuple[str, ...] = ()      # other tools' entries in the root, left out
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA_VERSION, "bundle": self.path, "entries": len(self.entries), "size": self.size,
                 "skipped": list(self.skipped), "missing_variants": self.missing_variants,
+                "foreign": list(self.foreign),
                 "fingerprint": self.manifest["fingerprint"]}
 
 
@@ -153,7 +155,8 @@ def export_bundle(root: CacheRoot, output: str | Path, *, plan: Any = None,
     import zstandard
 
     report = scan(root)
-    entries = [e for e in report.entries if e.status == "ok"]
+    foreign = tuple(e.name for e in report.entries if e.foreign)  # DeepGEMM's (shared root): not ours to ship
+    entries = [e for e in report.entries if e.status == "ok" and not e.foreign]
     missing = 0
     if plan is not None:
         cov = coverage(plan, entries)
@@ -201,7 +204,7 @@ def export_bundle(root: CacheRoot, output: str | Path, *, plan: Any = None,
         tmp.unlink(missing_ok=True)
         raise
     return ExportResult(str(output), tuple(e.name for e in exported), tuple(skipped), missing,
-                        output.stat().st_size, manifest)
+                        output.stat().st_size, manifest, foreign)
 
 
 # -- import -----------------------------------------------------------------------------------
@@ -370,6 +373,9 @@ def check_staged_cubins(bundle: Path, staging: Path, entries: list[dict[str, Any
         directory = staging / tree / name
         if tree == "deep_ep":
             found = read_deep_ep_entry(directory)
+            if found.foreign:
+                raise BundleError(f"{bundle}: entry {name} is not a DeepEP kernel ({found.family!r}); jitcache "
+                                  "ships only DeepEP's and Triton's; nothing imported", path=bundle)
             errors = [p for p in found.problems if p.severity == "error" and p.code not in _STAGING_CODES]
             if errors:
                 raise BundleError(f"{bundle}: entry {name}: {Path(errors[0].path).name} {errors[0].message} "

@@ -30,10 +30,12 @@ from .publish import COMMIT_MARKER
 from .reading import read_text
 
 __all__ = [
+    "DEEP_EP_FAMILIES",
     "DEEPEP21_NAME",
     "DEEPJIT_NAME",
     "TRITON_KEY",
     "classify_deep_ep_name",
+    "is_deep_ep_kernel",
     "permission_problems",
     "read_deep_ep_entry",
     "read_triton_entry",
@@ -43,6 +45,25 @@ DEEPJIT_NAME = re.compile(r"^(?P<family>[A-Za-z0-9_]+)\.(?P<key>[0-9a-f]{32})$")
 DEEPEP21_NAME = re.compile(r"^kernel\.(?P<family>[A-Za-z0-9_]+)\.(?P<key>[0-9a-f]{32})$")
 TRITON_KEY = re.compile(r"^[A-Z2-7]{16,}=*$")
 _NVCC_RELEASE = re.compile(r"release (\d+\.\d+), V([\d.]+)")
+
+
+#: DeepEP's own JIT names (``jit->compile("<name>", ...)`` in DeepEP 2.5's sources; 2.1 uses a subset, plus
+#: the hybrid kernels). DeepGEMM writes the same ``<name>.<32 hex>`` entries into a shared DeepJIT root
+#: (both default to ``$HOME/.dj``): an entry whose name is not one of these, and whose kernel.cu does not
+#: instantiate a ``deep_ep::`` template, is another tool's, and jitcache never prunes, moves or ships it.
+DEEP_EP_FAMILIES = frozenset({
+    "barrier", "bucket_all_reduce", "bucket_hybrid_all_gather", "bucket_rdma_all_gather",
+    "bucket_reduce_scatter", "combine", "combine_reduce_epilogue", "dispatch", "dispatch_copy_epilogue",
+    "engram_fetch", "engram_fetch_wait", "ep_lb_prefetch_weights", "ep_lb_reduce_grads", "hybrid_combine",
+    "hybrid_dispatch", "pp_recv", "pp_send",
+})
+
+
+def is_deep_ep_kernel(family: str, params: dict[str, Any]) -> bool:
+    """Whether an entry is DeepEP's: one of its JIT names, or a kernel.cu instantiating a ``deep_ep::`` template."""
+    if family in DEEP_EP_FAMILIES:
+        return True
+    return str(params.get("namespace", "")).split("::")[0] == "deep_ep"
 
 
 def classify_deep_ep_name(name: str) -> tuple[str, str, str] | None:
@@ -166,6 +187,11 @@ def read_deep_ep_entry(path: Path, *, check_cubin: bool = True, expected_arch: s
                                     "no template instantiation found in kernel.cu", name))
         else:
             params = decoded
+    if not is_deep_ep_kernel(family, params):
+        foreign = Problem("foreign_entry", str(path), f"not a DeepEP kernel ({family!r}: DeepGEMM's or another "
+                          "tool's, in a shared DeepJIT root?): jitcache leaves it alone", name)
+        return CacheEntry("deep_ep", fmt, family, key, str(path), size, _last_used(path / COMMIT_MARKER)
+                          or _last_used(path / "kernel.cubin"), params=params, problems=(foreign,), foreign=True)
     cubin = path / "kernel.cubin"
     if _check_file(cubin, name, problems) and check_cubin:
         try:

@@ -37,6 +37,7 @@ PROBLEM_CODES = {
     "orphan_build": "warning",
     "unknown_entry": "warning",
     "stray_file": "warning",
+    "foreign_entry": "warning",
 }
 
 
@@ -88,6 +89,7 @@ class CacheEntry:
     compiler: str | None = None
     arch: str | None = None
     problems: tuple[Problem, ...] = ()
+    foreign: bool = False  # another tool's entry in a shared root (DeepGEMM in $HOME/.dj): never acted on
 
     @property
     def name(self) -> str:
@@ -111,5 +113,5 @@ class CacheEntry:
             "backend": self.backend, "format": self.format, "family": self.family, "key": self.key,
             "name": self.name, "path": self.path, "size": self.size, "last_used": iso_time(self.last_used),
             "status": self.status, "compiler": self.compiler, "arch": self.arch, "params": dict(self.params),
-            "problems": [p.to_dict() for p in self.problems],
+            "problems": [p.to_dict() for p in self.problems], "foreign": self.foreign,
         }

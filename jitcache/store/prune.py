@@ -2,7 +2,8 @@
 
 ``last_used`` is what each runtime touches on a hit (see :class:`CacheEntry`).
 Entries that a kept profile's warmup plan needs are never chosen; broken
-entries are left to ``verify --repair`` (quarantine, not deletion).
+entries are left to ``verify --repair`` (quarantine, not deletion); another
+tool's entries in a shared root (DeepGEMM's) are never chosen, only listed.
 Removal renames the entry out of ``cache/`` first (one atomic step: a
 runtime sees the entry or a miss, never half of it), then deletes it.
 """
@@ -68,6 +69,7 @@ class PrunePlan:
     size_before: int
     max_size: int | None
     older_than: float | None
+    foreign: tuple[str, ...] = ()     # paths of other tools' entries (DeepGEMM's): never removed
 
     @property
     def freed(self) -> int:
@@ -80,7 +82,7 @@ class PrunePlan:
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA_VERSION, "max_size": self.max_size, "older_than_s": self.older_than,
                 "size_before": self.size_before, "size_after": self.size_after, "freed": self.freed,
-                "num_protected": len(self.protected),
+                "num_protected": len(self.protected), "foreign": list(self.foreign),
                 "remove": [{**e.to_dict(), "reason": why} for e, why in zip(self.remove, self.reasons)]}
 
 
@@ -103,8 +105,10 @@ def plan_prune(report: CacheReport, *, max_size: int | None = None, older_than: 
     for kept in keep_plans:
         for _, paths in coverage(kept, report.entries).present:
             protected.update(paths)
-    candidates = sorted((e for e in report.entries if e.path not in protected and e.status != "broken"),
+    candidates = sorted((e for e in report.entries
+                         if e.path not in protected and e.status != "broken" and not e.foreign),
                         key=lambda e: (e.last_used or 0.0, e.path))
+    foreign = tuple(e.path for e in report.entries if e.foreign)
     remove: list[CacheEntry] = []
     reasons: list[str] = []
     size = report.size
@@ -118,7 +122,8 @@ def plan_prune(report: CacheReport, *, max_size: int | None = None, older_than: 
         remove.append(entry)
         reasons.append(why)
         size -= entry.size
-    return PrunePlan(tuple(remove), tuple(reasons), tuple(sorted(protected)), report.size, max_size, older_than)
+    return PrunePlan(tuple(remove), tuple(reasons), tuple(sorted(protected)), report.size, max_size, older_than,
+                     foreign)
 
 
 def prune(root: CacheRoot, the_plan: PrunePlan, *, on_wait: Callable[[LockHolder], None] | None = None,

@@ -100,7 +100,7 @@ def verify(root: CacheRoot, *, check_cubins: bool = True, orphan_age: float = OR
     batch = _quarantine_name(root)
     moves: list[QuarantineMove] = []
     for entry in report.entries:
-        if entry.status == "broken":
+        if entry.status == "broken" and not entry.foreign:  # another tool's entry is its own business
             codes = tuple(sorted({p.code for p in entry.problems if p.severity == "error"}))
             moves.append(QuarantineMove(entry.path, str(batch / _relative(root, Path(entry.path))), codes,
                                         entry.size))
