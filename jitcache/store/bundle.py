@@ -11,8 +11,12 @@ Export reads the cache without the lock (it is a reader); an entry that
 vanishes while being read (a concurrent prune) is left out whole and listed
 as skipped. The bundle is written to a temporary file and renamed into place.
 
-Import is all-or-nothing. It streams the bundle into a private staging
-directory inside the root (same filesystem), refusing on the way any member
+Import is all-or-nothing. It reads the manifest first (without writing
+anything), refuses a bundle whose declared sizes exceed the limit or the free
+space, then streams the bundle into a private staging directory inside the
+root (same filesystem), refusing, from its header and before writing a byte
+of it, any member the manifest does not list or whose size is not the one
+it declares (a decompression bomb), and any member
 that is not a regular file or directory (symlinks, hard links, devices,
 FIFOs), any absolute path or ``..``, and anything outside the two trees
 above. It then checks every file against the manifest (size and sha256,
@@ -38,14 +42,16 @@ import subprocess
 import tarfile
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from jitcache.errors import BundleError, CacheError
 
 from .elf import InvalidCubin, normalize_arch, read_cubin
 from .formats import TRITON_KEY, classify_deep_ep_name, read_deep_ep_entry
+from .faults import describe_free_space, free_bytes
 from .model import SCHEMA_VERSION, CacheEntry
 from .reading import read_bytes
 from .publish import COMMIT_MARKER, TEMP_PREFIX, fsync_dir, make_temp_dir, publish_entry, remove_tree
@@ -259,52 +265,63 @@ def _valid_entry_name(tree: Any, name: Any) -> bool:
     return bool(classify_deep_ep_name(name)) if tree == "deep_ep" else bool(TRITON_KEY.match(name))
 
 
-#: A bundle may unpack to at most this many bytes (tar headers' sizes, checked before each file is written):
-#: kernels are kilobytes to megabytes, so this only stops a decompression bomb filling the disk.
+#: A bundle may unpack to at most this many bytes (the sizes its manifest declares, checked before anything is
+#: written): kernels are kilobytes to megabytes, so this only stops a bundle meant to fill the disk.
 _MAX_BYTES_ENV = "JITCACHE_IMPORT_MAX_BYTES"
 _MAX_BYTES_DEFAULT = 16 << 30
+#: The manifest itself is read into memory: a few hundred bytes per entry.
+_MANIFEST_MAX = 64 << 20
 
 
-def _stage(bundle: Path, staging: Path) -> dict[str, Any]:
-    """Extract safely into ``staging/<tree>/<entry>/``; return the manifest (checked later)."""
+def _max_bytes() -> int:
+    return int(os.environ.get(_MAX_BYTES_ENV, _MAX_BYTES_DEFAULT))
+
+
+@contextmanager
+def _open_tar(bundle: Path) -> Iterator[tarfile.TarFile]:
+    """The bundle as a tar stream, decompressed on the fly (nothing is written anywhere)."""
     import zstandard
 
-    manifest = None
-    extracted, limit = 0, int(os.environ.get(_MAX_BYTES_ENV, _MAX_BYTES_DEFAULT))
-    try:
-        with open(bundle, "rb") as raw:
-            reader = zstandard.ZstdDecompressor().stream_reader(raw)
+    with open(bundle, "rb") as raw:
+        reader = zstandard.ZstdDecompressor().stream_reader(raw)
+        try:
             with tarfile.open(fileobj=reader, mode="r|") as tar:
-                for member in tar:
-                    target = _member_target(member.name, bundle, is_dir=member.isdir())
-                    if member.isdir():
-                        continue
-                    if not member.isfile():
-                        kind = ("symlink" if member.issym() else "hard link" if member.islnk() else
-                                "device file" if member.isdev() else "special file")
-                        raise BundleError(f"{bundle}: member {member.name!r} is a {kind}; refused", path=bundle)
-                    extracted += member.size
-                    if extracted > limit:
-                        raise BundleError(f"{bundle}: unpacks to more than {limit} bytes "
-                                          f"({_MAX_BYTES_ENV} sets the limit); refused", path=bundle)
+                yield tar
+        finally:
+            reader.close()
+
+
+def _read_manifest(bundle: Path) -> dict[str, Any]:
+    """The manifest, read before anything is written.
+
+    It is a member of the tar stream (the last one, as export writes it);
+    finding it means reading through the members without writing them: the
+    decompressor's output goes nowhere, and a stream that decompresses past
+    the limit before its manifest is refused.
+    """
+    import zstandard
+
+    seen, limit = 0, _max_bytes()
+    try:
+        with _open_tar(bundle) as tar:
+            for member in tar:
+                if member.name == "manifest.json" and member.isfile():
+                    if member.size > _MANIFEST_MAX:
+                        raise BundleError(f"{bundle}: manifest.json is {member.size} bytes, more than "
+                                          f"{_MANIFEST_MAX}; refused", path=bundle)
                     source = tar.extractfile(member)
                     assert source is not None
-                    if target is None:
-                        try:
-                            manifest = json.loads(source.read(64 << 20))
-                        except ValueError as exc:
-                            raise BundleError(f"{bundle}: manifest.json is not valid JSON ({exc})",
-                                              path=bundle) from None
-                        continue
-                    tree, entry, file = target
-                    directory = staging / tree / entry
-                    directory.mkdir(parents=True, exist_ok=True, mode=0o755)
-                    dest = directory / file
-                    if dest.exists():
-                        raise BundleError(f"{bundle}: member {member.name!r} appears twice; refused", path=bundle)
-                    with open(dest, "xb") as out:
-                        shutil.copyfileobj(source, out, _CHUNK)
-                    os.chmod(dest, 0o644)
+                    try:
+                        manifest = json.loads(source.read())
+                    except ValueError as exc:
+                        raise BundleError(f"{bundle}: manifest.json is not valid JSON ({exc})", path=bundle) from None
+                    break
+                seen += member.size
+                if seen > limit:
+                    raise BundleError(f"{bundle}: unpacks to more than {limit} bytes before its manifest "
+                                      f"({_MAX_BYTES_ENV} sets the limit); refused", path=bundle)
+            else:
+                manifest = None
     except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
         raise BundleError(f"{bundle}: not a readable jitcache bundle ({exc})", path=bundle) from None
     if not isinstance(manifest, dict) or manifest.get("kind") != BUNDLE_KIND:
@@ -313,6 +330,82 @@ def _stage(bundle: Path, staging: Path) -> dict[str, Any]:
         raise BundleError(f"{bundle}: manifest schema {manifest.get('schema')!r} is not {SCHEMA_VERSION}",
                           path=bundle, hint="import it with the jitcache version that exported it")
     return manifest
+
+
+def declared_sizes(bundle: Path, manifest: dict[str, Any]) -> dict[str, int]:
+    """Member name -> the size the manifest declares for it (what staging will accept, byte for byte)."""
+    entries = manifest.get("entries")
+    if not isinstance(entries, list):
+        raise BundleError(f"{bundle}: manifest field 'entries' must be a list", path=bundle)
+    sizes: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        try:
+            tree, name, files = entry["backend"], entry["name"], entry["files"]
+            specs = [(f["path"], f["size"]) for f in files]
+        except (KeyError, TypeError):
+            raise BundleError(f"{bundle}: manifest entries[{index}] is malformed", path=bundle) from None
+        prefix = f"deep_ep/cache/{name}" if tree == "deep_ep" else f"triton/{name}"
+        for file, size in specs:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise BundleError(f"{bundle}: manifest entries[{index}] gives {file!r} the size {size!r}",
+                                  path=bundle)
+            sizes[f"{prefix}/{file}"] = size
+    return sizes
+
+
+def _stage(bundle: Path, staging: Path, manifest: dict[str, Any]) -> None:
+    """Extract safely into ``staging/<tree>/<entry>/``: only members the manifest lists, each exactly the
+    size it declares, checked from the member's header *before* a byte of it is written."""
+    import zstandard
+
+    sizes = declared_sizes(bundle, manifest)
+    try:
+        with _open_tar(bundle) as tar:
+            for member in tar:
+                target = _member_target(member.name, bundle, is_dir=member.isdir())
+                if member.isdir():
+                    continue
+                if not member.isfile():
+                    kind = ("symlink" if member.issym() else "hard link" if member.islnk() else
+                            "device file" if member.isdev() else "special file")
+                    raise BundleError(f"{bundle}: member {member.name!r} is a {kind}; refused", path=bundle)
+                if target is None:
+                    continue  # manifest.json: read already
+                declared = sizes.get(member.name)
+                if declared is None:
+                    raise BundleError(f"{bundle}: member {member.name!r} is not in the manifest; refused before "
+                                      "unpacking it", path=bundle)
+                if member.size != declared:
+                    raise BundleError(f"{bundle}: member {member.name!r} is {member.size} bytes, the manifest "
+                                      f"declares {declared}: refused before unpacking it (a decompression "
+                                      "bomb, or a damaged bundle)", path=bundle)
+                source = tar.extractfile(member)
+                assert source is not None
+                tree, entry, file = target
+                directory = staging / tree / entry
+                directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+                dest = directory / file
+                if dest.exists():
+                    raise BundleError(f"{bundle}: member {member.name!r} appears twice; refused", path=bundle)
+                with open(dest, "xb") as out:
+                    shutil.copyfileobj(source, out, _CHUNK)
+                os.chmod(dest, 0o644)
+    except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
+        raise BundleError(f"{bundle}: not a readable jitcache bundle ({exc})", path=bundle) from None
+
+
+def _check_room(bundle: Path, staging: Path, manifest: dict[str, Any]) -> None:
+    """Refuse, before writing, a bundle that declares more than the limit or than the free space."""
+    declared = sum(declared_sizes(bundle, manifest).values())
+    limit = _max_bytes()
+    if declared > limit:
+        raise BundleError(f"{bundle}: its manifest declares {declared} bytes, so it unpacks to more than {limit} "
+                          f"bytes ({_MAX_BYTES_ENV} sets the limit); refused", path=bundle)
+    room = free_bytes(staging)
+    if room is not None and declared > room:
+        raise CacheError(f"{staging.parent}: the bundle unpacks to {declared} bytes, {describe_free_space(staging)} "
+                         "; nothing imported", path=staging.parent,
+                         hint="free some space (jitcache prune --max-size ...), or import into another --cache-dir")
 
 
 def _sha256(path: Path) -> str:
@@ -438,7 +531,9 @@ def import_bundle(root: CacheRoot, bundle: str | Path, *, force: bool = False, t
     staging = staging.rename(staging.with_name(f"{TEMP_PREFIX}import-{staging.name[len(TEMP_PREFIX):]}"))
     published: list[Path] = []
     try:
-        manifest = _stage(bundle, staging)
+        manifest = _read_manifest(bundle)
+        _check_room(bundle, staging, manifest)
+        _stage(bundle, staging, manifest)
         entries = _check_staged(bundle, staging, manifest)
         fingerprint = manifest.get("fingerprint") or {}
         archs = check_staged_cubins(bundle, staging, entries)
