@@ -51,6 +51,7 @@ from jitcache.adapters.deepjit import CompilerOptions, IncludeHasher, cache_key,
 from jitcache.errors import CacheError, ToolchainError, UsageError
 from jitcache.adapters.render25 import RenderedKernel, render_plan, target_facts
 from jitcache.store.publish import COMMIT_MARKER, atomic_write_text, make_temp_dir, publish_entry, remove_tree
+from jitcache.store.owners import reclaim_orphans
 from jitcache.store.root import CacheRoot
 from jitcache.build.toolchain import Toolchain
 from jitcache.planning.variants import WarmupPlan
@@ -311,6 +312,10 @@ def run_jobs(jobs: Sequence[BuildJob], root: CacheRoot, *, num_workers: int | No
              on_compile: Callable[[BuildJob], None] | None = None) -> tuple[tuple[VariantResult, ...], Path]:
     """Build ``jobs`` into ``root`` (DeepEP or Triton folder, by job), ``num_workers`` at a time; results in job order."""
     root.ensure()
+    # Build directories of runs that were killed (their owner is gone): reclaimed before starting.
+    reclaim_orphans(root.deep_ep_dir / "tmp")
+    if root.triton_dir is not None:
+        reclaim_orphans(root.triton_dir / "tmp")
     lock_dir = root.meta_dir / "locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     run_dir = root.meta_dir / "aot" / (run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}")

@@ -53,8 +53,9 @@ from .elf import InvalidCubin, normalize_arch, read_cubin
 from .formats import TRITON_KEY, classify_deep_ep_name, read_deep_ep_entry
 from .faults import describe_free_space, free_bytes
 from .model import SCHEMA_VERSION, CacheEntry
+from .owners import reclaim_orphans
 from .reading import read_bytes
-from .publish import COMMIT_MARKER, TEMP_PREFIX, fsync_dir, make_temp_dir, publish_entry, remove_tree
+from .publish import COMMIT_MARKER, fsync_dir, make_temp_dir, publish_entry, remove_tree
 from .root import CacheRoot, LockHolder
 from .scan import coverage, scan
 
@@ -527,8 +528,8 @@ def import_bundle(root: CacheRoot, bundle: str | Path, *, force: bool = False, t
     if not bundle.is_file():
         raise BundleError(f"{bundle}: no such bundle file", path=bundle)
     root.ensure()
-    staging = make_temp_dir(root.deep_ep_dir)
-    staging = staging.rename(staging.with_name(f"{TEMP_PREFIX}import-{staging.name[len(TEMP_PREFIX):]}"))
+    reclaim_orphans(root.deep_ep_dir / "tmp")  # what killed imports and warmups left behind
+    staging = make_temp_dir(root.deep_ep_dir, kind="import")
     published: list[Path] = []
     try:
         manifest = _read_manifest(bundle)

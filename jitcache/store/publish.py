@@ -108,15 +108,24 @@ def atomic_write_text(path: str | Path, text: str, *, mode: int = 0o644) -> None
     atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
 
 
-def make_temp_dir(backend_dir: str | Path) -> Path:
-    """A fresh private build directory under ``<backend_dir>/tmp/``: the same filesystem as the entries."""
+def make_temp_dir(backend_dir: str | Path, kind: str = "build") -> Path:
+    """A fresh private build directory under ``<backend_dir>/tmp/``: the same filesystem as the entries.
+
+    Its name records the owner (host, pid, process start: see
+    :mod:`jitcache.store.owners`), so that once this process is gone,
+    ``verify`` reports the directory at once and the next run reclaims it.
+    """
+    from .owners import owner_tag
+
     tmp_parent = Path(backend_dir) / "tmp"
     try:
         tmp_parent.mkdir(parents=True, exist_ok=True)
-        path = tmp_parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+        path = tmp_parent / f"{TEMP_PREFIX}{kind}-{owner_tag()}-{uuid.uuid4().hex[:16]}"
         path.mkdir(mode=0o755)
     except OSError as exc:
-        raise CacheError(f"{tmp_parent}: cannot create a build directory ({exc.strerror})", path=tmp_parent) from None
+        from .faults import filesystem_error
+
+        raise filesystem_error(exc, tmp_parent, action="create a build directory") from None
     return path
 
 

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 from .formats import TRITON_KEY, permission_problems, read_deep_ep_entry, read_triton_entry
 from .model import SCHEMA_VERSION, CacheEntry, Problem, iso_time
+from .owners import orphan_reason
 from .root import CacheRoot
 
 __all__ = ["DEEP_EP_CHILDREN", "ORPHAN_AGE_S", "ROOT_CHILDREN", "CacheReport", "Coverage", "coverage", "entry_matches", "scan", "scan_deep_ep",
@@ -76,17 +77,14 @@ class CacheReport:
 
 
 def _orphans(tmp_dir: Path, now: float, min_age: float) -> list[Problem]:
+    """Build directories nobody is writing to: a dead owner's at once, an unknown owner's by age."""
     problems = []
     if not tmp_dir.is_dir():
         return problems
     for child in sorted(tmp_dir.iterdir()):
-        try:
-            age = now - child.lstat().st_mtime
-        except OSError:
-            continue
-        if age >= min_age:
-            problems.append(Problem("orphan_build", str(child),
-                                    f"build directory untouched for {age / 3600:.1f} h (a compile that died)"))
+        found = orphan_reason(child, now, min_age)
+        if found is not None:
+            problems.append(Problem("orphan_build", str(child), found[0]))
     return problems
 
 

@@ -21,6 +21,7 @@ from typing import Any, Callable
 from jitcache.errors import CacheError
 
 from .model import SCHEMA_VERSION, Problem
+from .owners import orphan_reason
 from .publish import fsync_dir
 from .root import CacheRoot, LockHolder, make_private_dir
 from .scan import ORPHAN_AGE_S, CacheReport, scan
@@ -105,9 +106,13 @@ def verify(root: CacheRoot, *, check_cubins: bool = True, orphan_age: float = OR
             moves.append(QuarantineMove(entry.path, str(batch / _relative(root, Path(entry.path))), codes,
                                         entry.size))
     unrepairable = []
+    now = time.time()
     for problem in report.problems:
         if problem.code == "orphan_build":
             path = Path(problem.path)
+            found = orphan_reason(path, now, orphan_age)
+            if found is not None and not found[1]:
+                continue  # reported, but perhaps another host's build: moved only once old
             moves.append(QuarantineMove(str(path), str(batch / _relative(root, path)), (problem.code,),
                                         _size(path)))
         elif problem.severity == "error":
