@@ -57,6 +57,16 @@ def main(argv: list[str] | None = None) -> None:
             raise
         Output().error(exc.message, exc.hint)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        # A full disk, a read-only mount, a denied path that no command handled closer to the work:
+        # still an Error naming the path and the free space, never a traceback.
+        from jitcache.store.faults import filesystem_error, is_fault
+
+        if os.environ.get("JITCACHE_DEBUG") or not (is_fault(exc) or exc.filename):
+            raise
+        error = filesystem_error(exc, action="write" if is_fault(exc) else "use")
+        Output().error(error.message, error.hint)
+        sys.exit(1)
     except KeyboardInterrupt:
         Output().error("interrupted")
         sys.exit(130)

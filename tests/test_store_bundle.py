@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from jitcache.errors import BundleError
+from jitcache.errors import BundleError, CacheError
 from jitcache.store.bundle import export_bundle, import_bundle
 from jitcache.store.root import resolve_root
 from jitcache.store.scan import scan
@@ -195,7 +195,8 @@ def test_failure_while_publishing_takes_back_everything(tmp_path, bundle):
         calls.append(name)
         if len(calls) == 5:
             raise OSError(28, "No space left on device")
-    with pytest.raises(OSError):
+    with pytest.raises(CacheError, match=r"No space left on device .*free there.*5 entries published before "
+                                         r"the failure were taken back"):
         import_bundle(target, bundle.path, _after_publish=boom)
     assert _tree(target) == {}
     assert list((target.deep_ep_dir / "tmp").iterdir()) == []

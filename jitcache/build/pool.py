@@ -30,6 +30,7 @@ non-zero. The library prints nothing.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -51,6 +52,7 @@ from jitcache.adapters.deepjit import CompilerOptions, IncludeHasher, cache_key,
 from jitcache.errors import CacheError, ToolchainError, UsageError
 from jitcache.adapters.render25 import RenderedKernel, render_plan, target_facts
 from jitcache.store.publish import COMMIT_MARKER, atomic_write_text, make_temp_dir, publish_entry, remove_tree
+from jitcache.store.faults import filesystem_error, is_fault, require_writable
 from jitcache.store.owners import reclaim_orphans
 from jitcache.store.root import CacheRoot
 from jitcache.build.toolchain import Toolchain
@@ -276,9 +278,14 @@ def _run_one(job: BuildJob, root: CacheRoot, lock_dir: Path, log_dir: Path,
             done = subprocess.run(argv, cwd=build, capture_output=True, text=True)
             missing = [o for o in job.outputs if not (build / o).is_file() or (build / o).stat().st_size == 0]
             if done.returncode != 0 or missing:
+                output = f"{done.stdout}{done.stderr}"
+                if (fault := _disk_fault(output)) is not None:
+                    # nvcc could not write its output: say where, and how much room is left
+                    return result("failed", message=str(filesystem_error(
+                        OSError(fault, os.strerror(fault)), build, action=f"compile {job.entry} ({job.tool})")))
                 log = log_dir / f"{job.entry}.stderr.txt"
                 log.parent.mkdir(parents=True, exist_ok=True)
-                log.write_text(f"$ {' '.join(argv)}\n(exit {done.returncode})\n{done.stdout}{done.stderr}")
+                log.write_text(f"$ {' '.join(argv)}\n(exit {done.returncode})\n{output}")
                 first = (done.stderr or done.stdout).strip().splitlines()[:1]
                 return result("failed", log_path=str(log),
                               message=f"{job.tool} exit {done.returncode}" + (f": {first[0]}" if first else ""))
@@ -290,10 +297,22 @@ def _run_one(job: BuildJob, root: CacheRoot, lock_dir: Path, log_dir: Path,
             if build is not None:
                 remove_tree(build)
         return result("compiled")
-    except (OSError, CacheError) as exc:
+    except CacheError as exc:
+        return result("failed", message=str(exc))
+    except OSError as exc:
+        if is_fault(exc):
+            return result("failed", message=str(filesystem_error(exc, action=f"build {job.entry}")))
         return result("failed", message=f"{exc.__class__.__name__}: {exc}")
     finally:
         lock.release()
+
+
+def _disk_fault(output: str) -> int | None:
+    """The errno a compiler's output reports when it could not write (full disk, size limit, read-only)."""
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):
+        if os.strerror(code) in output:
+            return code
+    return None
 
 
 def _note_compile(job: BuildJob) -> None:
@@ -312,12 +331,17 @@ def run_jobs(jobs: Sequence[BuildJob], root: CacheRoot, *, num_workers: int | No
              on_compile: Callable[[BuildJob], None] | None = None) -> tuple[tuple[VariantResult, ...], Path]:
     """Build ``jobs`` into ``root`` (DeepEP or Triton folder, by job), ``num_workers`` at a time; results in job order."""
     root.ensure()
+    require_writable(root.deep_ep_dir if any(j.backend == "deep_ep" for j in jobs) or root.triton_dir is None
+                     else root.triton_dir, action="compile into the cache")
     # Build directories of runs that were killed (their owner is gone): reclaimed before starting.
     reclaim_orphans(root.deep_ep_dir / "tmp")
     if root.triton_dir is not None:
         reclaim_orphans(root.triton_dir / "tmp")
     lock_dir = root.meta_dir / "locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise filesystem_error(exc, lock_dir, action="create the entry lock directory") from None
     run_dir = root.meta_dir / "aot" / (run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}")
     workers = max(1, num_workers or os.cpu_count() or 1)
     results: list[VariantResult | None] = [None] * len(jobs)
@@ -332,12 +356,21 @@ def run_jobs(jobs: Sequence[BuildJob], root: CacheRoot, *, num_workers: int | No
 
 
 def write_report(report: AotReport, run_dir: Path) -> AotReport:
+    """Write ``report.json``; on a full or read-only disk, a :class:`CacheError` that still tells what the run
+    did (what was published is whole and stays)."""
     from dataclasses import replace
 
     path = run_dir / "report.json"
-    run_dir.mkdir(parents=True, exist_ok=True)
     final = replace(report, report_path=str(path))
-    atomic_write_text(path, json.dumps(final.to_dict(), indent=2) + "\n")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(final.to_dict(), indent=2) + "\n")
+    except OSError as exc:
+        done = ", ".join(f"{n} {s}" for s, n in final.to_dict()["totals"].items() if n) or "nothing"
+        first = next((r.message for r in report.failed if r.message), None)
+        raise filesystem_error(exc, path, action="write the warmup report", partial=(
+            f"the run did {len(report.results)} variants: {done} (published entries are whole)"
+            + (f"; first failure: {first}" if first else ""))) from None
     return final
 
 

@@ -51,7 +51,7 @@ from jitcache.errors import BundleError, CacheError
 
 from .elf import InvalidCubin, normalize_arch, read_cubin
 from .formats import TRITON_KEY, classify_deep_ep_name, read_deep_ep_entry
-from .faults import describe_free_space, free_bytes
+from .faults import describe_free_space, filesystem_error, free_bytes, is_fault, require_writable
 from .model import SCHEMA_VERSION, CacheEntry
 from .owners import reclaim_orphans
 from .reading import read_bytes
@@ -173,7 +173,12 @@ def export_bundle(root: CacheRoot, output: str | Path, *, plan: Any = None,
     output = Path(output).expanduser().absolute()
     if output.is_dir():
         raise BundleError(f"{output}: is a directory; give a file name such as cache.jcb.tar.zst", path=output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise filesystem_error(exc, output.parent, action="create the bundle's directory",
+                               partial="no bundle written") from None
+    require_writable(output.parent, action=f"write the bundle {output.name}")
     tmp = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.tmp")
     manifest_entries, exported, skipped = [], [], []
     try:
@@ -207,8 +212,12 @@ def export_bundle(root: CacheRoot, output: str | Path, *, plan: Any = None,
             os.fsync(raw.fileno())
         os.replace(tmp, output)
         fsync_dir(output.parent)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and is_fault(exc):
+            raise filesystem_error(exc, output, action="write the bundle",
+                                   partial=f"no bundle written (nothing left behind; {len(exported)} entries "
+                                           "had been packed)") from None
         raise
     return ExportResult(str(output), tuple(e.name for e in exported), tuple(skipped), missing,
                         output.stat().st_size, manifest, foreign)
@@ -528,13 +537,18 @@ def import_bundle(root: CacheRoot, bundle: str | Path, *, force: bool = False, t
     if not bundle.is_file():
         raise BundleError(f"{bundle}: no such bundle file", path=bundle)
     root.ensure()
+    require_writable(root.deep_ep_dir, action=f"import {bundle.name}")
     reclaim_orphans(root.deep_ep_dir / "tmp")  # what killed imports and warmups left behind
     staging = make_temp_dir(root.deep_ep_dir, kind="import")
     published: list[Path] = []
     try:
         manifest = _read_manifest(bundle)
         _check_room(bundle, staging, manifest)
-        _stage(bundle, staging, manifest)
+        try:
+            _stage(bundle, staging, manifest)
+        except OSError as exc:
+            raise filesystem_error(exc, staging.parent, action=f"unpack {bundle.name}",
+                                   partial="nothing imported (the partly unpacked copy is removed)") from None
         entries = _check_staged(bundle, staging, manifest)
         fingerprint = manifest.get("fingerprint") or {}
         archs = check_staged_cubins(bundle, staging, entries)
@@ -572,8 +586,14 @@ def import_bundle(root: CacheRoot, bundle: str | Path, *, force: bool = False, t
                         _after_publish(name)
                 else:
                     result["lost_race"].append(name)
-    except BaseException:
+    except BaseException as exc:
         _take_back(root, published)
+        taken_back = f"nothing imported ({len(published)} entries published before the failure were taken back)"
+        if isinstance(exc, OSError) and is_fault(exc):
+            raise filesystem_error(exc, root.deep_ep_dir / "cache", action=f"import {bundle.name}",
+                                   partial=taken_back) from None
+        if type(exc) is CacheError and published:
+            raise CacheError(f"{exc.message}; {taken_back}", path=exc.path, hint=exc.hint) from None
         raise
     finally:
         remove_tree(staging)

@@ -189,7 +189,9 @@ def publish_entry(tmp_dir: str | Path, final_dir: str | Path, marker: str | None
         raise
     except OSError as exc:
         remove_tree(tmp_dir)
-        raise CacheError(f"{final_dir}: cannot publish entry ({exc.strerror or exc})", path=final_dir) from None
+        from .faults import filesystem_error
+
+        raise filesystem_error(exc, final_dir, action="publish the entry") from None
     fsync_dir(final_dir.parent)
     return True
 

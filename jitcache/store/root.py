@@ -174,15 +174,23 @@ class CacheRoot:
             dirs.append(self.triton_dir)
         for directory in dirs:
             make_private_dir(directory)
+        from .faults import filesystem_error
+
         if not self.external:
             tag = self.path / "CACHEDIR.TAG"
             if not tag.exists():
-                atomic_write_text(tag, CACHEDIR_TAG)
+                try:
+                    atomic_write_text(tag, CACHEDIR_TAG)
+                except OSError as exc:
+                    raise filesystem_error(exc, tag, action="create the cache root's CACHEDIR.TAG") from None
         if not self.layout_file.exists():
             from jitcache import __version__
 
-            atomic_write_text(self.layout_file, json.dumps(
-                {"layout": LAYOUT_VERSION, "created_by": f"jitcache {__version__}"}, indent=2) + "\n")
+            try:
+                atomic_write_text(self.layout_file, json.dumps(
+                    {"layout": LAYOUT_VERSION, "created_by": f"jitcache {__version__}"}, indent=2) + "\n")
+            except OSError as exc:
+                raise filesystem_error(exc, self.layout_file, action="write the cache layout file") from None
         return self
 
     # -- lock ------------------------------------------------------------------------------------
@@ -207,7 +215,11 @@ class CacheRoot:
         once with the holder, so that a command can say who it waits for.
         Raises :class:`CacheLockTimeout` naming the lock file and the holder.
         """
+        from .faults import filesystem_error, require_writable
+
         self.ensure()
+        # A read-only cache cannot be changed: say so now, not as a lock that never comes.
+        require_writable(self.meta_dir, action=f"change the cache ({command or 'take its lock'})")
         if timeout is None:
             timeout = float(os.environ.get("JITCACHE_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT))
         lock = filelock.FileLock(str(self.lock_file), mode=FILE_MODE)
@@ -228,6 +240,8 @@ class CacheRoot:
                 if not noticed and waited >= notice_after and on_wait is not None:
                     noticed = True
                     on_wait(self.lock_holder())
+            except OSError as exc:  # a lock file we may not create or open (read-only, full)
+                raise filesystem_error(exc, self.lock_file, action="take the cache lock") from None
         try:
             self._write_owner(command)
             yield self
@@ -262,7 +276,9 @@ def make_private_dir(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CacheError(f"{directory}: cannot create directory ({exc.strerror})", path=directory) from None
+        from .faults import filesystem_error
+
+        raise filesystem_error(exc, directory, action="create directory") from None
     for created in missing:
         try:
             os.chmod(created, os.stat(created).st_mode & 0o7777 & ~0o022)
