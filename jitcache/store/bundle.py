@@ -566,7 +566,7 @@ def import_bundle(root: CacheRoot, bundle: str | Path, *, force: bool = False, t
                               hint="pass --force to import anyway (entries for another compiler or GPU are never hit)")
         if any(e["backend"] == "triton" for e in entries) and root.triton_dir is None:
             raise BundleError(f"{bundle}: holds Triton entries, but {root.path} is a bare DeepEP cache", path=bundle)
-        result = {"published": [], "identical": [], "conflicts": [], "lost_race": []}
+        result: dict[str, list[str]] = {"published": [], "identical": [], "conflicts": [], "lost_race": []}
         with root.lock(command=f"jitcache import {bundle.name}", on_wait=on_wait, timeout=timeout):
             for entry in entries:
                 tree, name = entry["backend"], entry["name"]

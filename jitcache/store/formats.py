@@ -99,7 +99,7 @@ def permission_problems(path: Path, key: str | None, items: list[tuple[Path, os.
     (whoever can write it can swap the target). A dangling link is left to the
     missing-file checks.
     """
-    problems = []
+    problems: list[Problem] = []
     uid = os.getuid()
     try:
         top = path.lstat()

@@ -120,7 +120,7 @@ def orphan_reason(path: Path, now: float, min_age: float) -> tuple[str, bool] | 
     state = owner.state() if owner is not None else "unknown"
     if state == "alive":
         return None
-    if state == "dead":
+    if state == "dead" and owner is not None:
         return f"its owner, {owner.describe()}, is gone (killed?)", True
     if state == "gone_here" and owner is not None:
         return (f"DeepJIT build of {owner.describe()}, which is not running on this host "

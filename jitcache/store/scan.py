@@ -78,7 +78,7 @@ class CacheReport:
 
 def _orphans(tmp_dir: Path, now: float, min_age: float) -> list[Problem]:
     """Build directories nobody is writing to: a dead owner's at once, an unknown owner's by age."""
-    problems = []
+    problems: list[Problem] = []
     if not tmp_dir.is_dir():
         return problems
     for child in sorted(tmp_dir.iterdir()):
