@@ -4,13 +4,16 @@ A build directory outlives its process when the process is killed (kill -9,
 OOM, a node reboot): its nvcc children may even finish into it afterwards.
 So jitcache names its own build directories after their owner::
 
-    jitcache-<kind>-<host>-<pid>-<start>-<random>      e.g. jitcache-build-node7-4242-91234567-3f9a...
+    jitcache-<kind>-<host>-<pidns>-<pid>-<start>-<random>
+    e.g. jitcache-build-node7-4026531836-4242-91234567-3f9a...
 
-(``<start>``: the process's start time in clock ticks since boot, from
-``/proc/<pid>/stat``, so that a recycled pid is not taken for the owner).
-The owner is gone when, on this host, no process has that pid with that
-start time: the directory is an orphan *at once*, and the next run reclaims
-it. DeepJIT names its own ``<pid>-<hex8>-<hex8>-<hex8>`` (pid only): a pid not
+(``<pidns>``: the inode of the process's pid namespace, so that two
+containers of one host that share the cache, and maybe a host name, never
+judge each other's pids; ``<start>``: the process's start time in clock ticks
+since boot, from ``/proc/<pid>/stat``, so that a recycled pid is not taken for
+the owner). The owner is gone when, on this host and in this pid namespace,
+no process has that pid with that start time: the directory is an orphan
+*at once*, and the next run reclaims it. DeepJIT names its own ``<pid>-<hex8>-<hex8>-<hex8>`` (pid only): a pid not
 running here is reported at once too, but, since another host sharing the
 cache may own it, only reclaimed by age. Anything else (DeepEP 2.1's bare
 UUIDs, a directory from another host) is judged by age alone.
@@ -24,16 +27,25 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BuildOwner", "build_owner", "orphan_reason", "owner_tag", "process_start", "reclaim_orphans",
-           "this_host"]
+__all__ = ["BuildOwner", "build_owner", "orphan_reason", "owner_tag", "pid_namespace", "process_start",
+           "reclaim_orphans", "this_host"]
 
-_OURS = re.compile(r"^jitcache-(?P<kind>[a-z]+)-(?P<host>[A-Za-z0-9]{0,32})-(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{6,32}$")
+_OURS = re.compile(r"^jitcache-(?P<kind>[a-z]+)-(?P<host>[A-Za-z0-9]{0,32})-(?P<ns>\d+)-(?P<pid>\d+)-(?P<start>\d+)"
+                   r"-[0-9a-f]{6,32}$")
 _DEEPJIT = re.compile(r"^(?P<pid>\d+)-[0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8}$")
 
 
 def this_host() -> str:
     """The host name as build directory names spell it (letters and digits, at most 32)."""
     return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32]
+
+
+def pid_namespace() -> int:
+    """The inode of this process's pid namespace (0 where there is no ``/proc``)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
 
 
 def process_start(pid: int) -> int | None:
@@ -63,11 +75,11 @@ _TAG: tuple[int, str] | None = None
 
 
 def owner_tag() -> str:
-    """``<host>-<pid>-<start>`` of this process (recomputed after a fork)."""
+    """``<host>-<pidns>-<pid>-<start>`` of this process (recomputed after a fork)."""
     global _TAG
     pid = os.getpid()
     if _TAG is None or _TAG[0] != pid:
-        _TAG = (pid, f"{this_host()}-{pid}-{process_start(pid) or 0}")
+        _TAG = (pid, f"{this_host()}-{pid_namespace()}-{pid}-{process_start(pid) or 0}")
     return _TAG[1]
 
 
@@ -79,12 +91,15 @@ class BuildOwner:
     host: str | None
     start: int | None
     ours: bool
+    namespace: int | None = None
 
     def state(self) -> str:
         """``alive``, ``dead`` (certainly gone) or ``gone_here`` (no such pid on this host; another host
         sharing the cache might still be it) or ``unknown`` (another host's)."""
         if self.host is not None and self.host != this_host():
             return "unknown"
+        if self.namespace and self.namespace != pid_namespace():
+            return "unknown"  # another container's pids: not ours to judge
         if self.start:
             running = process_start(self.pid)
             if running is not None:
@@ -104,7 +119,8 @@ class BuildOwner:
 def build_owner(name: str) -> BuildOwner | None:
     """The owner a build directory's name records (ours or DeepJIT's), ``None`` when it records none."""
     if match := _OURS.match(name):
-        return BuildOwner(int(match["pid"]), match["host"], int(match["start"]) or None, True)
+        return BuildOwner(int(match["pid"]), match["host"], int(match["start"]) or None, True,
+                          int(match["ns"]) or None)
     if match := _DEEPJIT.match(name):
         return BuildOwner(int(match["pid"]), None, None, False)
     return None
