@@ -59,11 +59,17 @@ DEEP_EP_FAMILIES = frozenset({
 })
 
 
-def is_deep_ep_kernel(family: str, params: dict[str, Any]) -> bool:
-    """Whether an entry is DeepEP's: one of its JIT names, or a kernel.cu instantiating a ``deep_ep::`` template."""
+_DEEP_EP_NAMESPACE = re.compile(r"\bdeep_ep::")
+
+
+def is_deep_ep_kernel(family: str, params: dict[str, Any], source: str = "") -> bool:
+    """Whether an entry is DeepEP's: one of its JIT names, or a kernel.cu in DeepEP's namespace
+    (``deep_ep::ep::dispatch_impl<...>``, or 2.1's ``using namespace deep_ep::...``)."""
     if family in DEEP_EP_FAMILIES:
         return True
-    return str(params.get("namespace", "")).split("::")[0] == "deep_ep"
+    if str(params.get("namespace", "")).split("::")[0] == "deep_ep":
+        return True
+    return bool(_DEEP_EP_NAMESPACE.search(source))
 
 
 def classify_deep_ep_name(name: str) -> tuple[str, str, str] | None:
@@ -177,6 +183,7 @@ def read_deep_ep_entry(path: Path, *, check_cubin: bool = True, expected_arch: s
     fmt, family, key = kind
     params: dict[str, Any] = {}
     compiler = arch = None
+    text = ""
 
     source = path / "kernel.cu"
     if _check_file(source, name, problems):
@@ -187,7 +194,7 @@ def read_deep_ep_entry(path: Path, *, check_cubin: bool = True, expected_arch: s
                                     "no template instantiation found in kernel.cu", name))
         else:
             params = decoded
-    if not is_deep_ep_kernel(family, params):
+    if not is_deep_ep_kernel(family, params, text):
         foreign = Problem("foreign_entry", str(path), f"not a DeepEP kernel ({family!r}: DeepGEMM's or another "
                           "tool's, in a shared DeepJIT root?): jitcache leaves it alone", name)
         return CacheEntry("deep_ep", fmt, family, key, str(path), size, _last_used(path / COMMIT_MARKER)
