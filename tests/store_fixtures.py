@@ -98,7 +98,19 @@ TWO_KERNELS_SOURCE = textwrap.dedent("""\
 """)
 
 
+#: (source, arch) -> cubin, for the whole test process: every module that imports these fixtures gets its own
+#: copy of the "session" fixtures (pytest scopes them per defining module), but nvcc runs once per source.
+_COMPILED: dict[tuple[str, str], bytes] = {}
+
+
 def compile_cubin(source: str, workdir: Path, arch: str = "sm_90a") -> bytes:
+    if (source, arch) in _COMPILED:
+        return _COMPILED[(source, arch)]
+    _COMPILED[(source, arch)] = _nvcc(source, workdir, arch)
+    return _COMPILED[(source, arch)]
+
+
+def _nvcc(source: str, workdir: Path, arch: str) -> bytes:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "kernel.cu").write_text(source)
     subprocess.run([NVCC, "kernel.cu", "--cubin", "--output-file", "kernel.cubin", f"--gpu-architecture={arch}",
