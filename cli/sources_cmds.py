@@ -22,6 +22,9 @@ def fetch(
     requirement: str = typer.Argument("deepinfer-ep==2.5.0", help="NAME or NAME==VERSION of a DeepEP sdist."),
     index_url: Optional[str] = typer.Option(
         None, "--index-url", help="A Simple API index (default: pip's configured index, $PIP_INDEX_URL)."),
+    sha256: Optional[str] = typer.Option(
+        None, "--sha256", help="Pin the archive: the index must serve a file with this sha256; one already stored "
+                               "with it is used without asking the index."),
     cache_dir: Optional[Path] = CACHE_DIR,
     fmt: Format = FORMAT,
 ) -> None:
@@ -31,13 +34,14 @@ def fetch(
 
     out = Output(fmt)
     root = resolve_root(cache_dir)
-    report = fetch_sdist(requirement, root_path=root.path, index_url=index_url)
+    report = fetch_sdist(requirement, root_path=root.path, index_url=index_url, sha256=sha256)
 
     def render(o: Output) -> None:
         verb = "Fetched" if report.status == "fetched" else "Already present:"
         o.print(f"{verb} {report.filename} ({human_bytes(report.size)}, sha256 {report.sha256[:16]}...) "
                 f"-> {report.path}")
-        o.print(f"Index: {report.index_url}. Next: jitcache warmup --aot -p PROFILE")
+        o.print((f"Index: {report.index_url}. " if report.index_url else "Pinned by sha256, the index was not asked. ")
+                + "Next: jitcache warmup --aot -p PROFILE")
 
     out.result(report.to_dict(), render)
 

@@ -1,9 +1,12 @@
-"""Inputs the AOT tests share: DeepEP 2.5 headers (from the sdist beside the repo), NCCL headers, tiny jobs."""
+"""Inputs the AOT tests share: DeepEP 2.5 headers (the sdist, fetched from the index), NCCL headers, tiny jobs."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,12 @@ from jitcache.build.pool import BuildJob
 from jitcache.errors import ToolchainError
 
 REPO = Path(__file__).resolve().parents[1]
-SDIST = REPO.parent / "shared" / "gpu" / "deepinfer_ep-2.5.0.tar.gz"
+#: DeepEP 2.5 as the package index serves it (tests/data/sdist.pin: requirement and sha256, also read by .ci/run).
+#: The sdist is fetched by the project's own `jitcache sources fetch`, pinned by that sha256, into a git-ignored
+#: jitcache root inside the clone (a cache: once there, the index is not asked again). The copy on the H200 rig
+#: (../shared/gpu) holds the same files repacked (other bytes): the pin is the index's.
+SDIST_REQUIREMENT, SDIST_SHA256 = (REPO / "tests" / "data" / "sdist.pin").read_text().split()
+SDIST_ROOT = REPO / ".cache" / "jitcache"
 #: The NCCL include dir DeepEP used on the H200 rig (enters the 2.5 digest as -I...).
 RIG_NCCL_INCLUDE = "/tmp/gpu-rig/nccl/include"
 NVCC_13_0 = ("nvcc: NVIDIA (R) Cuda compiler driver\nCopyright (c) 2005-2025 NVIDIA Corporation\n"
@@ -20,14 +28,35 @@ NVCC_13_0 = ("nvcc: NVIDIA (R) Cuda compiler driver\nCopyright (c) 2005-2025 NVI
              "Build cuda_13.0.r13.0/compiler.36424714_0\n")
 
 
+def fetch_pinned_sdist(root: Path = SDIST_ROOT) -> Path:
+    """``jitcache sources fetch deepinfer-ep==2.5.0 --sha256 PIN --cache-dir root``; the archive's path.
+
+    Without it (no index reachable) the test needing it skips, except under ``CI``, where it fails.
+    """
+    argv = [sys.executable, "-m", "jitcache.cli", "sources", "fetch", SDIST_REQUIREMENT, "--sha256", SDIST_SHA256,
+            "--cache-dir", str(root), "--format", "json"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    if done.returncode == 0:
+        return Path(json.loads(done.stdout)["path"])
+    why = f"DeepEP 2.5 sdist: `jitcache sources fetch {SDIST_REQUIREMENT}` failed (rc {done.returncode}): " \
+          f"{done.stderr.strip()}"
+    if os.environ.get("CI"):
+        pytest.fail(why)
+    pytest.skip(why)
+
+
 @pytest.fixture(scope="session")
-def deep_ep25_include(tmp_path_factory) -> Path:
-    """DeepEP 2.5's deep_ep/include, extracted from the sdist in ../shared/gpu (CI has it beside the clone)."""
-    if not SDIST.is_file():
-        pytest.skip(f"DeepEP 2.5 sdist not found at {SDIST}")
+def deep_ep25_sdist() -> Path:
+    """The deepinfer-ep 2.5.0 sdist, fetched once (sha256-pinned) into the clone's git-ignored ``.cache/``."""
+    return fetch_pinned_sdist()
+
+
+@pytest.fixture(scope="session")
+def deep_ep25_include(deep_ep25_sdist, tmp_path_factory) -> Path:
+    """DeepEP 2.5's deep_ep/include, extracted from the sdist."""
     from jitcache.build.toolchain import extract_sdist_headers
 
-    return extract_sdist_headers(SDIST, into=tmp_path_factory.mktemp("headers"))
+    return extract_sdist_headers(deep_ep25_sdist, into=tmp_path_factory.mktemp("headers"))
 
 
 @pytest.fixture(scope="session")

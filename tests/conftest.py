@@ -2,7 +2,7 @@
 
 - tests/ is importable, for the helper modules (cli_helpers, fakes, fixtures).
 - In CI (``CI`` set) a skip is a failure: nvcc, Triton, a CPU torch, NCCL and
-  both DeepEP versions' headers are installed there by ``.ci/run``, so a skip
+  both DeepEP versions' headers are installed or fetched there by ``.ci/run``, so a skip
   could only hide a broken set-up. GPU tests are deselected by marker, not
   skipped, and are not affected.
 """
@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+from aot_fixtures import deep_ep25_sdist  # noqa: E402,F401  (session-wide: every module that needs 2.5 headers)
 
 _STRICT = bool(os.environ.get("CI"))
 

@@ -129,6 +129,24 @@ def test_sha256_mismatch_stores_nothing(tmp_path, index):
     assert list(sources_dir(tmp_path).iterdir()) == []
 
 
+def test_sha256_pin_refuses_other_bytes_and_caches_offline(tmp_path, index):
+    """A pin the index does not serve downloads nothing; once stored, the pinned archive needs no index."""
+    data = make_sdist()
+    pin = hashlib.sha256(data).hexdigest()
+    index.add("deepinfer-ep", "deepinfer_ep-2.5.0.tar.gz", data)
+    with pytest.raises(ToolchainError, match=r"lists no sdist with the pinned sha256 f{64}"):
+        fetch_sdist("deepinfer-ep==2.5.0", root_path=tmp_path, index_url=index.url, sha256="f" * 64)
+    assert index.downloads == 0 and not sources_dir(tmp_path).exists()
+    with pytest.raises(UsageError, match="expected 64 hex digits"):
+        fetch_sdist("deepinfer-ep==2.5.0", root_path=tmp_path, index_url=index.url, sha256="abc")
+    assert fetch_sdist("deepinfer-ep==2.5.0", root_path=tmp_path, index_url=index.url, sha256=pin).status == "fetched"
+    # the index gone: the pinned archive is found by its bytes, the index never asked
+    again = run_cli("sources", "fetch", "deepinfer-ep==2.5.0", "--sha256", pin.upper(), "--cache-dir", str(tmp_path),
+                    "--index-url", "http://127.0.0.1:9/simple/", "--format", "json")
+    assert again.code == 0, again.stderr
+    assert again.json()["status"] == "present" and again.json()["sha256"] == pin and index.downloads == 1
+
+
 def test_missing_package_and_missing_version(tmp_path, index):
     with pytest.raises(ToolchainError, match=r"deepinfer-ep: no such project on the index .*HTTP 404"):
         fetch_sdist("deepinfer-ep==2.5.0", root_path=tmp_path, index_url=index.url)
@@ -185,16 +203,13 @@ def test_cli_fetch_then_list(tmp_path, index):
 
 
 @pytest.mark.nvcc
-def test_fresh_machine_fetch_then_warmup_aot_with_no_flags(tmp_path, index):
+def test_fresh_machine_fetch_then_warmup_aot_with_no_flags(tmp_path, index, deep_ep25_sdist):
     """The README's path: `sources fetch` from the index, then `warmup --aot` finds DeepEP 2.5's headers itself.
 
-    The index serves the real deepinfer-ep 2.5.0 sdist (from ../shared/gpu); the profile is h200-ep1
-    cut to one bucket so that the test compiles five real kernels (four families + the buffer's barrier).
+    The index serves the real deepinfer-ep 2.5.0 sdist (the pinned one, see aot_fixtures); the profile is
+    h200-ep1 cut to one bucket so that the test compiles five real kernels (four families + the buffer's barrier).
     """
-    from aot_fixtures import SDIST
-
-    if not SDIST.is_file():
-        pytest.skip(f"DeepEP 2.5 sdist not found at {SDIST}")
+    SDIST = deep_ep25_sdist
     index.add("deepinfer-ep", SDIST.name, SDIST.read_bytes())
     profile = tmp_path / "one-bucket.toml"
     text = (Path(__file__).resolve().parents[1] / "cache_profiles" / "h200-ep1.toml").read_text()

@@ -219,11 +219,33 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _pinned_present(directory: Path, name: str, version: str | None, sha256: str) -> Path | None:
+    """An archive of ``name`` (``version``) already in ``directory`` whose bytes hash to ``sha256``."""
+    for archive in list_sources(directory):
+        path = Path(archive.path)
+        if (_version_of(archive.filename, name) == version or version is None) and _sha256_file(path) == sha256:
+            return path
+    return None
+
+
 def fetch_sdist(requirement: str = DEFAULT_REQUIREMENT, *, root_path: str | Path,
-                index_url: str | None = None) -> FetchReport:
-    """Download ``requirement``'s sdist into ``<root_path>/sources/``, sha256 checked; see the module docstring."""
+                index_url: str | None = None, sha256: str | None = None) -> FetchReport:
+    """Download ``requirement``'s sdist into ``<root_path>/sources/``, sha256 checked; see the module docstring.
+
+    ``sha256`` pins the archive: the index must list a file with that hash (else nothing is downloaded), and an
+    archive already stored with that hash is used without asking the index at all (a cache: offline reruns).
+    """
     start = time.perf_counter()
     name, version = parse_requirement(requirement)
+    if sha256 is not None:
+        sha256 = sha256.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise UsageError(f"--sha256 {sha256!r}: expected 64 hex digits")
+        present = _pinned_present(sources_dir(root_path), name, version, sha256)
+        if present is not None:
+            return FetchReport(requirement=requirement, index_url="", filename=present.name, path=str(present),
+                               url="", sha256=sha256, size=present.stat().st_size, status="present",
+                               seconds=time.perf_counter() - start)
     index = pip_index_url(index_url)
     sdists = [f for f in index_files(name, index) if f.is_sdist and f.version]
     if version is not None:
@@ -232,6 +254,13 @@ def fetch_sdist(requirement: str = DEFAULT_REQUIREMENT, *, root_path: str | Path
         raise ToolchainError(f"{requirement}: the index {index} lists no sdist (.tar.gz) "
                              + (f"of version {version}" if version else "for it"),
                              hint="check the version (the index page lists what exists), or pass --index-url")
+    if sha256 is not None:
+        pinned = [f for f in sdists if (f.sha256 or "").lower() == sha256]
+        if not pinned:
+            raise ToolchainError(f"{requirement}: the index {index} lists no sdist with the pinned sha256 {sha256} "
+                                 "(it lists " + (", ".join(f"{f.filename} sha256 {f.sha256}" for f in sdists)) + ")",
+                                 hint="the index serves other bytes than the pin: check the pin or the index")
+        sdists = pinned
     chosen = max(sdists, key=lambda f: _version_key(f.version or ""))
     if not chosen.sha256 or not re.fullmatch(r"[0-9a-f]{64}", chosen.sha256):
         raise ToolchainError(f"{chosen.url}: the index gives no sha256 for it; jitcache does not store unverified "
