@@ -25,14 +25,14 @@ from typing import Any
 import pytest
 
 from jitcache.planning.profiles import load_profile
-from jitcache.store.kernels import TEMPLATE_PARAMS
+from jitcache.store.kernels import BARRIER_PARAMS, TEMPLATE_PARAMS
 from jitcache.store.root import CacheRoot, resolve_root
 from jitcache.planning.variants import plan
 
 NVCC = shutil.which("nvcc")
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not on the PATH")
 
-#: A small profile: the H200 rig's model at EP1 with buckets 1, 2, 4, 8 (16 variants).
+#: A small profile: the H200 rig's model at EP1 with buckets 1, 2, 4, 8 (16 variants + the barrier).
 PROFILE_TOML = """
 description = "store tests: DeepSeek-V3 shape, EP1, buckets 1..8"
 [model]
@@ -53,7 +53,7 @@ num_device_sms = 132
 #: What the GPU decides (not the plan): SMs, warps, QPs, timeout cycles.
 GPU_PARAMS = {"num_sms": 132, "num_notify_warps": 4, "num_dispatch_warps": 15, "num_warps": 16,
               "num_channels": 1, "num_qps": 129, "num_timeout_cycles": 198000000000,
-              "num_ranks": 1}
+              "num_ranks": 1, "num_threads": 512, "flush_stores": True}
 
 _TINY_KERNEL = """\
 namespace deep_ep::ep {{
@@ -66,6 +66,12 @@ __global__ void {kernel}(int* out) {{
 
 FAMILY_KERNELS = {"dispatch": "dispatch_impl", "dispatch_copy_epilogue": "dispatch_copy_epilogue_impl",
                   "combine": "combine_impl", "combine_reduce_epilogue": "combine_reduce_epilogue_impl"}
+#: With the buffer's barrier (``plan.buffer_kernels``): every kernel DeepEP compiles for serving.
+ALL_KERNELS = {**FAMILY_KERNELS, "barrier": "barrier_impl"}
+
+
+def _template(kernel: str) -> tuple[str, ...]:
+    return BARRIER_PARAMS[8] if kernel == "barrier_impl" else TEMPLATE_PARAMS[kernel]
 
 
 def _literal(value: Any) -> str:
@@ -77,7 +83,7 @@ def template_args(kernel: str, params: dict[str, Any]) -> list[Any]:
     merged = {**GPU_PARAMS, **params}
     if kernel == "combine_impl":
         merged["num_ranks"] = merged.get("num_scaleup_ranks", 1) * merged.get("num_scaleout_ranks", 1)
-    return [merged[name] for name in TEMPLATE_PARAMS[kernel]]
+    return [merged[name] for name in _template(kernel)]
 
 
 def render_source(kernel: str, args: list[Any], style: str = "2.5") -> str:
@@ -165,8 +171,8 @@ def cubins(tmp_path_factory, test_profile) -> CubinSet:
     if NVCC is None:
         pytest.skip("nvcc is not on the PATH")
     base = tmp_path_factory.mktemp("cubins")
-    jobs = {family: render_source(kernel, [1] * len(TEMPLATE_PARAMS[kernel]))
-            for family, kernel in FAMILY_KERNELS.items()}
+    jobs = {family: render_source(kernel, [1] * len(_template(kernel)))
+            for family, kernel in ALL_KERNELS.items()}
     jobs["two_kernels"] = TWO_KERNELS_SOURCE
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         futures = {name: pool.submit(compile_cubin, src, base / name) for name, src in jobs.items()}
@@ -193,7 +199,7 @@ def make_entry(deep_ep_dir: Path, family: str, params: dict[str, Any], cubin: "b
     ``cubin``: the bytes to use as they are, or the :class:`CubinSet`, which
     gives the cubin compiled from this entry's own instantiation.
     """
-    kernel = params.get("kernel", FAMILY_KERNELS[family])
+    kernel = params.get("kernel", ALL_KERNELS[family])
     args = template_args(kernel, params)
     source = render_source(kernel, args, style)
     if isinstance(cubin, CubinSet):
@@ -216,11 +222,12 @@ def make_entry(deep_ep_dir: Path, family: str, params: dict[str, Any], cubin: "b
 
 
 def fill_plan(deep_ep_dir: Path, the_plan, cubins: dict[str, bytes], *, style: str = "2.5",
-              buckets: tuple[int, ...] | None = None) -> list[Path]:
-    """One entry per plan variant (optionally only for some buckets)."""
+              buckets: tuple[int, ...] | None = None, barrier: bool = False) -> list[Path]:
+    """One entry per plan variant (optionally only for some buckets), and with ``barrier`` the buffer's barrier:
+    then every kernel serving loads is there."""
     paths = []
-    for variant in the_plan.variants:
-        if buckets is None or variant.num_max_tokens_per_rank in buckets:
+    for variant in the_plan.kernels if barrier else the_plan.variants:
+        if buckets is None or variant.num_max_tokens_per_rank in (*buckets, None):
             paths.append(make_entry(deep_ep_dir, variant.family, variant.param_dict, cubins, style=style))
     return paths
 

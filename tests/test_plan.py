@@ -21,6 +21,26 @@ def test_h200_plan_is_56_decode_variants():
     assert (params["do_cpu_sync"], params["reuse_slot_indices"], params["num_scaleup_ranks"]) == (False, False, 1)
 
 
+@pytest.mark.parametrize("name", ["h200-ep1", "h200x2-ep2"])
+def test_the_buffer_barrier_is_in_the_plan(name):
+    """Serving loads 57 kernels for h200-ep1: 56 variants and the barrier every buffer launches."""
+    from jitcache.render import render_barrier
+    from jitcache.render21 import render_barrier21
+    from jitcache.store.kernels import parse_source
+
+    p = plan(load_profile(name))
+    (barrier,) = p.buffer_kernels
+    assert p.kernels == p.variants + (barrier,) and barrier.num_max_tokens_per_rank is None
+    assert (barrier.family, barrier.mode) == ("barrier", "buffer")
+    data = p.to_dict()
+    assert data["num_kernels"] == len(p) + 1 and data["buffer_kernels"][0]["family"] == "barrier"
+    # it is the kernel the AOT compilers render for DeepEP 2.5 and 2.1: decoded, every plan parameter agrees
+    for rendered in (render_barrier(p.profile), render_barrier21(p.profile)):
+        decoded = parse_source(rendered.source)
+        assert "template_args" not in decoded
+        assert {k: decoded[k] for k, _ in barrier.params} == barrier.param_dict
+
+
 def test_prefill_warms_the_cap_only_and_cached_shares_combines():
     prof = load_profile("deepseek-v3-ep8")
     p = plan(prof, ["decode", "prefill", "cached"])

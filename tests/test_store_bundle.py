@@ -88,10 +88,16 @@ def test_round_trip(filled_root, bundle, tmp_path):
     assert again.published == () and len(again.identical) == 17
 
 
-def test_export_profile_only(filled_root, test_profile, tmp_path):
+def test_export_profile_only(filled_root, test_profile, tmp_path, cubins):
     from jitcache.planning.profiles import parse_profile
-    result = export_bundle(filled_root, tmp_path / "p.tar.zst", plan=plan(test_profile))
-    assert len(result.entries) == 16 and result.missing_variants == 0
+    the_plan = plan(test_profile)
+    result = export_bundle(filled_root, tmp_path / "p.tar.zst", plan=the_plan)
+    assert len(result.entries) == 16 and result.missing_variants == 1      # filled_root has no barrier
+    # the buffer's barrier is an entry serving loads: `export -p` ships it
+    from store_fixtures import fill_plan
+    (barrier,) = fill_plan(filled_root.deep_ep_dir, the_plan, cubins, buckets=(), barrier=True)
+    result = export_bundle(filled_root, tmp_path / "p2.tar.zst", plan=the_plan)
+    assert len(result.entries) == 17 and result.missing_variants == 0 and barrier.name in result.entries
 
 
 UNSAFE = {

@@ -106,9 +106,13 @@ def test_coverage(tmp_path, cubins, test_profile):
     fill_plan(tmp_path, the_plan, cubins, buckets=(1, 4))
     entries, _ = scan_deep_ep(tmp_path)
     cov = coverage(the_plan, entries)
-    assert len(cov.present) == 8
-    assert sorted({v.num_max_tokens_per_rank for v in cov.missing}) == [2, 8]
-    assert cov.to_dict()["num_missing"] == 8
+    assert len(cov.present) == 8 and cov.num_variants == 17      # 16 variants + the buffer's barrier
+    assert sorted({v.num_max_tokens_per_rank or 0 for v in cov.missing}) == [0, 2, 8]
+    assert cov.to_dict()["num_missing"] == 9 and cov.missing[-1].family == "barrier"
+    fill_plan(tmp_path / "b", the_plan, cubins, buckets=(1, 4), barrier=True)
+    cov = coverage(the_plan, scan_deep_ep(tmp_path / "b")[0])
+    assert len(cov.present) == 9 and cov.to_dict()["num_missing"] == 8
+    fill_plan(tmp_path, the_plan, cubins, buckets=(), barrier=True)
     # the 2.1 layout covers the same variants
     fill_plan(tmp_path, the_plan, cubins, style="2.1", buckets=(2, 8))
     assert coverage(the_plan, scan_deep_ep(tmp_path)[0]).complete

@@ -16,6 +16,12 @@ cached     False      False        yes              every bucket of the policy
 Combine kernels depend only on the layout (expanded or not), so ``cached``
 shares its combines with ``decode``; the plan lists each distinct variant once.
 
+Besides these per-bucket variants, every buffer launches one more kernel DeepEP
+compiles and serving loads: the ``barrier`` its constructor runs (one per
+buffer, whatever the bucket). The plan lists it in ``buffer_kernels``;
+``kernels`` is everything serving loads (coverage, ``prune --keep-profile``,
+``export -p`` go by it).
+
 Parameters that depend on the GPU rather than the model (SM count, warps,
 QPs, timeout cycles) are filled in by the renderer of the AOT compiler from
 the profile's ``[target]`` table; the plan holds what the profile decides.
@@ -32,10 +38,14 @@ from typing import Any, Iterable
 
 from jitcache.planning.profiles import MODES, Profile
 
-__all__ = ["FAMILIES", "KernelVariant", "WarmupPlan", "plan"]
+__all__ = ["BUFFER_FAMILIES", "FAMILIES", "KernelVariant", "WarmupPlan", "plan"]
 
 #: DeepEP's JIT names (the ``<name>`` of a ``<name>.<digest>`` cache entry), in launch order.
 FAMILIES = ("dispatch", "dispatch_copy_epilogue", "combine", "combine_reduce_epilogue")
+
+#: Kernels a buffer launches once, whatever the bucket (``mode`` "buffer", no ``num_max_tokens_per_rank``).
+BUFFER_FAMILIES = ("barrier",)
+BUFFER_MODE = "buffer"
 
 #: What each mode sets, in DeepEP's own argument names.
 _MODE_FLAGS = {
@@ -50,8 +60,8 @@ class KernelVariant:
     """One kernel DeepEP compiles: a family, the mode that asks for it, and its template arguments."""
 
     family: str
-    mode: str
-    num_max_tokens_per_rank: int
+    mode: str                         # decode | prefill | cached; "buffer" for the barrier
+    num_max_tokens_per_rank: int | None   # None: a buffer kernel (the barrier), the same for every bucket
     params: tuple[tuple[str, Any], ...]
 
     @property
@@ -79,9 +89,15 @@ class WarmupPlan:
     profile: Profile
     buckets: tuple[int, ...]
     variants: tuple[KernelVariant, ...]
+    buffer_kernels: tuple[KernelVariant, ...] = ()
 
     def __len__(self) -> int:
         return len(self.variants)
+
+    @property
+    def kernels(self) -> tuple[KernelVariant, ...]:
+        """Every kernel serving loads: the per-bucket variants, then the buffer's (the barrier)."""
+        return self.variants + self.buffer_kernels
 
     def __iter__(self):
         return iter(self.variants)
@@ -114,8 +130,10 @@ class WarmupPlan:
             "policy": self.profile.policy.to_dict(),
             "modes": list(self.profile.serving.modes),
             "num_variants": len(self.variants),
+            "num_kernels": len(self.kernels),
             "counts": self.counts(),
             "variants": [v.to_dict() for v in self.variants],
+            "buffer_kernels": [v.to_dict() for v in self.buffer_kernels],
         }
 
 
@@ -169,6 +187,14 @@ def _variant_params(profile: Profile, family: str, flags: dict[str, bool], nmax:
     return {"kernel": "combine_reduce_epilogue_impl", **layout, "hidden": m.hidden, **common}
 
 
+def _barrier(profile: Profile) -> KernelVariant:
+    """The barrier ``EPBuffer`` / ``ElasticBuffer`` launch at construction (``sequential=true``: one SM)."""
+    p = profile.parallel
+    params = {"kernel": "barrier_impl", "is_scaleup_nvlink": True, "num_sms": 1,
+              "num_scaleout_ranks": p.nodes, "num_scaleup_ranks": p.ranks_per_node, "sequential": True}
+    return KernelVariant("barrier", BUFFER_MODE, None, tuple(params.items()))
+
+
 def plan(profile: Profile, modes: Iterable[str] | None = None) -> WarmupPlan:
     """Every DeepEP kernel variant serving with ``profile`` can request, once each.
 
@@ -191,4 +217,4 @@ def plan(profile: Profile, modes: Iterable[str] | None = None) -> WarmupPlan:
                 seen.setdefault(variant.identity, variant)
     ordered = sorted(seen.values(), key=lambda v: (v.num_max_tokens_per_rank, MODES.index(v.mode),
                                                     FAMILIES.index(v.family)))
-    return WarmupPlan(profile=profile, buckets=buckets, variants=tuple(ordered))
+    return WarmupPlan(profile=profile, buckets=buckets, variants=tuple(ordered), buffer_kernels=(_barrier(profile),))

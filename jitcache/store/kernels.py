@@ -53,6 +53,14 @@ TEMPLATE_PARAMS: dict[str, tuple[str, ...]] = {
         "num_experts", "num_topk"),
 }
 
+#: ``barrier_impl`` (``comm/barrier.cuh``), by arity: DeepEP 2.5 has ``kFlushStores``, 2.1 does not.
+BARRIER_PARAMS: dict[int, tuple[str, ...]] = {
+    8: ("is_scaleup_nvlink", "num_sms", "num_threads", "num_scaleout_ranks", "num_scaleup_ranks",
+        "num_timeout_cycles", "flush_stores", "sequential"),
+    7: ("is_scaleup_nvlink", "num_sms", "num_threads", "num_scaleout_ranks", "num_scaleup_ranks",
+        "num_timeout_cycles", "sequential"),
+}
+
 # `&` then an optionally qualified template name and a flat argument list: the
 # instantiation DeepEP takes the address of. Comments and #includes never match.
 _INSTANTIATION = re.compile(r"&\s*((?:[A-Za-z_]\w*::)*)([A-Za-z_]\w*)\s*<([^<>;]*)>\s*\)")
@@ -77,7 +85,7 @@ def decode_instantiation(kernel: str, args: list[str]) -> dict[str, Any]:
     we have not read), keeps its raw arguments under ``template_args``.
     """
     values = [_value(a) for a in args]
-    names = TEMPLATE_PARAMS.get(kernel)
+    names = BARRIER_PARAMS.get(len(values)) if kernel == "barrier_impl" else TEMPLATE_PARAMS.get(kernel)
     params: dict[str, Any] = {"kernel": kernel}
     if names is None or len(names) != len(values):
         params["template_args"] = values

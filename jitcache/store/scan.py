@@ -199,7 +199,8 @@ def entry_matches(entry: CacheEntry, variant: Any) -> bool:
     for name, value in variant.params:
         if name in params and params[name] != value:
             return False
-    return "num_max_tokens_per_rank" in params
+    # a buffer kernel (the barrier) has no bucket; a bucket's variant needs the decoded one
+    return variant.num_max_tokens_per_rank is None or "num_max_tokens_per_rank" in params
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,8 @@ class Coverage:
 
     @property
     def num_variants(self) -> int:
-        return len(self.plan.variants)
+        """Every kernel serving loads: the plan's variants and the buffer's barrier."""
+        return len(_kernels(self.plan))
 
     @property
     def complete(self) -> bool:
@@ -224,13 +226,17 @@ class Coverage:
                 "num_missing": len(self.missing), "missing": [v.to_dict() for v in self.missing]}
 
 
+def _kernels(plan: Any) -> tuple[Any, ...]:
+    return tuple(getattr(plan, "kernels", plan.variants))
+
+
 def coverage(plan: Any, entries: Iterable[CacheEntry]) -> Coverage:
     """Match every plan variant against the entries (see :func:`entry_matches`)."""
     by_family: dict[str, list[CacheEntry]] = defaultdict(list)
     for entry in entries:
         by_family[entry.family].append(entry)
     present, missing = [], []
-    for index, variant in enumerate(plan.variants):
+    for index, variant in enumerate(_kernels(plan)):
         found = tuple(e.path for e in by_family.get(variant.family, ()) if entry_matches(e, variant))
         if found:
             present.append((index, found))
