@@ -38,7 +38,9 @@ _SHOWN = ("hidden", "hidden_bytes", "num_experts", "num_topk", "num_ranks", "num
           "do_cpu_sync", "cached_mode", "use_expanded_layout")
 
 
-def _root(cache_dir: Optional[Path], deep_ep_dir: Optional[Path]) -> CacheRoot:
+def _root(cache_dir: Optional[Path], deep_ep_dir: Optional[Path], *, must_exist: bool = True) -> CacheRoot:
+    """The root a command works on. Commands that only read (inspect, verify, prune, export) refuse a root that
+    does not exist: a typo'd --cache-dir would otherwise report a healthy, empty cache."""
     if cache_dir is not None and deep_ep_dir is not None:
         raise UsageError("give --cache-dir or --deep-ep-dir, not both")
     if deep_ep_dir is not None:
@@ -46,6 +48,10 @@ def _root(cache_dir: Optional[Path], deep_ep_dir: Optional[Path]) -> CacheRoot:
             raise UsageError(f"--deep-ep-dir {deep_ep_dir}: no such directory")
         return CacheRoot.for_deep_ep_dir(deep_ep_dir)
     root = resolve_root(cache_dir)
+    if must_exist and not root.exists():
+        given = f"--cache-dir {cache_dir}" if cache_dir is not None else "the default cache root"
+        raise UsageError(f"{given}: no such directory ({root.path})",
+                         hint="check the path; `jitcache warmup --aot` or `jitcache import` create a cache")
     root.check_layout()
     return root
 
@@ -141,13 +147,18 @@ def inspect_cmd(
                 o.print(f"  {p.severity}: {p.code}: {p.path}: {p.message}", markup=False)
         if cov is not None:
             if cov.complete:
-                o.print(f"Profile {cov.plan.profile.name}: all {cov.num_variants} variants are in the cache.")
+                o.print(f"Profile {cov.plan.profile.name}: all {cov.num_variants} kernels serving loads are in "
+                        "the cache (the buffer's barrier included).")
             else:
-                o.print(f"Profile {cov.plan.profile.name}: {len(cov.present)}/{cov.num_variants} variants cached; "
+                o.print(f"Profile {cov.plan.profile.name}: {len(cov.present)}/{cov.num_variants} kernels cached; "
                         f"serving would compile {len(cov.missing)} kernels:")
                 for v in cov.missing:
-                    o.print(f"  missing: {v.family} num_max_tokens_per_rank={v.num_max_tokens_per_rank} "
-                            f"(mode {v.mode})", markup=False)
+                    if v.num_max_tokens_per_rank is None:
+                        o.print(f"  missing: {v.family} (launched once per buffer, whatever the bucket)",
+                                markup=False)
+                    else:
+                        o.print(f"  missing: {v.family} num_max_tokens_per_rank={v.num_max_tokens_per_rank} "
+                                f"(mode {v.mode})", markup=False)
 
     out.result(data, render)
 
@@ -220,6 +231,12 @@ def prune_cmd(
                           older_than=None if older_than is None else parse_age(older_than), keep_plans=kept)
     data = the_plan.to_dict()
     data["dry_run"] = dry_run
+    if the_plan.max_size_reached is False:
+        assert the_plan.max_size is not None
+        why = (f"{len(the_plan.protected)} entries kept profiles need ({human_bytes(the_plan.protected_size)}) "
+               "are protected" if the_plan.protected else "the entries left are broken (`jitcache verify --repair`)")
+        out.warn(f"--max-size {max_size} cannot be reached: {why}; the cache stays at "
+                 f"{human_bytes(the_plan.size_after)}, {human_bytes(the_plan.size_after - the_plan.max_size)} over")
     result = None
     if not dry_run and the_plan.remove:
         result = prune(root, the_plan, on_wait=_waiting(out))
@@ -285,7 +302,7 @@ def import_cmd(
     fmt: Format = FORMAT,
 ) -> None:
     """Verify a bundle completely, then publish each entry atomically (identical ones are skipped)."""
-    root = _root(cache_dir, deep_ep_dir)
+    root = _root(cache_dir, deep_ep_dir, must_exist=False)
     out = Output(fmt)
     result = import_bundle(root, bundle, force=force, target_arch=_arch_option(arch), on_wait=_waiting(out))
     for mismatch in result.forced_mismatches:

@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from jitcache.store.model import SCHEMA_VERSION
+
 
 class Format(str, enum.Enum):
     human = "human"
@@ -87,10 +89,13 @@ class Output:
     def is_json(self) -> bool:
         return self.format == Format.json
 
-    def result(self, data: Any, render: Callable[["Output"], None] | None = None) -> None:
-        """Emit a command's result: JSON of ``data``, or ``render(self)`` for people."""
+    def result(self, data: dict[str, Any], render: Callable[["Output"], None] | None = None) -> None:
+        """Emit a command's result: JSON of ``data`` (a document: ``"schema"`` first), or ``render(self)``."""
         if self.is_json or render is None:
-            sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+            if not isinstance(data, dict):
+                raise TypeError("a JSON result is an object, so that it carries its schema")
+            document = {"schema": SCHEMA_VERSION, **{k: v for k, v in data.items() if k != "schema"}}
+            sys.stdout.write(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
             sys.stdout.flush()
         else:
             render(self)

@@ -65,7 +65,7 @@ def profiles_list(fmt: Format = FORMAT) -> None:
                 [[d["name"], d["model"], d["hidden"], d["num_experts"], d["num_topk"], d["dispatch_dtype"],
                   d["ep"], d["max_num_batched_tokens"], ",".join(d["modes"]), d["arch"]] for d in data])
 
-    Output(fmt).result(data, render)
+    Output(fmt).result({"profiles": data}, render)
 
 
 @profiles_app.command("show")
@@ -101,7 +101,8 @@ def _profile_summary(p: Profile) -> dict:
 
 
 _SHOWN_PARAMS = ("do_expand", "do_cpu_sync", "reuse_slot_indices", "cached_mode", "use_expanded_layout",
-                 "hidden_bytes", "hidden", "num_experts", "num_topk", "num_scaleup_ranks", "num_scaleout_ranks")
+                 "hidden_bytes", "hidden", "num_experts", "num_topk", "num_scaleup_ranks", "num_scaleout_ranks",
+                 "sequential")
 
 
 def plan_cmd(
@@ -118,14 +119,16 @@ def plan_cmd(
 
     def render(o: Output) -> None:
         counts = the_plan.counts()
-        o.table(f"{prof.name}: {len(the_plan)} kernel variants over {len(the_plan.buckets)} buckets",
+        o.table(f"{prof.name}: {len(the_plan.kernels)} kernels: {len(the_plan)} variants over "
+                f"{len(the_plan.buckets)} buckets + the buffer's barrier",
                 ["mode", *FAMILIES, "total"],
                 [[mode, *(c.get(f, 0) for f in FAMILIES), sum(c.values())] for mode, c in counts.items()])
         rows = []
-        for v in the_plan:
+        for v in the_plan.kernels:
             params = v.param_dict
             shown = " ".join(f"{k}={params[k]}" for k in _SHOWN_PARAMS if k in params)
-            rows.append([v.num_max_tokens_per_rank, v.mode, v.family, shown])
+            rows.append(["-" if v.num_max_tokens_per_rank is None else v.num_max_tokens_per_rank, v.mode, v.family,
+                         shown])
         o.table(None, ["num_max_tokens_per_rank", "mode", "family", "template parameters"], rows,
                 justify={"num_max_tokens_per_rank": "right"})
 

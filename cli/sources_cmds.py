@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -61,7 +60,7 @@ def list_(cache_dir: Optional[Path] = CACHE_DIR, fmt: Format = FORMAT) -> None:
             o.print(f"No source archives in {directory}. Fetch one: jitcache sources fetch")
             return
         rows = [[a.filename, a.version or "?", human_bytes(a.size), (a.sha256 or "?")[:16],
-                 time.strftime("%Y-%m-%d %H:%M", time.localtime(a.fetched_at)) if a.fetched_at else "?"]
+                 a.to_dict()["fetched_at"] or "?"]
                 for a in archives]
         o.table(f"Source archives in {directory}", ["file", "version", "size", "sha256", "fetched"], rows,
                 justify={"size": "right"})

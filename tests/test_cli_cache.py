@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from jitcache.cli.app import main
+from jitcache.variants import plan
 from store_fixtures import *  # noqa: F401,F403 (fixtures)
 
 pytestmark = pytest.mark.nvcc
@@ -41,7 +42,8 @@ def test_inspect_human_and_json(capsys, filled_root, test_profile):
     code, out, err = run(capsys, "inspect", "--cache-dir", str(filled_root.path), "--format", "json",
                          "--profile", test_profile.source)
     data = json.loads(out)  # stdout is only JSON
-    assert data["schema"] == 1 and data["totals"]["entries"] == 17 and data["coverage"]["num_missing"] == 0
+    assert data["schema"] == 1 and data["totals"]["entries"] == 17 and data["coverage"]["num_missing"] == 1
+    assert [m["family"] for m in data["coverage"]["missing"]] == ["barrier"]   # filled_root has no barrier
     entry = next(e for e in data["entries"] if e["family"] == "dispatch")
     assert set(entry) >= {"backend", "format", "family", "key", "path", "size", "last_used", "status",
                           "params", "compiler", "arch", "problems"}
@@ -53,8 +55,24 @@ def test_inspect_coverage_names_missing(capsys, filled_root, test_profile):
             import shutil
             shutil.rmtree(p)
     code, out, _ = run(capsys, "inspect", "--cache-dir", str(filled_root.path), "--profile", test_profile.source)
-    assert code == 0 and "serving would compile 4 kernels" in out
+    assert code == 0 and "serving would compile 5 kernels" in out
     assert "missing: combine num_max_tokens_per_rank=8" in out
+    assert "missing: barrier (launched once per buffer, whatever the bucket)" in out
+
+
+def test_barrier_is_in_coverage_keep_profile_and_export(capsys, filled_root, test_profile, cubins, tmp_path):
+    """The buffer's barrier is an entry serving loads: coverage needs it, --keep-profile keeps it, -p ships it."""
+    from store_fixtures import fill_plan
+
+    (barrier,) = fill_plan(filled_root.deep_ep_dir, plan(test_profile), cubins, buckets=(), barrier=True)
+    code, out, _ = run(capsys, "inspect", "--cache-dir", str(filled_root.path), "--profile", test_profile.source)
+    assert code == 0 and "all 17 kernels serving loads are in the cache" in out
+    code, out, _ = run(capsys, "prune", "--cache-dir", str(filled_root.path), "--max-size", "0",
+                       "--keep-profile", test_profile.source, "--format", "json")
+    assert code == 0 and barrier.is_dir() and json.loads(out)["num_protected"] == 17
+    code, out, _ = run(capsys, "export", "--cache-dir", str(filled_root.path), "-o", str(tmp_path / "p.tar.zst"),
+                       "-p", test_profile.source, "--format", "json")
+    assert code == 0 and json.loads(out)["entries"] == 17 and json.loads(out)["missing_variants"] == 0
 
 
 def test_inspect_deep_ep_dir(capsys, filled_root):

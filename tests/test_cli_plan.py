@@ -36,7 +36,8 @@ def test_buckets_bad_value_is_usage_error():
 def test_profiles_list_and_show():
     r = run_cli("profiles", "list", "--format", "json")
     assert r.code == 0
-    names = {p["name"] for p in r.json()}
+    assert r.json()["schema"] == 1
+    names = {p["name"] for p in r.json()["profiles"]}
     assert {"h200-ep1", "deepseek-v3-ep8", "mixtral-8x7b-ep8"} <= names
     r = run_cli("profiles", "show", "kimi-k2-ep8")
     assert r.code == 0 and "num_experts = 384" in r.stdout and "[model]" in r.stdout
@@ -49,7 +50,8 @@ def test_plan_json_and_table():
     assert data["num_variants"] == 56 and data["counts"] == {"decode": {
         "dispatch": 14, "dispatch_copy_epilogue": 14, "combine": 14, "combine_reduce_epilogue": 14}}
     r = run_cli("plan", "-p", "h200-ep1")
-    assert "56 kernel variants over 14 buckets" in r.stdout
+    assert "h200-ep1: 57 kernels: 56 variants over 14 buckets + the buffer's barrier" in r.stdout
+    assert data["num_kernels"] == 57 and data["buffer_kernels"][0]["params"]["kernel"] == "barrier_impl"
 
 
 def test_plan_user_profile_error_names_file_and_field(tmp_path):

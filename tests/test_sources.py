@@ -145,6 +145,7 @@ def test_sha256_pin_refuses_other_bytes_and_caches_offline(tmp_path, index):
                     "--index-url", "http://127.0.0.1:9/simple/", "--format", "json")
     assert again.code == 0, again.stderr
     assert again.json()["status"] == "present" and again.json()["sha256"] == pin and index.downloads == 1
+    assert again.json()["schema"] == 1
 
 
 def test_missing_package_and_missing_version(tmp_path, index):

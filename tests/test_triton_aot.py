@@ -225,5 +225,5 @@ def test_cli_warmup_triton_only(warmed):
                   env={"PYTHONPATH": str(TESTS)})
     assert cli.code == 0, cli.stderr
     data = cli.json()
-    assert data["totals"]["cached"] == 6 and data["num_variants"] == 6
+    assert data["totals"]["cached"] == 6 and data["num_variants"] == 6 and data["schema"] == 1
     assert run_cli("warmup", "-p", "h200-ep1", "--triton-module", "x").code == 2

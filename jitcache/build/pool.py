@@ -137,7 +137,7 @@ class AotReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "profile": self.profile, "deep_ep_api": self.deep_ep_api, "cache_dir": self.cache_dir,
+            "schema": 1, "profile": self.profile, "deep_ep_api": self.deep_ep_api, "cache_dir": self.cache_dir,
             "triton_dir": self.triton_dir,
             "jobs": self.jobs, "rank": self.rank, "world_size": self.world_size,
             "wall_seconds": round(self.wall_seconds, 3), "compile_seconds": round(self.compile_seconds, 3),

@@ -320,7 +320,10 @@ class SourceArchive:
     fetched_at: float | None
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        """JSON form; ``fetched_at`` as an ISO 8601 UTC string, like every time in jitcache's JSON."""
+        from .store.model import iso_time
+
+        return {**self.__dict__, "fetched_at": iso_time(self.fetched_at)}
 
 
 def list_sources(directory: str | Path) -> tuple[SourceArchive, ...]:

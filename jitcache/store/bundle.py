@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator
 
-from jitcache.errors import BundleError, CacheError
+from jitcache.errors import BundleError, CacheError, UsageError
 
 from .elf import InvalidCubin, normalize_arch, read_cubin
 from .formats import TRITON_KEY, classify_deep_ep_name, read_deep_ep_entry
@@ -173,11 +173,9 @@ def export_bundle(root: CacheRoot, output: str | Path, *, plan: Any = None,
     output = Path(output).expanduser().absolute()
     if output.is_dir():
         raise BundleError(f"{output}: is a directory; give a file name such as cache.jcb.tar.zst", path=output)
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise filesystem_error(exc, output.parent, action="create the bundle's directory",
-                               partial="no bundle written") from None
+    if not output.parent.is_dir():
+        raise UsageError(f"{output}: the directory {output.parent} does not exist",
+                         hint="create it first (export does not create directories: a typo would hide the bundle)")
     require_writable(output.parent, action=f"write the bundle {output.name}")
     tmp = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.tmp")
     manifest_entries, exported, skipped = [], [], []

@@ -46,16 +46,22 @@ def parse_size(text: str) -> int:
 
 
 def parse_age(text: str) -> float:
-    """``"30d"``, ``"12h"``, ``"90min"``, ``"45s"``, ``"2w"`` -> seconds."""
+    """``"30d"``, ``"12h"``, ``"90m"`` (or ``"90min"``), ``"45s"``, ``"2w"`` -> seconds.
+
+    The unit is required: a bare ``5`` could mean days as well as seconds, and read as seconds it empties a cache.
+    """
     raw = text.strip()
     number = raw.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = raw[len(number):] or "s"
+    unit = raw[len(number):]
+    hint = "give a unit: 30d, 12h, 90m, 45s (or 2w)"
     try:
         value = float(number)
     except ValueError:
         value = -1.0
+    if value >= 0 and not unit:
+        raise UsageError(f"--older-than {text!r}: a unit is required", hint=hint)
     if value < 0 or unit not in _AGE_UNITS:
-        raise UsageError(f"--older-than: cannot read {text!r} as an age", hint="use e.g. 30d, 12h, 90min, 2w")
+        raise UsageError(f"--older-than: cannot read {text!r} as an age", hint=hint)
     return value * _AGE_UNITS[unit]
 
 
@@ -70,6 +76,7 @@ class PrunePlan:
     max_size: int | None
     older_than: float | None
     foreign: tuple[str, ...] = ()     # paths of other tools' entries (DeepGEMM's): never removed
+    protected_size: int = 0           # bytes of the protected entries
 
     @property
     def freed(self) -> int:
@@ -79,10 +86,17 @@ class PrunePlan:
     def size_after(self) -> int:
         return self.size_before - self.freed
 
+    @property
+    def max_size_reached(self) -> bool | None:
+        """Whether the cache fits in ``max_size`` afterwards (``None`` without ``--max-size``); it does not
+        when the entries a kept profile needs (or broken ones, left to ``verify --repair``) are larger."""
+        return None if self.max_size is None else self.size_after <= self.max_size
+
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA_VERSION, "max_size": self.max_size, "older_than_s": self.older_than,
                 "size_before": self.size_before, "size_after": self.size_after, "freed": self.freed,
                 "num_protected": len(self.protected), "foreign": list(self.foreign),
+                "max_size_reached": self.max_size_reached, "protected_size": self.protected_size,
                 "remove": [{**e.to_dict(), "reason": why} for e, why in zip(self.remove, self.reasons)]}
 
 
@@ -122,8 +136,9 @@ def plan_prune(report: CacheReport, *, max_size: int | None = None, older_than: 
         remove.append(entry)
         reasons.append(why)
         size -= entry.size
+    protected_size = sum(e.size for e in report.entries if e.path in protected)
     return PrunePlan(tuple(remove), tuple(reasons), tuple(sorted(protected)), report.size, max_size, older_than,
-                     foreign)
+                     foreign, protected_size)
 
 
 def prune(root: CacheRoot, the_plan: PrunePlan, *, on_wait: Callable[[LockHolder], None] | None = None,
