@@ -1,17 +1,26 @@
 """`jitcache`: the Typer application and its error handling.
 
 Commands live in one module per group and only parse options, call the
-library and render; errors are handled here, once: a
-:class:`~jitcache.errors.JitCacheError` becomes ``Error: ...`` (plus a hint)
-on stderr and its exit code; a traceback only with ``JITCACHE_DEBUG=1``.
+library and render; errors are handled here, once, in one style: ``Error: ...``
+and a ``Hint: ...`` line on stderr (never hard-wrapped when stderr is not a
+terminal), exit code 2 for usage (a bad option value, an unknown command, a
+missing option: Click's errors too, without Typer's boxed panels) and 1 for a
+failure; a :class:`~jitcache.errors.JitCacheError` carries its own code and
+hint; a traceback only with ``JITCACHE_DEBUG=1``.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import typer
+
+try:  # Typer 0.2x vendors Click as typer._click; older Typer uses Click itself
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_errors  # type: ignore[no-redef]
 
 from jitcache import __version__
 from jitcache.errors import JitCacheError
@@ -48,14 +57,42 @@ for _group in (plan_cmds, warmup_cmds, stats_cmds, cache_cmds, sources_cmds):
     _group.register(app)
 
 
+def _usage_hint(exc: click_errors.ClickException) -> str:
+    ctx = getattr(exc, "ctx", None)
+    path = ctx.command_path if ctx is not None else "jitcache"
+    return f"see `{path} --help`"
+
+
+def _command_path(argv: list[str]) -> str:
+    """``jitcache sources fetch`` for ``["sources", "fetch", "-x", ...]``: the (sub)command the user ran."""
+    command: Any = typer.main.get_command(app)
+    names = ["jitcache"]
+    for token in argv:
+        sub = getattr(command, "commands", {}).get(token)
+        if sub is None:
+            break
+        names.append(token)
+        command = sub
+    return " ".join(names)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     try:
-        app(args=argv, prog_name="jitcache", standalone_mode=True)
+        code = app(args=argv, prog_name="jitcache", standalone_mode=False)
     except JitCacheError as exc:
         if os.environ.get("JITCACHE_DEBUG"):
             raise
-        Output().error(exc.message, exc.hint)
+        hint = exc.hint
+        if hint is None and exc.exit_code == 2:
+            hint = f"see `{_command_path(sys.argv[1:] if argv is None else argv)} --help`"
+        Output().error(exc.message, hint)
+        sys.exit(exc.exit_code)
+    except click_errors.NoArgsIsHelpError as exc:       # `jitcache`, `jitcache sources`: the help, as asked
+        typer.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+        sys.exit(exc.exit_code)
+    except click_errors.ClickException as exc:          # bad option values, unknown commands: usage (rc 2)
+        Output().error(exc.format_message(), _usage_hint(exc))
         sys.exit(exc.exit_code)
     except OSError as exc:
         # A full disk, a read-only mount, a denied path that no command handled closer to the work:
@@ -67,9 +104,10 @@ def main(argv: list[str] | None = None) -> None:
         error = filesystem_error(exc, action="write" if is_fault(exc) else "use")
         Output().error(error.message, error.hint)
         sys.exit(1)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         Output().error("interrupted")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -83,7 +83,10 @@ class Output:
         # Piped output (CI logs, files) is not squeezed into rich's 80-column default.
         width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200
         self.out = Console(file=sys.stdout, no_color=no_color, soft_wrap=False, highlight=False, width=width)
-        self.err = Console(file=sys.stderr, no_color=no_color, highlight=False)
+        # Messages to a log (stderr not a terminal) are never hard-wrapped: one message, one line.
+        err_tty = sys.stderr.isatty()
+        self.err = Console(file=sys.stderr, no_color=no_color, highlight=False, soft_wrap=not err_tty,
+                           width=None if err_tty else 10_000)
 
     @property
     def is_json(self) -> bool:

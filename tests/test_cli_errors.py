@@ -1,0 +1,59 @@
+"""One error style for every command: `Error: ...` and a `Hint: ...` on stderr, nothing on stdout, rc 2 for
+usage (Click's own errors included: no Typer panels), rc 1 for a failure, one line per message in a log."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cli_helpers import run_cli
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["buckets", "-n", "abc"], "Error: Invalid value for '--max-num-batched-tokens' / '-n'"),
+    (["buckets"], "Error: Missing option '--max-num-batched-tokens'"),
+    (["warmup", "--aot", "--jobs", "0"], "Error: Invalid value for '--jobs' / '-j'"),
+    (["inspect", "--format", "yaml"], "Error: Invalid value for '--format'"),
+    (["bogus"], "Error: No such command 'bogus'"),
+    (["prune", "--bogus-option"], "Error: No such option: --bogus-option"),
+    (["plan", "-p", "no-such-profile"], "Error: no-such-profile: no built-in profile of that name"),
+    (["prune", "--older-than", "5", "--cache-dir", "."], "Error: --older-than '5': a unit is required"),
+    (["sources", "fetch", "--sha256", "abc"], "Error: --sha256 'abc': expected 64 hex digits"),
+    (["buckets", "-n", "0"], "Error: max_num_batched_tokens must be >= 1, got 0"),
+], ids=lambda v: v if isinstance(v, str) else " ".join(v))
+def test_usage_errors_are_rc_2_in_one_style(argv, message, tmp_path):
+    r = run_cli(*argv, env={"JITCACHE_HOME": str(tmp_path)})
+    assert r.code == 2, r.stderr
+    assert r.stderr.startswith(message), r.stderr
+    assert "\nHint: " in r.stderr and r.stdout == ""
+    assert not any(c in r.stderr for c in "╭│╰") and "Usage:" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_usage_error_without_its_own_hint_points_at_the_commands_help():
+    r = run_cli("buckets", "-n", "0")
+    assert r.stderr.splitlines()[1] == "Hint: see `jitcache buckets --help`"
+
+
+def test_a_failure_is_rc_1_in_the_same_style(tmp_path):
+    r = run_cli("sources", "fetch", "--index-url", "http://127.0.0.1:9/simple/", "--cache-dir", str(tmp_path))
+    assert r.code == 1 and r.stderr.startswith("Error: http://127.0.0.1:9/simple/deepinfer-ep/: cannot reach")
+    assert "\nHint: " in r.stderr and r.stdout == ""
+
+
+def test_stderr_is_not_hard_wrapped_in_a_log(tmp_path):
+    """The hint listing every built-in profile is longer than 80 columns: one line when stderr is a pipe."""
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "JITCACHE_DEBUG")}
+    done = subprocess.run([sys.executable, "-m", "jitcache.cli", "plan", "-p", "no-such-profile"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("Error: ") and lines[1].startswith("Hint: built-in profiles:")
+    assert len(lines[1]) > 80 and "qwen3-30b-a3b-ep4" in lines[1]
+
+
+def test_no_arguments_shows_the_help():
+    r = run_cli("sources")
+    assert r.code == 2 and "fetch" in r.stdout and "list" in r.stdout
