@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from jitcache.cli.app import main
-from jitcache.variants import plan
+from jitcache.planning.variants import plan
 from store_fixtures import *  # noqa: F401,F403 (fixtures)
 
 pytestmark = pytest.mark.nvcc

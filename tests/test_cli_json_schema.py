@@ -36,7 +36,7 @@ def test_every_json_document_has_schema_1(tmp_path, argv):
 def test_sources_fetched_at_is_iso_time(tmp_path):
     import time
 
-    from jitcache.sources import list_sources
+    from jitcache.build.sources import list_sources
 
     sources = tmp_path / "sources"
     sources.mkdir(parents=True)

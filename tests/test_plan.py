@@ -24,8 +24,8 @@ def test_h200_plan_is_56_decode_variants():
 @pytest.mark.parametrize("name", ["h200-ep1", "h200x2-ep2"])
 def test_the_buffer_barrier_is_in_the_plan(name):
     """Serving loads 57 kernels for h200-ep1: 56 variants and the barrier every buffer launches."""
-    from jitcache.render import render_barrier
-    from jitcache.render21 import render_barrier21
+    from jitcache.adapters.render25 import render_barrier
+    from jitcache.adapters.render21 import render_barrier21
     from jitcache.store.kernels import parse_source
 
     p = plan(load_profile(name))

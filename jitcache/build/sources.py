@@ -321,7 +321,7 @@ class SourceArchive:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form; ``fetched_at`` as an ISO 8601 UTC string, like every time in jitcache's JSON."""
-        from .store.model import iso_time
+        from jitcache.store.model import iso_time
 
         return {**self.__dict__, "fetched_at": iso_time(self.fetched_at)}
 
