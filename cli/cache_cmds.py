@@ -109,27 +109,57 @@ def shell_export(name: str, value: str) -> str:
     return f"export {name}={shlex.quote(value)}"
 
 
+#: The DeepEP version that reads each on-disk layout.
+_DEEP_EP_OF_FORMAT = {"deepjit": "2.5", "deep_ep_2.1": "2.1"}
+
+
+def _by_deep_ep(entries) -> dict[str, list]:
+    found: dict[str, list] = {"2.5": [], "2.1": []}
+    for e in entries:
+        if e.format in _DEEP_EP_OF_FORMAT:
+            found[_DEEP_EP_OF_FORMAT[e.format]].append(e)
+    return found
+
+
 def inspect_cmd(
     cache_dir: Optional[Path] = CACHE_DIR,
     deep_ep_dir: Optional[Path] = DEEP_EP_DIR,
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Show coverage of this profile's plan."),
+    deep_ep: Optional[str] = typer.Option(
+        None, "--deep-ep", help="With --profile: the DeepEP that will serve, 2.5 or 2.1 (default: the profile's "
+                                "[deep_ep] api, else the version whose entries the cache holds, else 2.5)."),
     fmt: Format = FORMAT,
 ) -> None:
     """What the cache holds: a summary per backend and family, then every entry, then problems."""
+    if deep_ep is not None and deep_ep not in _DEEP_EP_OF_FORMAT.values():
+        raise UsageError(f"--deep-ep {deep_ep}: expected 2.5 or 2.1")
     root = _root(cache_dir, deep_ep_dir)
     out = Output(fmt)
     report = scan(root)
     data = report.to_dict()
+    by_version = _by_deep_ep(report.entries)
+    data["deep_ep_versions"] = {v: len(es) for v, es in by_version.items()}
     cov = None
+    covs: dict = {}
     if profile is not None:
-        cov = coverage(plan(load_profile(profile)), report.entries)
-        data["coverage"] = cov.to_dict()
+        prof = load_profile(profile)
+        the_plan = plan(prof)
+        # Coverage is per DeepEP version: a 2.1 entry is not what a 2.5 server loads, whatever its parameters.
+        covs = {v: coverage(the_plan, es) for v, es in by_version.items()}
+        present = [v for v, es in by_version.items() if es]
+        chosen = deep_ep or (prof.deep_ep.api if prof.deep_ep.api != "auto" else None) or \
+            (present[0] if len(present) == 1 else "2.5")
+        cov = covs[chosen]
+        data["coverage"] = {"deep_ep": chosen, **cov.to_dict()}
+        data["coverage_by_deep_ep"] = {v: {"deep_ep": v, **c.to_dict()} for v, c in covs.items()}
 
     def render(o: Output) -> None:
         if not report.entries:
             o.print(f"No entries in {report.deep_ep_dir}" + (f" or {report.triton_dir}" if report.triton_dir else ""))
         else:
-            o.print(f"{root.path}: {len(report.entries)} entries, {human_bytes(report.size)}", markup=False)
+            versions = ", ".join(f"DeepEP {v}: {n}" for v, n in data["deep_ep_versions"].items() if n)
+            o.print(f"{root.path}: {len(report.entries)} entries, {human_bytes(report.size)}"
+                    + (f" ({versions})" if versions else ""), markup=False)
             o.table(None, ["backend", "family", "entries", "size", "broken"],
                     [[s["backend"], s["family"] or "-", s["entries"], human_bytes(s["size"]), s["broken"]]
                      for s in report.summary()], justify={"entries": "right", "size": "right", "broken": "right"})
@@ -146,12 +176,14 @@ def inspect_cmd(
             for p in problems[:20]:
                 o.print(f"  {p.severity}: {p.code}: {p.path}: {p.message}", markup=False)
         if cov is not None:
+            chosen = data["coverage"]["deep_ep"]
+            name = f"Profile {cov.plan.profile.name}, DeepEP {chosen}"
             if cov.complete:
-                o.print(f"Profile {cov.plan.profile.name}: all {cov.num_variants} kernels serving loads are in "
-                        "the cache (the buffer's barrier included).")
+                o.print(f"{name}: all {cov.num_variants} kernels serving loads are in the cache (the buffer's "
+                        "barrier included).")
             else:
-                o.print(f"Profile {cov.plan.profile.name}: {len(cov.present)}/{cov.num_variants} kernels cached; "
-                        f"serving would compile {len(cov.missing)} kernels:")
+                o.print(f"{name}: {len(cov.present)}/{cov.num_variants} kernels cached; a DeepEP {chosen} server "
+                        f"would compile {len(cov.missing)} kernels:")
                 for v in cov.missing:
                     if v.num_max_tokens_per_rank is None:
                         o.print(f"  missing: {v.family} (launched once per buffer, whatever the bucket)",
@@ -159,6 +191,11 @@ def inspect_cmd(
                     else:
                         o.print(f"  missing: {v.family} num_max_tokens_per_rank={v.num_max_tokens_per_rank} "
                                 f"(mode {v.mode})", markup=False)
+            for other, c in covs.items():
+                if other != chosen:
+                    o.print(f"Profile {cov.plan.profile.name}, DeepEP {other}: {len(c.present)}/{c.num_variants} "
+                            f"kernels cached (what a DeepEP {other} server would find; --deep-ep {other} for its "
+                            "details).")
 
     out.result(data, render)
 

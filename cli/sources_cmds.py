@@ -40,7 +40,7 @@ def fetch(
         o.print(f"{verb} {report.filename} ({human_bytes(report.size)}, sha256 {report.sha256[:16]}...) "
                 f"-> {report.path}")
         o.print((f"Index: {report.index_url}. " if report.index_url else "Pinned by sha256, the index was not asked. ")
-                + "Next: jitcache warmup --aot -p PROFILE")
+                + "Next: jitcache warmup --aot --deep-ep 2.5 -p PROFILE")
 
     out.result(report.to_dict(), render)
 

@@ -16,6 +16,7 @@ import typer
 from jitcache.errors import CompileError, UsageError
 from jitcache.planning.profiles import DEFAULT_PROFILE
 
+from .aot_view import aot_progress, render_report
 from .output import Format, Output
 
 FORMAT = typer.Option(Format.human, "--format", help="human (tables) or json (stdout holds only JSON).")
@@ -36,6 +37,9 @@ def warmup(
              "compile to DeepEP on every rank. An error with --aot, which is that compile."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="The jitcache root (default: ~/.cache/jitcache)."),
     modes: Optional[list[str]] = typer.Option(None, "--mode", "-m", help="Restrict to these modes (repeatable)."),
+    deep_ep: Optional[str] = typer.Option(
+        None, "--deep-ep", help="Which DeepEP will serve, 2.5 or 2.1 (--aot; default: the profile's [deep_ep] api; "
+                                "needed when headers of both versions are found)."),
     deep_ep_include: Optional[Path] = typer.Option(
         None, "--deep-ep-include", help="DeepEP headers: an include dir, a deep_ep package dir, or a DeepEP sdist .tar.gz."),
     nccl_include: Optional[Path] = typer.Option(None, "--nccl-include", help="Local NCCL headers (dir with nccl.h)."),
@@ -69,6 +73,10 @@ def warmup(
     if aot and not precompile:
         raise UsageError("--no-precompile applies to the live warmup; --aot is the nvcc compile itself",
                          hint="drop --no-precompile, or drop --aot to warm through DeepEP alone")
+    if deep_ep is not None and deep_ep not in ("2.5", "2.1"):
+        raise UsageError(f"--deep-ep {deep_ep}: expected 2.5 or 2.1")
+    if deep_ep is not None and not aot:
+        raise UsageError("--deep-ep applies to --aot", hint="the live warmup uses the DeepEP it runs")
     if not aot:
         from .live_view import run_live_warmup
 
@@ -103,59 +111,53 @@ def warmup(
         out.info(f"triton: {len(kernels)} kernels x {len(buckets)} buckets -> {len(triton_jobs)} cache entries "
                  f"for {prof.target.arch} -> {root.triton_dir}")
     if triton_only:
-        report = warmup_aot(the_plan, None, root, jobs=(), extra_jobs=triton_jobs, num_workers=jobs,
-                            distributed=True if distributed else None, on_result=_progress(out))
+        out.info(f"{prof.name}: {len(triton_jobs)} kernels (Triton), "
+                 f"{jobs or ('cores / ranks of the node' if distributed else 'all')} jobs -> {root.triton_dir}")
+        with aot_progress(out, _share(len(triton_jobs), distributed)) as on_result:
+            report = warmup_aot(the_plan, None, root, jobs=(), extra_jobs=triton_jobs, num_workers=jobs,
+                                distributed=True if distributed else None, on_result=on_result)
         _render(out, prof, report)
         return
     from jitcache.build.sources import sources_dir
 
     toolchain = resolve_toolchain(nvcc=nvcc, deep_ep_include=deep_ep_include, nccl_include=nccl_include,
                                   target_nccl_include=target_nccl_include, python_library_root=target_deep_ep_root,
-                                  api=prof.deep_ep.api, sources_dir=sources_dir(root.path))
+                                  api=deep_ep or prof.deep_ep.api, sources_dir=sources_dir(root.path))
     build_jobs = None
     if learn_from is not None:
         if toolchain.deep_ep_api == "2.5":
             toolchain = learn_from_entry(toolchain, learn_from)
         else:
             build_jobs = derive_jobs_from_entry(the_plan, toolchain, learn_from)
-    out.info(f"{prof.name}: {len(the_plan)} variants, DeepEP {toolchain.deep_ep_api} rules, nvcc "
-             f"{'.'.join(map(str, toolchain.nvcc_release))}, "
+    num_deep_ep = len(build_jobs) if build_jobs is not None else len(the_plan.kernels)
+    out.info(f"{prof.name}: {num_deep_ep + len(triton_jobs)} kernels ({len(the_plan)} variants + the buffer's "
+             f"barrier" + (f" + {len(triton_jobs)} Triton" if triton_jobs else "") + f"), DeepEP "
+             f"{toolchain.deep_ep_api} rules, nvcc {'.'.join(map(str, toolchain.nvcc_release))}, "
              f"{jobs or ('cores / ranks of the node' if distributed else 'all')} jobs -> {root.deep_ep_dir}")
     out.info(toolchain.deep_ep_headers_from)
 
-    report = warmup_aot(the_plan, toolchain, root, jobs=build_jobs, extra_jobs=triton_jobs, num_workers=jobs,
-                        distributed=True if distributed else None, on_result=_progress(out))
+    with aot_progress(out, _share(num_deep_ep + len(triton_jobs), distributed)) as on_result:
+        report = warmup_aot(the_plan, toolchain, root, jobs=build_jobs, extra_jobs=triton_jobs, num_workers=jobs,
+                            distributed=True if distributed else None, on_result=on_result)
     _render(out, prof, report)
 
 
-def _progress(out: Output):
-    def progress(result) -> None:
-        if result.status == "failed":
-            out.warn(f"{result.label}: {result.message} (log: {result.log_path})")
-    return progress
+def _share(total: int, distributed: bool) -> int:
+    """How many of ``total`` jobs this rank compiles (``warmup_aot`` deals them out round-robin)."""
+    if not distributed:
+        return total
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    return len(range(rank, total, world))
 
 
 def _render(out: Output, prof, report) -> None:
-    data = report.to_dict()
-
-    def render(o: Output) -> None:
-        rows = [[r.num_max_tokens_per_rank if r.num_max_tokens_per_rank is not None else "-",
-                 ("triton:" if r.backend == "triton" else "") + (r.family or r.label),
-                 r.status, f"{r.seconds:.1f}", r.entry] for r in report.results]
-        only_triton = bool(report.results) and all(r.backend == "triton" for r in report.results)
-        o.table(f"{prof.name}: AOT warmup into {report.triton_dir if only_triton else report.cache_dir}",
-                ["num_max_tokens_per_rank", "kernel", "status", "seconds", "entry"], rows,
-                justify={"num_max_tokens_per_rank": "right", "seconds": "right"})
-        totals = data["totals"]
-        if data.get("toolchain", {}).get("deep_ep_headers_from"):
-            o.print(f"Which DeepEP: {data['toolchain']['deep_ep_headers_from']} ({report.deep_ep_api} rules and digest)")
-        o.print(f"{len(report.results)} variants in {report.wall_seconds:.1f} s with {report.jobs} jobs: "
-                + ", ".join(f"{n} {s}" for s, n in totals.items() if n) + f". Report: {report.report_path}")
-
-    out.result(data, render)
+    api = "Triton" if report.deep_ep_api == "n/a" else f"DeepEP {report.deep_ep_api}"
+    render_report(out, f"{prof.name}: AOT warmup, {api}", report)
     if not report.ok:
         first = report.failed[0]
-        raise CompileError(f"{len(report.failed)} of {len(report.results)} variants failed to compile "
+        raise CompileError(f"{len(report.failed)} of {len(report.results)} kernels failed to compile "
                            f"(first: {first.label}: {first.message})", log_path=first.log_path,
                            hint=f"compiler output is saved next to {report.report_path}")
 

@@ -55,9 +55,28 @@ def test_inspect_coverage_names_missing(capsys, filled_root, test_profile):
             import shutil
             shutil.rmtree(p)
     code, out, _ = run(capsys, "inspect", "--cache-dir", str(filled_root.path), "--profile", test_profile.source)
-    assert code == 0 and "serving would compile 5 kernels" in out
+    assert code == 0 and "Profile store-test, DeepEP 2.5: 12/17 kernels cached; a DeepEP 2.5 server would compile 5 kernels" in out
     assert "missing: combine num_max_tokens_per_rank=8" in out
     assert "missing: barrier (launched once per buffer, whatever the bucket)" in out
+
+
+def test_coverage_says_which_deep_ep_and_counts_only_its_entries(capsys, tmp_path, cubins, test_profile):
+    """A cache of DeepEP 2.1 entries covers a 2.1 server only: inspect says so, and --deep-ep 2.5 shows the gap."""
+    from store_fixtures import fill_plan
+
+    root = tmp_path / "root"
+    (root / "deep_ep").mkdir(parents=True)
+    fill_plan(root / "deep_ep", plan(test_profile), cubins, style="2.1", barrier=True)
+    code, out, _ = run(capsys, "inspect", "--cache-dir", str(root), "--profile", test_profile.source)
+    assert code == 0 and "17 entries" in out and "(DeepEP 2.1: 17)" in out
+    assert "Profile store-test, DeepEP 2.1: all 17 kernels serving loads are in the cache" in out
+    assert "Profile store-test, DeepEP 2.5: 0/17 kernels cached" in out
+    code, out, _ = run(capsys, "inspect", "--cache-dir", str(root), "--profile", test_profile.source,
+                       "--deep-ep", "2.5", "--format", "json")
+    data = json.loads(out)
+    assert data["deep_ep_versions"] == {"2.5": 0, "2.1": 17}
+    assert data["coverage"]["deep_ep"] == "2.5" and data["coverage"]["num_missing"] == 17
+    assert data["coverage_by_deep_ep"]["2.1"]["num_missing"] == 0
 
 
 def test_barrier_is_in_coverage_keep_profile_and_export(capsys, filled_root, test_profile, cubins, tmp_path):

@@ -179,8 +179,16 @@ def test_fetched_sdist_is_where_the_toolchain_finds_2_5_headers(tmp_path, index)
     fetch_sdist(root_path=tmp_path, index_url=index.url)
     directory = sources_dir(tmp_path)
     assert find_sdists(directory) == (directory / "deepinfer_ep-2.5.0.tar.gz",)
-    found = locate_deep_ep_headers(api="auto", sources_dir=directory)
+    found = locate_deep_ep_headers(api="2.5", sources_dir=directory)
     assert (found.api, found.origin) == ("2.5", "sources")
+    try:
+        locate_deep_ep_headers(api="2.1")
+    except ToolchainError:
+        assert locate_deep_ep_headers(api="auto", sources_dir=directory) == found     # the only version found
+    else:                                                                            # both: asks, picks none
+        with pytest.raises(UsageError, match="headers of two DeepEP versions found") as info:
+            locate_deep_ep_headers(api="auto", sources_dir=directory)
+        assert "--deep-ep 2.5 or --deep-ep 2.1" in info.value.hint
     assert (found.include_root / "deep_ep/impls/ep/dispatch.cuh").read_text() == HEADER
     assert not (found.include_root / "setup.py").exists() and found.include_root.is_relative_to(directory)
     assert "fetched sdist" in found.describe()
@@ -204,26 +212,55 @@ def test_cli_fetch_then_list(tmp_path, index):
 
 
 @pytest.mark.nvcc
-def test_fresh_machine_fetch_then_warmup_aot_with_no_flags(tmp_path, index, deep_ep25_sdist):
-    """The README's path: `sources fetch` from the index, then `warmup --aot` finds DeepEP 2.5's headers itself.
+def test_fresh_machine_fetch_then_warmup_aot(tmp_path, index, deep_ep25_sdist):
+    """The README's path: `sources fetch` from the index, then `warmup --aot --deep-ep 2.5` finds its headers.
 
     The index serves the real deepinfer-ep 2.5.0 sdist (the pinned one, see aot_fixtures); the profile is
     h200-ep1 cut to one bucket so that the test compiles five real kernels (four families + the buffer's barrier).
+    With DeepEP 2.1's headers installed too (the `aot` extra), a plain `warmup --aot` asks which DeepEP serves.
+    Not a terminal: one progress line per finished kernel on stderr, and a report table within 80 columns.
     """
     SDIST = deep_ep25_sdist
     index.add("deepinfer-ep", SDIST.name, SDIST.read_bytes())
     profile = tmp_path / "one-bucket.toml"
     text = (Path(__file__).resolve().parents[1] / "cache_profiles" / "h200-ep1.toml").read_text()
     profile.write_text(text.replace("max_num_batched_tokens = 8192", "max_num_batched_tokens = 1"))
-    env = {"PIP_INDEX_URL": index.url, "JITCACHE_HOME": str(tmp_path / "home")}
+    env = {"PIP_INDEX_URL": index.url, "JITCACHE_HOME": str(tmp_path / "home"), "COLUMNS": "80"}
     assert run_cli("sources", "fetch", env=env).code == 0
-    warm = run_cli("warmup", "--aot", "-p", str(profile), "-j", "2", "--format", "json", env=env)
-    assert warm.code == 0, warm.stderr
-    report = warm.json()
-    assert report["deep_ep_api"] == "2.5" and report["totals"]["compiled"] == 5
-    assert report["toolchain"]["deep_ep_headers_from"] == (
-        f"DeepEP 2.5 headers from fetched sdist {tmp_path / 'home' / 'sources' / SDIST.name}")
     cache = tmp_path / "home" / "deep_ep" / "cache"
-    assert sorted(p.name.split(".")[0] for p in cache.iterdir()) == [
+    try:
+        locate_deep_ep_headers(api="2.1")
+        both = True
+    except ToolchainError:
+        both = False
+    if both:
+        ask = run_cli("warmup", "--aot", "-p", str(profile), "-j", "2", env=env)
+        assert ask.code == 2 and ask.stderr.startswith("Error: headers of two DeepEP versions found: DeepEP 2.5")
+        assert "--deep-ep 2.5 or --deep-ep 2.1" in ask.stderr and not cache.exists()
+
+    warm = run_cli("warmup", "--aot", "--deep-ep", "2.5", "-p", str(profile), "-j", "2", env=env)
+    assert warm.code == 0, warm.stderr
+    err = warm.stderr.splitlines()
+    assert err[0].startswith("one-bucket: 5 kernels (4 variants + the buffer's barrier), DeepEP 2.5 rules")
+    assert err[1] == f"DeepEP 2.5 headers from fetched sdist {tmp_path / 'home' / 'sources' / SDIST.name}"
+    progress = err[2:]
+    assert [line.split("]")[0] for line in progress] == [f"[{i}/5" for i in range(1, 6)], warm.stderr
+    assert all(" compiled " in line for line in progress) and any("barrier" in line for line in progress)
+    assert all(len(line) <= 80 for line in warm.stdout.splitlines()), warm.stdout
+    assert "5 kernels in " in warm.stdout and "5 compiled" in warm.stdout and "(2.5 rules and digest)" in warm.stdout
+    assert "one-bucket: AOT warmup, DeepEP 2.5" in warm.stdout
+    names = sorted(p.name for p in cache.iterdir())
+    assert all(name.split(".")[1][:8] in warm.stdout for name in names)       # the table's digest column
+
+    again = run_cli("warmup", "--aot", "--deep-ep", "2.5", "-p", str(profile), "-j", "2", "--format", "json",
+                    env=env)
+    assert again.code == 0, again.stderr
+    report = again.json()
+    assert report["deep_ep_api"] == "2.5" and report["totals"]["cached"] == 5 and report["num_variants"] == 5
+    assert sorted(r["entry"] for r in report["results"]) == names              # full names in the JSON
+    assert sorted(p.split(".")[0] for p in names) == [
         "barrier", "combine", "combine_reduce_epilogue", "dispatch", "dispatch_copy_epilogue"]
-    assert all((p / ".committed").is_file() and (p / "meta.json").is_file() for p in cache.iterdir())
+    assert all((cache / p / ".committed").is_file() and (cache / p / "meta.json").is_file() for p in names)
+    # inspect says which DeepEP its coverage is about
+    seen = run_cli("inspect", "-p", str(profile), env=env)
+    assert "(DeepEP 2.5: 5)" in seen.stdout and "Profile one-bucket, DeepEP 2.5: all 5 kernels" in seen.stdout

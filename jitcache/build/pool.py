@@ -40,7 +40,7 @@ import subprocess
 import tarfile
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -348,7 +348,8 @@ def run_jobs(jobs: Sequence[BuildJob], root: CacheRoot, *, num_workers: int | No
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jitcache-aot") as pool:
         futures = {pool.submit(_run_one, job, root, lock_dir, run_dir, on_compile): i
                    for i, job in enumerate(jobs)}
-        for future, index in futures.items():
+        for future in as_completed(futures):       # on_result as each finishes: what a progress bar needs
+            index = futures[future]
             results[index] = future.result()
             if on_result is not None:
                 on_result(results[index])

@@ -7,7 +7,8 @@
   fetched by ``jitcache sources fetch`` (``<cache root>/sources/``, only ``deep_ep/include``
   extracted), then, for ``"auto"``/``"2.1"``, an installed DeepEP 2.1 package (the
   ``tokenspeed-deepep`` wheel); packages are located with ``importlib.util.find_spec``,
-  which does not run them;
+  which does not run them. With ``"auto"`` and headers of both versions found, it
+  refuses (a :class:`~jitcache.errors.UsageError` asking for ``--deep-ep``) rather than pick one;
 - NCCL headers: ``--nccl-include``, else ``$EP_NCCL_ROOT_DIR/include`` / ``$NCCL_DIR/include``
   (DeepEP's own overrides), else the ``nvidia-nccl-cu13`` package.
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from jitcache.adapters.deepjit import LearnedEntry, options_from_meta
-from jitcache.errors import ToolchainError
+from jitcache.errors import ToolchainError, UsageError
 
 __all__ = ["HeaderSource", "Toolchain", "deep_ep_api_of", "find_deep_ep_include", "find_nccl_include", "find_nvcc",
            "learn_from_entry", "locate_deep_ep_headers", "nvcc_version", "resolve_toolchain"]
@@ -199,23 +200,30 @@ def locate_deep_ep_headers(explicit: str | Path | None = None, *, api: str = "au
         return HeaderSource(include, found, "--deep-ep-include", Path(explicit))
     packages = [(Path(loc) / "include", Path(loc)) for loc in _installed_packages()]
     packages = [(inc, loc, deep_ep_api_of(inc)) for inc, loc in packages]
+    found_25: HeaderSource | None = None
+    found_21: HeaderSource | None = None
     if api in ("auto", "2.5"):
-        for include, location, found in packages:
-            if found == "2.5":
-                return HeaderSource(include, "2.5", "package", location)
-        from jitcache.build.sources import find_sdists  # noqa: PLC0415 - sources imports the store
+        found_25 = next((HeaderSource(inc, "2.5", "package", loc) for inc, loc, v in packages if v == "2.5"), None)
+        if found_25 is None:
+            from jitcache.build.sources import find_sdists  # noqa: PLC0415 - sources imports the store
 
-        if sources_dir is None:
-            from jitcache.store.root import default_root_path  # noqa: PLC0415
+            if sources_dir is None:
+                from jitcache.store.root import default_root_path  # noqa: PLC0415
 
-            sources_dir = default_root_path() / "sources"
-        for sdist in find_sdists(sources_dir):
-            include = extract_sdist_headers(sdist, into=Path(sources_dir) / "headers")
-            return HeaderSource(include, "2.5", "sources", sdist)
+                sources_dir = default_root_path() / "sources"
+            for sdist in find_sdists(sources_dir)[:1]:
+                include = extract_sdist_headers(sdist, into=Path(sources_dir) / "headers")
+                found_25 = HeaderSource(include, "2.5", "sources", sdist)
     if api in ("auto", "2.1"):
-        for include, location, found in packages:
-            if found == "2.1":
-                return HeaderSource(include, "2.1", "package", location)
+        found_21 = next((HeaderSource(inc, "2.1", "package", loc) for inc, loc, v in packages if v == "2.1"), None)
+    if found_25 is not None and found_21 is not None:
+        # Either would compile a full set into the same cache, under other names: the user decides which DeepEP
+        # serves, jitcache does not switch silently.
+        raise UsageError(f"headers of two DeepEP versions found: {found_25.describe()}; {found_21.describe()}",
+                         hint="say which DeepEP will serve: --deep-ep 2.5 or --deep-ep 2.1 (or [deep_ep] api in "
+                              "the profile)")
+    if found_25 is not None or found_21 is not None:
+        return found_25 or found_21  # type: ignore[return-value]
     wanted = "DeepEP headers" if api == "auto" else f"DeepEP {api} headers"
     looked = [f"installed deep_ep packages ({', '.join(str(loc) for _, loc, _ in packages) or 'none'})"]
     if api in ("auto", "2.5"):
