@@ -17,6 +17,7 @@ from jitcache.errors import UsageError
 from jitcache.planning.profiles import load_profile
 from jitcache.store.bundle import export_bundle, import_bundle
 from jitcache.store.elf import normalize_arch
+from jitcache.store.formats import classify_deep_ep_name
 from jitcache.store.model import SCHEMA_VERSION, iso_time
 from jitcache.store.prune import parse_age, parse_size, plan_prune, prune
 from jitcache.store.root import CacheRoot, LockHolder, env_exports, resolve_root
@@ -121,6 +122,12 @@ def _by_deep_ep(entries) -> dict[str, list]:
     return found
 
 
+def _versions_text(counts: dict[str, int]) -> str:
+    """`` (DeepEP 2.5: 57)``: which DeepEP the entries are for, or nothing when there are none."""
+    text = ", ".join(f"DeepEP {v}: {n}" for v, n in counts.items() if n)
+    return f" ({text})" if text else ""
+
+
 def inspect_cmd(
     cache_dir: Optional[Path] = CACHE_DIR,
     deep_ep_dir: Optional[Path] = DEEP_EP_DIR,
@@ -157,9 +164,8 @@ def inspect_cmd(
         if not report.entries:
             o.print(f"No entries in {report.deep_ep_dir}" + (f" or {report.triton_dir}" if report.triton_dir else ""))
         else:
-            versions = ", ".join(f"DeepEP {v}: {n}" for v, n in data["deep_ep_versions"].items() if n)
             o.print(f"{root.path}: {len(report.entries)} entries, {human_bytes(report.size)}"
-                    + (f" ({versions})" if versions else ""), markup=False)
+                    + _versions_text(data["deep_ep_versions"]), markup=False)
             o.table(None, ["backend", "family", "entries", "size", "broken"],
                     [[s["backend"], s["family"] or "-", s["entries"], human_bytes(s["size"]), s["broken"]]
                      for s in report.summary()], justify={"entries": "right", "size": "right", "broken": "right"})
@@ -214,6 +220,7 @@ def verify_cmd(
     out = Output(fmt)
     result = verify(root, expected_arch=_arch_option(arch))
     data = result.to_dict()
+    data["deep_ep_versions"] = {v: len(es) for v, es in _by_deep_ep(result.scan.entries).items()}
     outcome = None
     if do_repair and not dry_run:
         outcome = repair(root, result, on_wait=_waiting(out))
@@ -223,7 +230,8 @@ def verify_cmd(
     def render(o: Output) -> None:
         for p in result.problems:
             o.print(f"{p.severity}: {p.code}: {p.path}: {p.message}", markup=False)
-        o.print(f"Checked {len(result.scan.entries)} entries: {len(result.errors)} error(s), "
+        o.print(f"Checked {len(result.scan.entries)} entries{_versions_text(data['deep_ep_versions'])}: "
+                f"{len(result.errors)} error(s), "
                 f"{len(result.problems) - len(result.errors)} warning(s).")
         if result.moves and outcome is None:
             verb = "Would move" if dry_run else "To repair, run with --repair; it would move"
@@ -323,10 +331,18 @@ def export_cmd(
         out.warn(f"left {len(result.foreign)} foreign entries out (not DeepEP kernels: DeepGEMM's or another "
                  f"tool's in a shared root): {', '.join(result.foreign[:5])}" + (" ..." if len(result.foreign) > 5 else ""))
 
-    def render(o: Output) -> None:
-        o.print(f"Exported {len(result.entries)} entries to {result.path} ({human_bytes(result.size)}).")
+    data = result.to_dict()
+    data["deep_ep_versions"] = {"2.5": 0, "2.1": 0}
+    for name in result.entries:
+        found = classify_deep_ep_name(name)
+        if found is not None:
+            data["deep_ep_versions"][_DEEP_EP_OF_FORMAT[found[0]]] += 1
 
-    out.result(result.to_dict(), render)
+    def render(o: Output) -> None:
+        o.print(f"Exported {len(result.entries)} entries{_versions_text(data['deep_ep_versions'])} to {result.path} "
+                f"({human_bytes(result.size)}).")
+
+    out.result(data, render)
 
 
 def import_cmd(

@@ -77,6 +77,11 @@ def test_coverage_says_which_deep_ep_and_counts_only_its_entries(capsys, tmp_pat
     assert data["deep_ep_versions"] == {"2.5": 0, "2.1": 17}
     assert data["coverage"]["deep_ep"] == "2.5" and data["coverage"]["num_missing"] == 17
     assert data["coverage_by_deep_ep"]["2.1"]["num_missing"] == 0
+    # verify and export say which DeepEP their entries are for, too
+    code, out, _ = run(capsys, "verify", "--cache-dir", str(root))
+    assert "Checked 17 entries (DeepEP 2.1: 17)" in out
+    code, out, _ = run(capsys, "export", "--cache-dir", str(root), "-o", str(tmp_path / "b.tar.zst"))
+    assert code == 0 and "Exported 17 entries (DeepEP 2.1: 17) to" in out
 
 
 def test_barrier_is_in_coverage_keep_profile_and_export(capsys, filled_root, test_profile, cubins, tmp_path):
