@@ -92,12 +92,12 @@ class Output:
     def is_json(self) -> bool:
         return self.format == Format.json
 
-    def result(self, data: dict[str, Any], render: Callable[["Output"], None] | None = None) -> None:
+    def result(self, data: Any, render: Callable[["Output"], None] | None = None) -> None:
         """Emit a command's result: JSON of ``data`` (a document: ``"schema"`` first), or ``render(self)``."""
         if self.is_json or render is None:
-            if not isinstance(data, dict):
-                raise TypeError("a JSON result is an object, so that it carries its schema")
-            document = {"schema": SCHEMA_VERSION, **{k: v for k, v in data.items() if k != "schema"}}
+            # A document is an object that starts with its schema (a bare list is wrapped: {"schema", "items"}).
+            body = data if isinstance(data, dict) else {"items": data}
+            document = {"schema": SCHEMA_VERSION, **{k: v for k, v in body.items() if k != "schema"}}
             sys.stdout.write(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
             sys.stdout.flush()
         else:
