@@ -43,3 +43,15 @@ def test_fresh_clone_collects_and_fetches_what_its_tests_need(tmp_path):
         pytest.skip(f"the clone could not fetch the sdist (no index reachable?): {pins.stdout[-1500:]}")
     assert pins.returncode == 0 and "skipped" not in tail, pins.stdout[-3000:]
     assert (clone / ".cache" / "jitcache" / "sources" / "deepinfer_ep-2.5.0.tar.gz").is_file()
+
+
+@pytest.mark.parametrize("ci", ["", "true"], ids=["local-skips", "ci-fails"])
+def test_without_the_sdist_a_test_skips_locally_and_fails_under_ci(tmp_path, monkeypatch, ci):
+    """No index reachable and nothing cached: the fixture's fetch fails; outside CI that is a skip, in CI a failure."""
+    from aot_fixtures import fetch_pinned_sdist
+
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple/")
+    monkeypatch.setenv("CI", ci)
+    outcome = pytest.fail.Exception if ci else pytest.skip.Exception
+    with pytest.raises(outcome, match=r"DeepEP 2\.5 sdist: `jitcache sources fetch deepinfer-ep==2\.5\.0` failed"):
+        fetch_pinned_sdist(tmp_path / "root")
