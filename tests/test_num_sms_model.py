@@ -29,7 +29,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aot_fixtures import SDIST
 from jitcache.errors import ProfileError
 from jitcache.adapters.num_sms import profile_num_sms, rank_domain, theoretical_num_sms
 from jitcache.planning.gpus import GPU_DEFAULTS
@@ -75,10 +74,9 @@ def deepep21():
 
 
 @pytest.fixture(scope="module")
-def deepep25():
-    if not SDIST.is_file():
-        pytest.skip(f"DeepEP 2.5 sdist not found at {SDIST}")
-    with tarfile.open(SDIST) as tar:
+def deepep25(deep_ep25_sdist):
+    """DeepEP 2.5's Python, read from the pinned sdist (tests/aot_fixtures.py fetches it)."""
+    with tarfile.open(deep_ep25_sdist) as tar:
         def read(path):
             return tar.extractfile(f"deepinfer_ep-2.5.0/deep_ep/{path}").read().decode()
         return _load(read("buffers/ep.py"), read("utils/math.py"), read("utils/envs.py"), "EPBuffer")
