@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: DeepEP 2.5 as the package index serves it (tests/data/sdist.pin: requirement and sha256, also read by .ci/run).
 #: The sdist is fetched by the project's own `jitcache sources fetch`, pinned by that sha256, into a git-ignored
 #: jitcache root inside the clone (a cache: once there, the index is not asked again). The copy on the H200 rig
-#: (../shared/gpu) holds the same files repacked (other bytes): the pin is the index's.
+#: (in the rig's shared/gpu folder) holds the same files repacked (other bytes): the pin is the index's.
 SDIST_REQUIREMENT, SDIST_SHA256 = (REPO / "tests" / "data" / "sdist.pin").read_text().split()
 SDIST_ROOT = REPO / ".cache" / "jitcache"
 #: The NCCL include dir DeepEP used on the H200 rig (enters the 2.5 digest as -I...).

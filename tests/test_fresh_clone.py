@@ -55,3 +55,10 @@ def test_without_the_sdist_a_test_skips_locally_and_fails_under_ci(tmp_path, mon
     outcome = pytest.fail.Exception if ci else pytest.skip.Exception
     with pytest.raises(outcome, match=r"DeepEP 2\.5 sdist: `jitcache sources fetch deepinfer-ep==2\.5\.0` failed"):
         fetch_pinned_sdist(tmp_path / "root")
+
+
+def test_no_test_reads_beside_the_clone():
+    """What a test needs comes from inside the clone or through the package index, never from ../shared."""
+    offenders = [p.name for p in sorted((REPO / "tests").glob("*.py"))
+                 if re.search(r"""parents?\[?\d*\]?\s*/\s*["']shared["']|\.\./shared/""", p.read_text())]
+    assert offenders == []
