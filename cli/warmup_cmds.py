@@ -77,6 +77,9 @@ def warmup(
         raise UsageError(f"--deep-ep {deep_ep}: expected 2.5 or 2.1")
     if deep_ep is not None and not aot:
         raise UsageError("--deep-ep applies to --aot", hint="the live warmup uses the DeepEP it runs")
+    if learn_from is not None and not learn_from.is_dir():
+        raise UsageError(f"--learn-from {learn_from}: no such directory",
+                         hint="give an entry DeepEP wrote, <EP_JIT_CACHE_DIR>/cache/<name>.<digest>/")
     if not aot:
         from .live_view import run_live_warmup
 

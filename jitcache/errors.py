@@ -80,6 +80,10 @@ class ToolchainError(JitCacheError):
     """A compiler, header directory or package that a compile needs is missing."""
 
 
+class ToolchainOptionError(ToolchainError, UsageError):
+    """An option (``--nvcc``, ``--deep-ep-include``, ``--nccl-include``) names nothing usable: bad input, exit 2."""
+
+
 class ColdVariantError(JitCacheError):
     """A dispatch would make DeepEP JIT-compile a variant that was never warmed."""
 
@@ -105,6 +109,7 @@ __all__ = [
     "JitCacheError",
     "ProfileError",
     "ToolchainError",
+    "ToolchainOptionError",
     "UsageError",
     "WarmupError",
 ]

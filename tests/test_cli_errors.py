@@ -23,6 +23,11 @@ from cli_helpers import run_cli
     (["prune", "--older-than", "5", "--cache-dir", "."], "Error: --older-than '5': a unit is required"),
     (["sources", "fetch", "--sha256", "abc"], "Error: --sha256 'abc': expected 64 hex digits"),
     (["buckets", "-n", "0"], "Error: max_num_batched_tokens must be >= 1, got 0"),
+    (["warmup", "--aot", "--nvcc", "/nonexistent/nvcc"], "Error: --nvcc /nonexistent/nvcc: not an executable file"),
+    (["warmup", "--aot", "--deep-ep-include", "/nonexistent"], "Error: --deep-ep-include /nonexistent: no DeepEP"),
+    (["warmup", "--aot", "--learn-from", "/nonexistent"], "Error: --learn-from /nonexistent: no such directory"),
+    (["warmup", "--aot", "--deep-ep", "3.0"], "Error: --deep-ep 3.0: expected 2.5 or 2.1"),
+    (["import", "/nonexistent.tar.zst"], "Error: /nonexistent.tar.zst: no such bundle file"),
 ], ids=lambda v: v if isinstance(v, str) else " ".join(v))
 def test_usage_errors_are_rc_2_in_one_style(argv, message, tmp_path):
     r = run_cli(*argv, env={"JITCACHE_HOME": str(tmp_path)})

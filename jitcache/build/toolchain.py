@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from jitcache.adapters.deepjit import LearnedEntry, options_from_meta
-from jitcache.errors import ToolchainError, UsageError
+from jitcache.errors import ToolchainError, ToolchainOptionError, UsageError
 
 __all__ = ["HeaderSource", "Toolchain", "deep_ep_api_of", "find_deep_ep_include", "find_nccl_include", "find_nvcc",
            "learn_from_entry", "locate_deep_ep_headers", "nvcc_version", "resolve_toolchain"]
@@ -46,7 +46,7 @@ def find_nvcc(explicit: str | Path | None = None) -> Path:
     if explicit:
         path = Path(explicit)
         if not (path.is_file() and os.access(path, os.X_OK)):
-            raise ToolchainError(f"--nvcc {path}: not an executable file")
+            raise ToolchainOptionError(f"--nvcc {path}: not an executable file")
         return path
     candidates: list[Path] = []
     on_path = shutil.which("nvcc")
@@ -152,8 +152,8 @@ def _normalise_include(path: Path) -> Path:
     for candidate in (path, path / "include", path.parent if path.name == "deep_ep" else path):
         if deep_ep_api_of(candidate):
             return candidate
-    raise ToolchainError(f"--deep-ep-include {path}: no DeepEP headers there "
-                         "(expected deep_ep/impls/ep/dispatch.cuh for 2.5 or deep_ep/impls/dispatch.cuh for 2.1)")
+    raise ToolchainOptionError(f"--deep-ep-include {path}: no DeepEP headers there "
+                               "(expected deep_ep/impls/ep/dispatch.cuh for 2.5 or deep_ep/impls/dispatch.cuh for 2.1)")
 
 
 @dataclass(frozen=True)
@@ -195,8 +195,8 @@ def locate_deep_ep_headers(explicit: str | Path | None = None, *, api: str = "au
         found = deep_ep_api_of(include)
         assert found is not None
         if api not in ("auto", found):
-            raise ToolchainError(f"--deep-ep-include {explicit}: DeepEP {found} headers, but the profile asks for "
-                                 f"api {api!r}", hint=_NO_HEADERS_HINT)
+            raise ToolchainOptionError(f"--deep-ep-include {explicit}: DeepEP {found} headers, but the profile "
+                                       f"asks for api {api!r}", hint=_NO_HEADERS_HINT)
         return HeaderSource(include, found, "--deep-ep-include", Path(explicit))
     packages = [(Path(loc) / "include", Path(loc)) for loc in _installed_packages()]
     packages = [(inc, loc, deep_ep_api_of(inc)) for inc, loc in packages]
@@ -242,7 +242,7 @@ def find_nccl_include(explicit: str | Path | None = None) -> Path:
         for candidate in (path, path / "include"):
             if (candidate / "nccl.h").is_file():
                 return candidate
-        raise ToolchainError(f"--nccl-include {path}: no nccl.h there")
+        raise ToolchainOptionError(f"--nccl-include {path}: no nccl.h there")
     for env in ("EP_NCCL_ROOT_DIR", "NCCL_DIR"):
         if os.environ.get(env) and (Path(os.environ[env]) / "include" / "nccl.h").is_file():
             return Path(os.environ[env]) / "include"
