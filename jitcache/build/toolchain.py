@@ -198,8 +198,8 @@ def locate_deep_ep_headers(explicit: str | Path | None = None, *, api: str = "au
             raise ToolchainOptionError(f"--deep-ep-include {explicit}: DeepEP {found} headers, but the profile "
                                        f"asks for api {api!r}", hint=_NO_HEADERS_HINT)
         return HeaderSource(include, found, "--deep-ep-include", Path(explicit))
-    packages = [(Path(loc) / "include", Path(loc)) for loc in _installed_packages()]
-    packages = [(inc, loc, deep_ep_api_of(inc)) for inc, loc in packages]
+    packages = [(Path(loc) / "include", Path(loc), deep_ep_api_of(Path(loc) / "include"))
+                for loc in _installed_packages()]
     found_25: HeaderSource | None = None
     found_21: HeaderSource | None = None
     if api in ("auto", "2.5"):
