@@ -278,8 +278,10 @@ def prune_cmd(
     data["dry_run"] = dry_run
     if the_plan.max_size_reached is False:
         assert the_plan.max_size is not None
-        why = (f"{len(the_plan.protected)} entries kept profiles need ({human_bytes(the_plan.protected_size)}) "
-               "are protected" if the_plan.protected else "the entries left are broken (`jitcache verify --repair`)")
+        kept = ([f"{len(the_plan.protected)} entries kept profiles need ({human_bytes(the_plan.protected_size)}) "
+                 "are protected"] if the_plan.protected else [])
+        kept += [f"{len(the_plan.foreign)} foreign entries are never removed"] if the_plan.foreign else []
+        why = "; ".join(kept) or "the entries left are broken (`jitcache verify --repair`)"
         out.warn(f"--max-size {max_size} cannot be reached: {why}; the cache stays at "
                  f"{human_bytes(the_plan.size_after)}, {human_bytes(the_plan.size_after - the_plan.max_size)} over")
     result = None

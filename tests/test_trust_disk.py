@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from aot_fixtures import SDIST, nccl_include  # noqa: F401 (fixture)
+from aot_fixtures import nccl_include  # noqa: F401 (fixture)
 from fault_fixtures import can_mount, copy_tree, fill_to, free, read_only, run_cli_limited, small_disk
 from store_fixtures import *  # noqa: F401,F403 (fixtures)
 
@@ -26,10 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def one_bucket(tmp_path_factory, nccl_include):  # noqa: F811
+def one_bucket(tmp_path_factory, nccl_include, deep_ep25_sdist):  # noqa: F811
     """A real `warmup --aot` of h200-ep1 cut to one bucket: (profile, args, warm root)."""
-    if not SDIST.is_file():
-        pytest.skip(f"DeepEP 2.5 sdist not found at {SDIST}")
+    SDIST = deep_ep25_sdist
     base = tmp_path_factory.mktemp("one-bucket")
     profile = base / "one-bucket.toml"
     text = (REPO / "cache_profiles" / "h200-ep1.toml").read_text()
@@ -112,7 +111,8 @@ def test_import_on_a_full_disk(tmp_path, filled_root):
             root = tmp_path / "disk" / "root"
         else:
             root = disk / "root"
-            assert run_cli_limited("inspect", "--cache-dir", str(root)).returncode == 0
+            # reading a root that does not exist is refused (exit 2) and creates nothing on the full disk
+            assert run_cli_limited("inspect", "--cache-dir", str(root)).returncode == 2 and not root.exists()
             root.mkdir()
             fill_to(disk, 40 << 10)
             done = run_cli_limited("import", bundle, "--cache-dir", str(root))
