@@ -26,7 +26,10 @@ published with one atomic rename; an identical entry already present is
 skipped. If publishing fails part-way, the entries this import published
 are taken back out, so the cache is exactly as before; a process killed
 outright leaves only whole entries and a staging directory that
-``verify --repair`` cleans up.
+``verify --repair`` cleans up. :func:`import_bundles` does the same for
+several bundles at once (one verification pass, one lock, one undo): the
+per-entry bundles that ``jitcache pull`` downloads go through it, so a
+pulled entry passes exactly the checks an imported one does.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
 from jitcache.errors import BundleError, CacheError, UsageError
 
@@ -60,7 +63,7 @@ from .root import CacheRoot, LockHolder
 from .scan import coverage, scan
 
 __all__ = ["BUNDLE_KIND", "ExportResult", "ImportResult", "environment_fingerprint", "export_bundle",
-           "import_bundle"]
+           "import_bundle", "import_bundles", "write_bundle"]
 
 BUNDLE_KIND = "jitcache-bundle"
 _CHUNK = 1 << 20
@@ -137,7 +140,7 @@ class ExportResult:
                 "fingerprint": self.manifest["fingerprint"]}
 
 
-def _bundle_prefix(root: CacheRoot, entry: CacheEntry) -> str:
+def _bundle_prefix(entry: CacheEntry) -> str:
     return f"deep_ep/cache/{entry.name}" if entry.backend == "deep_ep" else f"triton/{entry.name}"
 
 
@@ -156,11 +159,55 @@ def _read_entry(path: Path) -> list[tuple[str, bytes]] | None:
     return files
 
 
+def write_bundle(raw: IO[bytes], entries: Iterable[CacheEntry], *, profile: str | None = None,
+                 fingerprint: dict[str, Any] | None = None, level: int = 10,
+                 packed: list[CacheEntry] | None = None) -> tuple[tuple[CacheEntry, ...], tuple[str, ...], dict[str, Any]]:
+    """Write ``entries`` as a bundle to the binary stream ``raw``: ``(written, vanished, manifest)``.
+
+    ``fingerprint`` (what :func:`environment_fingerprint` returns, computed
+    once by a caller writing many bundles, as ``jitcache push`` does) gets the
+    written entries' archs; by default it is computed here. ``packed``, when
+    given, receives each entry as it is written (what a failure had packed).
+    """
+    import zstandard
+
+    manifest_entries: list[dict[str, Any]] = []
+    exported: list[CacheEntry] = [] if packed is None else packed
+    skipped: list[str] = []
+    writer = zstandard.ZstdCompressor(level=level).stream_writer(raw, closefd=False)
+    with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for entry in entries:
+            files = _read_entry(Path(entry.path))
+            if files is None:
+                skipped.append(entry.name)
+                continue
+            prefix = _bundle_prefix(entry)
+            listed = []
+            for name, data in files:
+                info = tarfile.TarInfo(f"{prefix}/{name}")
+                info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+                tar.addfile(info, io.BytesIO(data))
+                listed.append({"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+            manifest_entries.append({"backend": entry.backend, "format": entry.format, "name": entry.name,
+                                     "family": entry.family, "key": entry.key, "files": listed})
+            exported.append(entry)
+        if fingerprint is None:
+            fingerprint = environment_fingerprint(exported)
+        else:
+            fingerprint = {**fingerprint, "archs": sorted({e.arch for e in exported if e.arch})}
+        manifest = {"schema": SCHEMA_VERSION, "kind": BUNDLE_KIND, "created_at": time.time(), "profile": profile,
+                    "fingerprint": fingerprint, "entries": manifest_entries}
+        blob = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        info = tarfile.TarInfo("manifest.json")
+        info.size, info.mode, info.mtime = len(blob), 0o644, int(time.time())
+        tar.addfile(info, io.BytesIO(blob))
+    writer.close()
+    return tuple(exported), tuple(skipped), manifest
+
+
 def export_bundle(root: CacheRoot, output: str | Path, *, plan: Any = None,
                   level: int = 10) -> ExportResult:
     """Write the healthy entries of ``root`` (only those ``plan`` needs, if given) to ``output``."""
-    import zstandard
-
     report = scan(root)
     foreign = tuple(e.name for e in report.entries if e.foreign)  # DeepGEMM's (shared root): not ours to ship
     entries = [e for e in report.entries if e.status == "ok" and not e.foreign]
@@ -178,34 +225,11 @@ def export_bundle(root: CacheRoot, output: str | Path, *, plan: Any = None,
                          hint="create it first (export does not create directories: a typo would hide the bundle)")
     require_writable(output.parent, action=f"write the bundle {output.name}")
     tmp = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.tmp")
-    manifest_entries, exported, skipped = [], [], []
+    exported: list[CacheEntry] = []
     try:
         with open(tmp, "wb") as raw:
-            writer = zstandard.ZstdCompressor(level=level).stream_writer(raw, closefd=False)
-            with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                for entry in entries:
-                    files = _read_entry(Path(entry.path))
-                    if files is None:
-                        skipped.append(entry.name)
-                        continue
-                    prefix = _bundle_prefix(root, entry)
-                    listed = []
-                    for name, data in files:
-                        info = tarfile.TarInfo(f"{prefix}/{name}")
-                        info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
-                        tar.addfile(info, io.BytesIO(data))
-                        listed.append({"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
-                    manifest_entries.append({"backend": entry.backend, "format": entry.format, "name": entry.name,
-                                             "family": entry.family, "key": entry.key, "files": listed})
-                    exported.append(entry)
-                manifest = {"schema": SCHEMA_VERSION, "kind": BUNDLE_KIND, "created_at": time.time(),
-                            "profile": None if plan is None else plan.profile.name,
-                            "fingerprint": environment_fingerprint(exported), "entries": manifest_entries}
-                blob = json.dumps(manifest, indent=1, sort_keys=True).encode()
-                info = tarfile.TarInfo("manifest.json")
-                info.size, info.mode, info.mtime = len(blob), 0o644, int(time.time())
-                tar.addfile(info, io.BytesIO(blob))
-            writer.close()
+            _, skipped, manifest = write_bundle(raw, entries, level=level, packed=exported,
+                                                profile=None if plan is None else plan.profile.name)
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp, output)
@@ -531,73 +555,99 @@ def import_bundle(root: CacheRoot, bundle: str | Path, *, force: bool = False, t
 
     ``target_arch`` (``sm_90a``) makes a bundle whose cubins are for another arch a mismatch.
     """
-    bundle = Path(bundle).expanduser().absolute()
-    if not bundle.is_file():
-        raise BundleError(f"{bundle}: no such bundle file", path=bundle)
+    return import_bundles(root, [bundle], force=force, target_arch=target_arch, on_wait=on_wait, timeout=timeout,
+                          _after_publish=_after_publish)[0]
+
+
+def import_bundles(root: CacheRoot, bundles: Sequence[str | Path], *, force: bool = False,
+                   target_arch: str | None = None, on_wait: Callable[[LockHolder], None] | None = None,
+                   timeout: float | None = None, command: str | None = None,
+                   _after_publish: Callable[[str], None] | None = None) -> tuple[ImportResult, ...]:
+    """Import several bundles as one: every one verified before any entry is published, one lock, one undo.
+
+    What ``jitcache pull`` uses for the per-entry bundles it downloads; one
+    result per bundle, in order.
+    """
+    paths = [Path(b).expanduser().absolute() for b in bundles]
+    for bundle in paths:
+        if not bundle.is_file():
+            raise BundleError(f"{bundle}: no such bundle file", path=bundle)
+    what = command or f"jitcache import {paths[0].name if len(paths) == 1 else f'({len(paths)} bundles)'}"
+    label = paths[0].name if len(paths) == 1 else f"{len(paths)} bundles"
     root.ensure()
-    require_writable(root.deep_ep_dir, action=f"import {bundle.name}")
+    require_writable(root.deep_ep_dir, action=f"import {label}")
     reclaim_orphans(root.deep_ep_dir / "tmp")  # what killed imports and warmups left behind
     staging = make_temp_dir(root.deep_ep_dir, kind="import")
     published: list[Path] = []
     try:
-        manifest = _read_manifest(bundle)
-        _check_room(bundle, staging, manifest)
-        try:
-            _stage(bundle, staging, manifest)
-        except OSError as exc:
-            raise filesystem_error(exc, staging.parent, action=f"unpack {bundle.name}",
-                                   partial="nothing imported (the partly unpacked copy is removed)") from None
-        entries = _check_staged(bundle, staging, manifest)
-        fingerprint = manifest.get("fingerprint") or {}
-        archs = check_staged_cubins(bundle, staging, entries)
-        claimed = fingerprint.get("archs") if isinstance(fingerprint, dict) else None
-        claimed = sorted({a for a in claimed if isinstance(a, str) and normalize_arch(a)}) if claimed else []
-        if claimed and claimed != archs:
-            raise BundleError(f"{bundle}: the manifest says its cubins are for {claimed}, their ELF "
-                              f"headers say {archs}; refused", path=bundle)
         local = environment_fingerprint()
         if target_arch:
             local["archs"] = [target_arch]
-        mismatches = fingerprint_mismatches({**fingerprint, "archs": archs}, local)
-        if mismatches and not force:
-            raise BundleError(f"{bundle}: built for another environment: {'; '.join(mismatches)}", path=bundle,
-                              hint="pass --force to import anyway (entries for another compiler or GPU are never hit)")
-        if any(e["backend"] == "triton" for e in entries) and root.triton_dir is None:
-            raise BundleError(f"{bundle}: holds Triton entries, but {root.path} is a bare DeepEP cache", path=bundle)
-        result: dict[str, list[str]] = {"published": [], "identical": [], "conflicts": [], "lost_race": []}
-        with root.lock(command=f"jitcache import {bundle.name}", on_wait=on_wait, timeout=timeout):
-            for entry in entries:
-                tree, name = entry["backend"], entry["name"]
-                staged = staging / tree / name
-                final = (root.deep_ep_dir / "cache" / name) if tree == "deep_ep" else root.triton_dir / name
-                if final.exists():
-                    key = "identical" if _same_entry(staged, final, tree) else "conflicts"
-                    result[key].append(name)
-                    continue
-                if tree == "triton":
-                    _rewrite_triton_groups(staged, final)
-                marker = COMMIT_MARKER if entry.get("format") == "deepjit" else None
-                if publish_entry(staged, final, marker=marker):
-                    published.append(final)
-                    result["published"].append(name)
-                    if _after_publish is not None:
-                        _after_publish(name)
-                else:
-                    result["lost_race"].append(name)
+        checked = []
+        for index, bundle in enumerate(paths):
+            here = staging / str(index)
+            here.mkdir()
+            manifest = _read_manifest(bundle)
+            _check_room(bundle, here, manifest)
+            try:
+                _stage(bundle, here, manifest)
+            except OSError as exc:
+                raise filesystem_error(exc, staging.parent, action=f"unpack {bundle.name}",
+                                       partial="nothing imported (the partly unpacked copy is removed)") from None
+            entries = _check_staged(bundle, here, manifest)
+            fingerprint = manifest.get("fingerprint") or {}
+            archs = check_staged_cubins(bundle, here, entries)
+            claimed = fingerprint.get("archs") if isinstance(fingerprint, dict) else None
+            claimed = sorted({a for a in claimed if isinstance(a, str) and normalize_arch(a)}) if claimed else []
+            if claimed and claimed != archs:
+                raise BundleError(f"{bundle}: the manifest says its cubins are for {claimed}, their ELF "
+                                  f"headers say {archs}; refused", path=bundle)
+            mismatches = fingerprint_mismatches({**fingerprint, "archs": archs}, local)
+            if mismatches and not force:
+                raise BundleError(f"{bundle}: built for another environment: {'; '.join(mismatches)}", path=bundle,
+                                  hint="pass --force to import anyway (entries for another compiler or GPU are "
+                                       "never hit)")
+            if any(e["backend"] == "triton" for e in entries) and root.triton_dir is None:
+                raise BundleError(f"{bundle}: holds Triton entries, but {root.path} is a bare DeepEP cache",
+                                  path=bundle)
+            checked.append((bundle, here, entries, fingerprint, mismatches))
+        results = []
+        with root.lock(command=what, on_wait=on_wait, timeout=timeout):
+            for bundle, here, entries, fingerprint, mismatches in checked:
+                result: dict[str, list[str]] = {"published": [], "identical": [], "conflicts": [], "lost_race": []}
+                for entry in entries:
+                    tree, name = entry["backend"], entry["name"]
+                    staged = here / tree / name
+                    final = (root.deep_ep_dir / "cache" / name) if tree == "deep_ep" else root.triton_dir / name
+                    if final.exists():
+                        key = "identical" if _same_entry(staged, final, tree) else "conflicts"
+                        result[key].append(name)
+                        continue
+                    if tree == "triton":
+                        _rewrite_triton_groups(staged, final)
+                    marker = COMMIT_MARKER if entry.get("format") == "deepjit" else None
+                    if publish_entry(staged, final, marker=marker):
+                        published.append(final)
+                        result["published"].append(name)
+                        if _after_publish is not None:
+                            _after_publish(name)
+                    else:
+                        result["lost_race"].append(name)
+                results.append(ImportResult(str(bundle), tuple(result["published"]), tuple(result["identical"]),
+                                            tuple(result["conflicts"]), tuple(result["lost_race"]), fingerprint,
+                                            tuple(mismatches) if force else ()))
     except BaseException as exc:
         _take_back(root, published)
         taken_back = f"nothing imported ({len(published)} entries published before the failure were taken back)"
         if isinstance(exc, OSError) and is_fault(exc):
-            raise filesystem_error(exc, root.deep_ep_dir / "cache", action=f"import {bundle.name}",
+            raise filesystem_error(exc, root.deep_ep_dir / "cache", action=f"import {label}",
                                    partial=taken_back) from None
         if type(exc) is CacheError and published:
             raise CacheError(f"{exc.message}; {taken_back}", path=exc.path, hint=exc.hint) from None
         raise
     finally:
         remove_tree(staging)
-    return ImportResult(str(bundle), tuple(result["published"]), tuple(result["identical"]),
-                        tuple(result["conflicts"]), tuple(result["lost_race"]), fingerprint,
-                        tuple(mismatches) if force else ())
+    return tuple(results)
 
 
 def _take_back(root: CacheRoot, published: list[Path]) -> None:
