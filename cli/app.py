@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover
 from jitcache import __version__
 from jitcache.errors import JitCacheError
 
-from . import cache_cmds, plan_cmds, sources_cmds, stats_cmds, warmup_cmds
+from . import cache_cmds, plan_cmds, remote_cmds, sources_cmds, stats_cmds, warmup_cmds
 from .output import Output
 
 app = typer.Typer(
@@ -53,7 +53,7 @@ def _root(
 
 
 # One module per command group; each adds its commands to `app`.
-for _group in (plan_cmds, warmup_cmds, stats_cmds, cache_cmds, sources_cmds):
+for _group in (plan_cmds, warmup_cmds, stats_cmds, cache_cmds, remote_cmds, sources_cmds):
     _group.register(app)
 
 

@@ -61,6 +61,11 @@ def warmup(
              "are compiled for every bucket in the same pool (--aot only)."),
     triton_only: bool = typer.Option(False, "--triton-only",
                                      help="Compile only the registered Triton kernels: no DeepEP toolchain needed."),
+    remote: Optional[str] = typer.Option(
+        None, "--remote", help="--aot: pull what a remote store has, compile only the rest, push what was compiled "
+                               "(s3://..., gs://..., a directory, http(s):// read-only; default $JITCACHE_REMOTE)."),
+    remote_optional: bool = typer.Option(False, "--remote-optional",
+                                         help="A remote that is unreachable or denies access: warn, warm locally."),
     fmt: Format = FORMAT,
 ) -> None:
     """Compile every DeepEP kernel variant of a profile, so that serving compiles nothing."""
@@ -80,6 +85,8 @@ def warmup(
     if learn_from is not None and not learn_from.is_dir():
         raise UsageError(f"--learn-from {learn_from}: no such directory",
                          hint="give an entry DeepEP wrote, <EP_JIT_CACHE_DIR>/cache/<name>.<digest>/")
+    if remote is not None and not aot:
+        raise UsageError("--remote needs --aot", hint="the live warmup does not use a remote store yet")
     if not aot:
         from .live_view import run_live_warmup
 
@@ -139,6 +146,19 @@ def warmup(
              f"{jobs or ('cores / ranks of the node' if distributed else 'all')} jobs -> {root.deep_ep_dir}")
     out.info(toolchain.deep_ep_headers_from)
 
+    from jitcache.store.remote import remote_url_from_env
+
+    if (remote_url := remote_url_from_env(remote)) is not None:
+        from .remote_cmds import run_remote_warmup
+
+        api = f"DeepEP {toolchain.deep_ep_api}"
+        with aot_progress(out, _share(num_deep_ep + len(triton_jobs), distributed)) as on_result:
+            remote_report = run_remote_warmup(
+                out, the_plan, toolchain, root, remote_url, optional=remote_optional, jobs=build_jobs,
+                extra_jobs=triton_jobs, num_workers=jobs, distributed=True if distributed else None,
+                on_result=on_result, render_aot=lambda aot: render_report(out, f"{prof.name}: AOT warmup, {api}", aot))
+        _check_ok(remote_report.aot)
+        return
     with aot_progress(out, _share(num_deep_ep + len(triton_jobs), distributed)) as on_result:
         report = warmup_aot(the_plan, toolchain, root, jobs=build_jobs, extra_jobs=triton_jobs, num_workers=jobs,
                             distributed=True if distributed else None, on_result=on_result)
@@ -158,6 +178,10 @@ def _share(total: int, distributed: bool) -> int:
 def _render(out: Output, prof, report) -> None:
     api = "Triton" if report.deep_ep_api == "n/a" else f"DeepEP {report.deep_ep_api}"
     render_report(out, f"{prof.name}: AOT warmup, {api}", report)
+    _check_ok(report)
+
+
+def _check_ok(report) -> None:
     if not report.ok:
         first = report.failed[0]
         raise CompileError(f"{len(report.failed)} of {len(report.results)} kernels failed to compile "

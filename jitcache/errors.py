@@ -68,6 +68,17 @@ class BundleError(CacheError):
     exit_code = 2
 
 
+class RemoteError(CacheError):
+    """A remote cache store cannot be reached, denies access, or holds an object that fails its checks.
+
+    ``url`` is the store (or object) at fault.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None, hint: str | None = None) -> None:
+        self.url = url
+        super().__init__(message, path=url, hint=hint)
+
+
 class CompileError(JitCacheError):
     """A kernel failed to compile; ``log_path`` holds the compiler's stderr."""
 
@@ -108,6 +119,7 @@ __all__ = [
     "CompileError",
     "JitCacheError",
     "ProfileError",
+    "RemoteError",
     "ToolchainError",
     "ToolchainOptionError",
     "UsageError",

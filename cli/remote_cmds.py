@@ -1,0 +1,184 @@
+"""`jitcache push | pull`: share a cache through a remote store (S3, GCS, a directory, HTTP(S) read-only).
+
+The remote is ``--remote URL``, else ``JITCACHE_REMOTE``. Credentials and
+endpoints are the store library's own (``AWS_*``, ``AWS_ENDPOINT_URL``,
+``AWS_PROFILE``, ``GOOGLE_APPLICATION_CREDENTIALS``); see ``docs/remote.md``.
+``warmup --aot --remote`` (in ``warmup_cmds``) renders through
+:func:`render_remote_warmup` here.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import typer
+
+from jitcache.errors import RemoteError, UsageError
+from jitcache.planning.profiles import DEFAULT_PROFILE
+
+from .output import Format, Output, human_bytes
+
+FORMAT = typer.Option(Format.human, "--format", help="human (tables) or json (stdout holds only JSON).")
+PROFILE = typer.Option(DEFAULT_PROFILE, "--profile", "-p", help="A built-in profile name or a path to a profile .toml.")
+REMOTE = typer.Option(None, "--remote", help="The store: s3://bucket/prefix, gs://bucket/prefix, a directory, or "
+                                             "http(s)://... (read-only). Default: $JITCACHE_REMOTE.")
+CACHE_DIR = typer.Option(None, "--cache-dir", help="The jitcache root (default: JITCACHE_HOME, "
+                         "$XDG_CACHE_HOME/jitcache, ~/.cache/jitcache).")
+API = typer.Option(None, "--deep-ep-api", help="2.5 or 2.1, when the profile says auto and no DeepEP is installed here.")
+NVCC = typer.Option(None, "--nvcc", help="The nvcc whose version keys the store (default: PATH, $CUDA_HOME).")
+
+
+def _remote_url(remote: Optional[str]) -> str:
+    from jitcache.store.remote import REMOTE_ENV, remote_url_from_env
+
+    url = remote_url_from_env(remote)
+    if url is None:
+        raise UsageError(f"no remote store: pass --remote URL or set {REMOTE_ENV}",
+                         hint="e.g. --remote s3://my-bucket/jitcache (credentials from AWS_* / AWS_PROFILE)")
+    return url
+
+
+def _setup(profile: str, remote: Optional[str], cache_dir: Optional[Path], api: Optional[str], nvcc: Optional[Path]):
+    from jitcache.planning.profiles import load_profile
+    from jitcache.build.remote_warmup import remote_env
+    from jitcache.build.sources import sources_dir
+    from jitcache.store.remote import RemoteStore
+    from jitcache.store.root import resolve_root
+    from jitcache.planning.variants import plan
+
+    if api is not None and api not in ("2.5", "2.1"):
+        raise UsageError(f"--deep-ep-api {api!r}: must be 2.5 or 2.1")
+    prof = load_profile(profile)
+    root = resolve_root(cache_dir)
+    root.check_layout()
+    env = remote_env(prof, nvcc=None if nvcc is None else str(nvcc), deep_ep_api=api,
+                     sources_dir=sources_dir(root.path))
+    return prof, plan(prof), root, RemoteStore(_remote_url(remote)), env
+
+
+@contextmanager
+def transfer_bar(out: Output) -> Iterator[Callable[[Any], None]]:
+    """A callback for push/pull progress that draws a bar on stderr (none with ``--format json``)."""
+    if out.is_json or out.quiet:
+        yield lambda event: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("[bold]{task.description}[/bold]"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=out.err, transient=True)
+    tasks: dict[str, Any] = {}
+
+    def on_event(event: Any) -> None:
+        if event.phase not in tasks:
+            tasks[event.phase] = bar.add_task(event.phase, total=event.total)
+        bar.update(tasks[event.phase], completed=event.done)
+
+    with bar:
+        yield on_event
+
+
+def pull_lines(report: Any) -> list[str]:
+    parts = [f"Pulled {len(report.pulled)} entries ({human_bytes(report.bytes_received)}) in {report.seconds:.2f} s"]
+    if report.local:
+        parts.append(f"{len(report.local)} already here")
+    if report.missing:
+        parts.append(f"{len(report.missing)} not in the store")
+    if report.refused:
+        parts.append(f"{len(report.refused)} refused")
+    return [", ".join(parts) + f" from {report.remote} ({report.env.prefix})."]
+
+
+def push_lines(report: Any) -> list[str]:
+    line = (f"Pushed {len(report.pushed)} entries ({human_bytes(report.bytes_sent)}) in {report.seconds:.2f} s"
+            + (f", {len(report.present)} already in the store" if report.present else "")
+            + (f", {len(report.skipped)} skipped" if report.skipped else "") + f" to {report.remote}")
+    if report.index:
+        line += f"; index lists {report.index_entries}"
+    return [line + "."]
+
+
+def push_cmd(profile: str = PROFILE, remote: Optional[str] = REMOTE, cache_dir: Optional[Path] = CACHE_DIR,
+             api: Optional[str] = API, nvcc: Optional[Path] = NVCC, fmt: Format = FORMAT) -> None:
+    """Push the profile's entries from the local cache to the remote store (never overwrites an object)."""
+    from jitcache.store.remote import push
+
+    out = Output(fmt)
+    prof, the_plan, root, store, env = _setup(profile, remote, cache_dir, api, nvcc)
+    with transfer_bar(out) as bar:
+        report = push(root, store, env, plan=the_plan, on_progress=bar)
+    for name, why in report.skipped:
+        out.warn(f"{name}: not pushed ({why})")
+    if not report.pushed and not report.present:
+        out.warn(f"no entry of {prof.name} is in {root.deep_ep_dir}: nothing to push (run `jitcache warmup` first)")
+    out.result(report.to_dict(), lambda o: [o.print(line) for line in push_lines(report)])
+
+
+def pull_cmd(profile: str = PROFILE, remote: Optional[str] = REMOTE, cache_dir: Optional[Path] = CACHE_DIR,
+             force: bool = typer.Option(False, "--force", help="Publish even if built for another nvcc/DeepEP."),
+             api: Optional[str] = API, nvcc: Optional[Path] = NVCC, fmt: Format = FORMAT) -> None:
+    """Pull the profile's entries from the remote store into the local cache (each verified as `import` does)."""
+    from jitcache.store.remote import pull
+
+    out = Output(fmt)
+    prof, the_plan, root, store, env = _setup(profile, remote, cache_dir, api, nvcc)
+    with transfer_bar(out) as bar:
+        report = pull(root, store, env, plan=the_plan, force=force, on_progress=bar)
+    if not report.index_found:
+        out.warn(f"{store.where(report.index or '')}: no index: nothing was pushed for {prof.name} with "
+                 f"{env.prefix} yet")
+    out.result(report.to_dict(), lambda o: [o.print(line) for line in pull_lines(report)])
+    if report.refused:
+        first, why = report.refused[0]
+        raise RemoteError(f"{len(report.refused)} objects refused (first: {first}: {why}); the other entries "
+                          "were pulled", url=store.url, hint="the store holds damaged or foreign objects: "
+                          "delete them there and push again")
+
+
+def run_remote_warmup(out: Output, the_plan: Any, toolchain: Any, root: Any, url: str, *, optional: bool,
+                      render_aot: Callable[[Any], None], **aot_options: Any) -> Any:
+    """`warmup --aot --remote`: :func:`jitcache.build.remote_warmup.warmup_aot_remote`, then its report.
+
+    ``render_aot(aot_report)`` renders the AOT part for people; with
+    ``--format json`` stdout holds the one remote-warmup document. The
+    compile's own progress bar is the only live display: pull and push say
+    one line each when done.
+    """
+    from jitcache.build.remote_warmup import warmup_aot_remote
+
+    out.info(f"remote: {url} (pull what is there, compile the rest, push what was compiled)")
+
+    def on_remote(event: Any) -> None:
+        if event.done == event.total and event.phase in ("pull", "push"):
+            out.info(f"remote {event.phase}: {event.total} objects")
+
+    report = warmup_aot_remote(the_plan, toolchain, root, remote=url, optional=optional, on_remote=on_remote,
+                               **aot_options)
+    for message in report.remote_errors:
+        out.warn(f"remote store: {message}; warmed locally (--remote-optional)")
+    if report.pull is not None:
+        for name, why in report.pull.refused:
+            out.warn(f"{name}: refused from the store ({why}); compiled here instead")
+    if out.is_json:
+        out.result(report.to_dict())
+        return report
+    render_aot(report.aot)
+    if report.pull is not None:
+        for line in pull_lines(report.pull):
+            out.print(line)
+    if report.push is not None:
+        for line in push_lines(report.push):
+            out.print(line)
+    elif not report.remote_errors:
+        out.print(f"Nothing pushed: {report.remote} is read-only.")
+    data = report.to_dict()
+    out.print(f"Remote warmup: {report.pulled} pulled, {report.compiled} compiled, {report.pushed} pushed, "
+              f"{human_bytes(data['bytes_received'])} in, {human_bytes(data['bytes_sent'])} out, "
+              f"{report.seconds:.1f} s.")
+    return report
+
+
+def register(app: typer.Typer) -> None:
+    app.command("push")(push_cmd)
+    app.command("pull")(pull_cmd)

@@ -1,0 +1,299 @@
+"""Push local entries to a remote store and pull them back: conditional writes out, full validation in.
+
+Push: each healthy entry becomes a one-entry bundle (:func:`..bundle.write_bundle`:
+files with size and sha256, the environment fingerprint) written with
+create-if-absent, so two nodes pushing the same entry never overwrite each
+other: the first object stays, the second push counts it as ``present``.
+Then the profile's index is merged by compare-and-swap.
+
+Pull: the names come from the caller (the AOT warmup knows the exact names
+the serving DeepEP computes) or from the profile's index. Objects are
+downloaded into a private folder under the cache's ``tmp/`` (an object
+listed in the index must match the index's sha256), then imported with
+:func:`..bundle.import_bundles`, i.e. the very checks and atomic publish of
+``jitcache import``: member paths, sizes, per-file sha256, the environment
+fingerprint and the target arch, one rename per entry with DeepJIT's marker
+written last. A pull killed at any point leaves only whole entries. An
+object that fails a check is refused on its own (reported, not published);
+the others are still pulled.
+
+After publishing, ``relocate(root, names)`` is called with the pulled names:
+the hook where re-publishing entries built for other install paths under
+the serving machine's names plugs in (issue 12; nothing is relocated yet).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from jitcache.errors import BundleError, RemoteError
+
+from ..bundle import environment_fingerprint, import_bundles, write_bundle
+from ..model import SCHEMA_VERSION, CacheEntry
+from ..publish import COMMIT_MARKER, TEMP_PREFIX, make_temp_dir, remove_tree
+from ..root import CacheRoot
+from ..scan import coverage, scan
+from .backend import RemoteStore
+from .layout import ENTRY_SUFFIX, RemoteEnv, api_of_entry_name, decode_index, encode_index, entry_key, index_key, \
+    merge_index
+
+__all__ = ["PullReport", "PushReport", "RemoteProgress", "entry_is_local", "pull", "push"]
+
+#: Objects moved at once: requests to a store are latency-bound, not CPU-bound.
+TRANSFER_THREADS = 16
+_CAS_ATTEMPTS = 20
+
+
+@dataclass(frozen=True)
+class RemoteProgress:
+    """One step of a push or pull: ``phase`` is push | pull | publish, ``done`` of ``total``."""
+
+    phase: str
+    done: int
+    total: int
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class PushReport:
+    remote: str
+    env: RemoteEnv
+    profile: str | None
+    pushed: tuple[str, ...]            # written by this push
+    present: tuple[str, ...]           # already in the store (someone pushed them first)
+    skipped: tuple[tuple[str, str], ...]  # (entry, why): broken, another arch or DeepEP API, vanished
+    bytes_sent: int
+    seconds: float
+    index: str | None = None           # the index object updated
+    index_entries: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, "remote": self.remote, "env": self.env.to_dict(), "profile": self.profile,
+                "pushed": list(self.pushed), "present": list(self.present),
+                "skipped": [{"entry": n, "reason": r} for n, r in self.skipped],
+                "bytes_sent": self.bytes_sent, "seconds": round(self.seconds, 3), "index": self.index,
+                "index_entries": self.index_entries}
+
+
+@dataclass(frozen=True)
+class PullReport:
+    remote: str
+    env: RemoteEnv
+    profile: str | None
+    requested: int                     # names looked for
+    pulled: tuple[str, ...]            # published into the local cache by this pull
+    local: tuple[str, ...]             # already in the local cache: not downloaded
+    missing: tuple[str, ...]           # not in the store
+    refused: tuple[tuple[str, str], ...]  # (entry, why): failed a check; not published
+    bytes_received: int
+    seconds: float
+    index: str | None = None           # the index read (None: names given by the caller)
+    index_found: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, "remote": self.remote, "env": self.env.to_dict(), "profile": self.profile,
+                "requested": self.requested, "pulled": list(self.pulled), "local": list(self.local),
+                "missing": list(self.missing), "refused": [{"entry": n, "reason": r} for n, r in self.refused],
+                "bytes_received": self.bytes_received, "seconds": round(self.seconds, 3), "index": self.index,
+                "index_found": self.index_found, "relocated": 0}
+
+
+def entry_is_local(root: CacheRoot, name: str) -> bool:
+    """Whether ``root`` holds a published entry ``name`` (DeepJIT: its marker; 2.1: both files)."""
+    final = root.deep_ep_dir / "cache" / name
+    if api_of_entry_name(name) == "2.5":
+        return (final / COMMIT_MARKER).is_file()
+    return (final / "kernel.cu").is_file() and (final / "kernel.cubin").is_file()
+
+
+def _notify(on_progress: Callable[[RemoteProgress], None] | None, *args: Any) -> None:
+    if on_progress is not None:
+        on_progress(RemoteProgress(*args))
+
+
+# -- push -----------------------------------------------------------------------------------------
+
+
+def _entries_to_push(root: CacheRoot, env: RemoteEnv, plan: Any, names: Iterable[str] | None
+                     ) -> tuple[list[CacheEntry], list[tuple[str, str]]]:
+    report = scan(root)
+    entries = [e for e in report.entries if e.backend == "deep_ep"]
+    if names is not None:
+        wanted = set(names)
+        entries = [e for e in entries if e.name in wanted]
+    elif plan is not None:
+        cov = coverage(plan, [e for e in entries if e.status == "ok"])
+        paths = {p for _, found in cov.present for p in found}
+        entries = [e for e in entries if e.path in paths]
+    chosen, skipped = [], []
+    for entry in entries:
+        if entry.status == "broken":
+            skipped.append((entry.name, "broken: " + "; ".join(p.message for p in entry.problems)[:200]))
+        elif api_of_entry_name(entry.name) != env.deep_ep_api:
+            skipped.append((entry.name, f"a DeepEP {api_of_entry_name(entry.name)} entry, not {env.deep_ep_api}"))
+        elif entry.arch != env.arch:
+            skipped.append((entry.name, f"cubin for {entry.arch}, not {env.arch}"))
+        else:
+            chosen.append(entry)
+    return chosen, skipped
+
+
+def push(root: CacheRoot, remote: RemoteStore, env: RemoteEnv, *, plan: Any = None,
+         names: Iterable[str] | None = None,
+         on_progress: Callable[[RemoteProgress], None] | None = None) -> PushReport:
+    """Push ``root``'s healthy entries (those ``plan`` needs, or those ``names``) and update the plan's index."""
+    start = time.perf_counter()
+    if remote.read_only:
+        remote.check_writable("entries and the index")
+    entries, skipped = _entries_to_push(root, env, plan, names)
+    fingerprint = {**environment_fingerprint(), "nvcc": env.nvcc, "triton": None}  # DeepEP entries: no Triton
+    profile = None if plan is None else plan.profile.name
+    done = [0]
+
+    def one(entry: CacheEntry) -> tuple[str, str, dict[str, Any] | None, int]:
+        buffer = io.BytesIO()
+        written, vanished, _ = write_bundle(buffer, [entry], profile=profile, fingerprint=fingerprint)
+        if not written:
+            return entry.name, "vanished", None, 0
+        blob = buffer.getvalue()
+        key = entry_key(env, entry.name)
+        created = remote.put_new(key, blob)
+        if created:
+            spec = {"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+        else:
+            stored = remote.get(key)  # the first pusher's object is the one the index must describe
+            spec = None if stored is None else {"size": len(stored), "sha256": hashlib.sha256(stored).hexdigest()}
+        done[0] += 1
+        _notify(on_progress, "push", done[0], len(entries), entry.name)
+        return entry.name, "pushed" if created else "present", spec, len(blob) if created else 0
+
+    with ThreadPoolExecutor(max_workers=TRANSFER_THREADS, thread_name_prefix="jitcache-push") as pool:
+        results = list(pool.map(one, entries))
+    pushed = tuple(n for n, s, _, _ in results if s == "pushed")
+    present = tuple(n for n, s, _, _ in results if s == "present")
+    skipped += [(n, "vanished while being read (pruned?)") for n, s, _, _ in results if s == "vanished"]
+    listed = [(n, spec) for n, _, spec, _ in results if spec is not None]
+    ikey, count = None, 0
+    if plan is not None:
+        ikey = index_key(env, plan.profile.name, plan.fingerprint())
+        count = _update_index(remote, ikey, plan, env, listed)
+    return PushReport(remote.url, env, profile, pushed, present, tuple(skipped),
+                      sum(b for _, _, _, b in results), time.perf_counter() - start, ikey, count)
+
+
+
+
+def _update_index(remote: RemoteStore, key: str, plan: Any, env: RemoteEnv,
+                  listed: Sequence[tuple[str, dict[str, Any]]]) -> int:
+    """Merge ``listed`` into the index at ``key`` by compare-and-swap; returns the entries it lists."""
+    for _ in range(_CAS_ATTEMPTS):
+        current = remote.get_versioned(key)
+        entries = {} if current is None else decode_index(current.data, remote.where(key))
+        merged = merge_index(entries, listed)
+        if merged is None:
+            return len(entries)
+        if remote.replace(key, encode_index(plan.profile.name, plan.fingerprint(), env, merged), current):
+            return len(merged)
+        time.sleep(0.05)  # another pusher won this round: read its index and merge again
+    raise RemoteError(f"{remote.where(key)}: index kept changing under {_CAS_ATTEMPTS} attempts to update it",
+                      url=remote.url, hint="run the push again")
+
+
+# -- pull -----------------------------------------------------------------------------------------
+
+
+def pull(root: CacheRoot, remote: RemoteStore, env: RemoteEnv, *, plan: Any = None,
+         names: Iterable[str] | None = None, force: bool = False,
+         relocate: Callable[[CacheRoot, tuple[str, ...]], Any] | None = None,
+         on_progress: Callable[[RemoteProgress], None] | None = None) -> PullReport:
+    """Pull ``names`` (else the plan's index) into ``root``; see the module docstring."""
+    start = time.perf_counter()
+    ikey, listing, found = None, {}, True
+    if names is not None:
+        wanted = list(dict.fromkeys(names))
+    elif plan is not None:
+        ikey = index_key(env, plan.profile.name, plan.fingerprint())
+        data = remote.get(ikey)
+        found = data is not None
+        listing = {} if data is None else decode_index(data, remote.where(ikey))
+        wanted = sorted(listing)
+    else:
+        raise RemoteError("pull needs a plan (its index names the entries) or entry names")
+    wanted = [n for n in wanted if api_of_entry_name(n) == env.deep_ep_api]
+    local = tuple(n for n in wanted if entry_is_local(root, n))
+    todo = [n for n in wanted if n not in local]
+    profile = None if plan is None else plan.profile.name
+    if not todo:
+        return PullReport(remote.url, env, profile, len(wanted), (), local, (), (), 0, time.perf_counter() - start,
+                          ikey, found)
+    root.ensure()
+    downloads = make_temp_dir(root.deep_ep_dir)
+    downloads = downloads.rename(downloads.with_name(f"{TEMP_PREFIX}pull-{downloads.name[len(TEMP_PREFIX):]}"))
+    done = [0]
+
+    def fetch(name: str) -> tuple[str, Path | None, str | None, int]:
+        key = entry_key(env, name)
+        blob = remote.get(key)
+        done[0] += 1
+        _notify(on_progress, "pull", done[0], len(todo), name)
+        if blob is None:
+            return name, None, None, 0
+        spec = listing.get(name)
+        if spec is not None and (len(blob) != spec["size"] or hashlib.sha256(blob).hexdigest() != spec["sha256"]):
+            return name, None, f"object does not match the index's sha256 ({spec['sha256'][:16]}...)", len(blob)
+        path = downloads / f"{name}{ENTRY_SUFFIX}"
+        path.write_bytes(blob)
+        return name, path, None, len(blob)
+
+    try:
+        with ThreadPoolExecutor(max_workers=TRANSFER_THREADS, thread_name_prefix="jitcache-pull") as pool:
+            fetched = list(pool.map(fetch, todo))
+        missing = tuple(n for n, p, why, _ in fetched if p is None and why is None)
+        refused = [(n, why) for n, _, why, _ in fetched if why is not None]
+        bundles = {p: n for n, p, _, _ in fetched if p is not None}
+        published = _import_checked(root, remote, env, bundles, refused, force, on_progress)
+    finally:
+        remove_tree(downloads)
+    pulled = tuple(published)
+    if relocate is not None and pulled:
+        relocate(root, pulled)  # issue 12: re-publish under the serving machine's names
+    return PullReport(remote.url, env, profile, len(wanted), pulled, local, missing, tuple(refused),
+                      sum(b for _, _, _, b in fetched), time.perf_counter() - start, ikey, found)
+
+
+def _import_checked(root: CacheRoot, remote: RemoteStore, env: RemoteEnv, bundles: dict[Path, str],
+                    refused: list[tuple[str, str]], force: bool,
+                    on_progress: Callable[[RemoteProgress], None] | None) -> list[str]:
+    """Import the downloaded bundles with ``import``'s checks; an object that fails one is refused alone."""
+    pending = dict(bundles)
+    while pending:
+        paths = sorted(pending)
+        count = [0]
+
+        def published(name: str) -> None:
+            count[0] += 1
+            _notify(on_progress, "publish", count[0], len(paths), name)
+
+        try:
+            results = import_bundles(root, paths, force=force, target_arch=env.arch,
+                                     command=f"jitcache pull {remote.url}", _after_publish=published)
+        except BundleError as exc:
+            bad = Path(exc.path) if exc.path else None
+            if bad not in pending:
+                raise
+            name = pending.pop(bad)
+            reason = exc.message.replace(f"{bad}: ", "").replace(str(bad), remote.where(entry_key(env, name)))
+            refused.append((name, reason))
+            continue
+        out = []
+        for result in results:
+            out += list(result.published) + list(result.lost_race)
+        return out
+    return []
