@@ -99,6 +99,13 @@ def push_lines(report: Any) -> list[str]:
     return [line + "."]
 
 
+def _lines(lines: list[str]) -> Callable[[Output], None]:
+    def render(o: Output) -> None:
+        for line in lines:
+            o.print(line)
+    return render
+
+
 def push_cmd(profile: str = PROFILE, remote: Optional[str] = REMOTE, cache_dir: Optional[Path] = CACHE_DIR,
              api: Optional[str] = API, nvcc: Optional[Path] = NVCC, fmt: Format = FORMAT) -> None:
     """Push the profile's entries from the local cache to the remote store (never overwrites an object)."""
@@ -112,7 +119,7 @@ def push_cmd(profile: str = PROFILE, remote: Optional[str] = REMOTE, cache_dir: 
         out.warn(f"{name}: not pushed ({why})")
     if not report.pushed and not report.present:
         out.warn(f"no entry of {prof.name} is in {root.deep_ep_dir}: nothing to push (run `jitcache warmup` first)")
-    out.result(report.to_dict(), lambda o: [o.print(line) for line in push_lines(report)])
+    out.result(report.to_dict(), _lines(push_lines(report)))
 
 
 def pull_cmd(profile: str = PROFILE, remote: Optional[str] = REMOTE, cache_dir: Optional[Path] = CACHE_DIR,
@@ -128,7 +135,7 @@ def pull_cmd(profile: str = PROFILE, remote: Optional[str] = REMOTE, cache_dir: 
     if not report.index_found:
         out.warn(f"{store.where(report.index or '')}: no index: nothing was pushed for {prof.name} with "
                  f"{env.prefix} yet")
-    out.result(report.to_dict(), lambda o: [o.print(line) for line in pull_lines(report)])
+    out.result(report.to_dict(), _lines(pull_lines(report)))
     if report.refused:
         first, why = report.refused[0]
         raise RemoteError(f"{len(report.refused)} objects refused (first: {first}: {why}); the other entries "

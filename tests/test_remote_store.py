@@ -155,6 +155,37 @@ def test_a_tampered_object_is_refused_and_the_rest_is_pulled(filled_root, the_pl
     assert _entry_names(bare) == set() and not list((bare.deep_ep_dir / "tmp").iterdir())
 
 
+def test_an_object_with_a_consistent_manifest_but_no_valid_cubin_is_refused_by_imports_elf_check(
+        filled_root, the_plan, s3_url, tmp_path):
+    """Whoever rewrites an object with matching sha256s still meets import's cubin checks (the same code)."""
+    import zstandard
+
+    store = RemoteStore(s3_url)
+    victim = sorted(_entry_names(filled_root))[0]
+    push(filled_root, store, ENV, names=[victim])
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(store.get(entry_key(ENV, victim)))).read()
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(raw)) as src, tarfile.open(fileobj=out, mode="w",
+                                                                   format=tarfile.PAX_FORMAT) as dst:
+        members = [(m, src.extractfile(m).read()) for m in src.getmembers()]
+        garbage = b"not an ELF file at all" * 10
+        manifest = json.loads(next(d for m, d in members if m.name == "manifest.json"))
+        for spec in manifest["entries"][0]["files"]:
+            if spec["path"] == "kernel.cubin":
+                spec.update(size=len(garbage), sha256=hashlib.sha256(garbage).hexdigest())
+        for member, data in members:
+            data = garbage if member.name.endswith("kernel.cubin") else (
+                json.dumps(manifest).encode() if member.name == "manifest.json" else data)
+            member.size = len(data)
+            dst.addfile(member, io.BytesIO(data))
+    other = RemoteStore(s3_url.rsplit("/", 1)[0] + "/forged-" + s3_url.rsplit("/", 1)[1])
+    assert other.put_new(entry_key(ENV, victim), zstandard.ZstdCompressor().compress(out.getvalue()))
+    fresh = resolve_root(tmp_path / "fresh")
+    got = pull(fresh, other, ENV, names=[victim])
+    assert [n for n, _ in got.refused] == [victim] and "invalid_cubin" in got.refused[0][1]
+    assert _entry_names(fresh) == set()
+
+
 def test_denied_and_wrong_credentials_are_clear_errors(filled_root, the_plan, s3_server, s3_url, monkeypatch):
     push(filled_root, RemoteStore(s3_url), ENV, plan=the_plan)
     for name, value in s3_server.env(s3_server.ro).items():

@@ -60,7 +60,7 @@ def _build(url: str) -> Any:
     import obstore.store as stores
 
     scheme = url.split("://", 1)[0].lower()
-    options = dict(_CLIENT)
+    options: dict[str, Any] = dict(_CLIENT)
     if scheme == "file":
         return stores.from_url(url, mkdir=True)
     if scheme == "http" or (scheme in ("s3", "s3a") and any(

@@ -165,6 +165,7 @@ def push(root: CacheRoot, remote: RemoteStore, env: RemoteEnv, *, plan: Any = No
         blob = buffer.getvalue()
         key = entry_key(env, entry.name)
         created = remote.put_new(key, blob)
+        spec: dict[str, Any] | None
         if created:
             spec = {"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
         else:
