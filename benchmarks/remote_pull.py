@@ -94,6 +94,7 @@ def main() -> int:
     the_plan = plan(profile)
     toolchain = resolve_toolchain(deep_ep_include=args.deep_ep_include, api=profile.deep_ep.api)
     env = remote_env(profile, toolchain=toolchain)
+    load_start = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="jitcache-remote-bench-"))
     proc, endpoint = _start_moto(free_port())
     aws = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1",
@@ -174,6 +175,8 @@ def main() -> int:
         "profile": profile.name,
         "machine": args.machine,
         "facts": machine_facts(),
+        "load_average_1m_start_end": [round(load_start[0], 1), round(os.getloadavg()[0], 1)],
+        "note": "a shared machine: the AOT baseline and the pulls ran in the same run, under the same load",
         "nvcc": release_line(toolchain.nvcc_version_output),
         "deep_ep_api": toolchain.deep_ep_api,
         "store": "moto S3 server on 127.0.0.1 (python -m moto.server)",

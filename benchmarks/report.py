@@ -249,9 +249,27 @@ def multi_gpu_rows() -> list[list[str]]:
     return rows
 
 
+def remote_rows() -> list[list[str]]:
+    rows = []
+    for folder in sorted(p for p in RESULTS.iterdir() if p.is_dir()):
+        path = folder / "remote_pull.json"
+        data = _load(path)
+        if not data:
+            continue
+        fresh, aot, many = data["fresh_node_warmup_remote_cli"], data["aot_compile"], data["concurrent_pull_cli"]
+        rows.append([f"Fresh node from a remote store: `warmup --aot --remote` into an empty cache "
+                     f"({fresh['pulled']} entries, {data['store_bytes'] / 1024:.0f} KiB, moto S3 on 127.0.0.1)",
+                     f"{fresh['wall_seconds']:.2f} s wall, {fresh['compiled']} compiled",
+                     f"AOT compile of the same entries in the same run: {aot['wall_seconds']:.1f} s "
+                     f"(--jobs {aot['jobs']}); {many['nodes']} nodes pulling at once: all ready in "
+                     f"{many['wall_seconds']:.2f} s", folder.name, data.get("deep_ep_api", "?"),
+                     data.get("profile", "?"), _src(path)])
+    return rows
+
+
 def table() -> str:
     header = ["Benchmark", "Result", "Compared with", "Machine", "DeepEP", "Profile", "Source"]
-    rows = (live_proof_rows() + readiness_rows() + cli_warmup_rows() + multi_gpu_rows() + aot_rows() + decode_rows() + overhead_rows()
+    rows = (live_proof_rows() + readiness_rows() + cli_warmup_rows() + multi_gpu_rows() + aot_rows() + remote_rows() + decode_rows() + overhead_rows()
             + storm_rows())
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in rows]
