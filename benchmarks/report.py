@@ -262,7 +262,9 @@ def remote_rows() -> list[list[str]]:
                      f"{fresh['wall_seconds']:.2f} s wall, {fresh['compiled']} compiled",
                      f"AOT compile of the same entries in the same run: {aot['wall_seconds']:.1f} s "
                      f"(--jobs {aot['jobs']}); {many['nodes']} nodes pulling at once: all ready in "
-                     f"{many['wall_seconds']:.2f} s", folder.name, data.get("deep_ep_api", "?"),
+                     f"{many['wall_seconds']:.2f} s",
+                     f"{folder.name} (shared: load average {data.get('load_average_1m_start_end', '?')})",
+                     data.get("deep_ep_api", "?"),
                      data.get("profile", "?"), _src(path)])
     return rows
 
