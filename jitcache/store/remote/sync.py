@@ -37,7 +37,7 @@ from jitcache.errors import BundleError, RemoteError
 
 from ..bundle import environment_fingerprint, import_bundles, write_bundle
 from ..model import SCHEMA_VERSION, CacheEntry
-from ..publish import COMMIT_MARKER, TEMP_PREFIX, make_temp_dir, remove_tree
+from ..publish import COMMIT_MARKER, make_temp_dir, remove_tree
 from ..root import CacheRoot
 from ..scan import coverage, scan
 from .backend import RemoteStore
@@ -235,8 +235,7 @@ def pull(root: CacheRoot, remote: RemoteStore, env: RemoteEnv, *, plan: Any = No
         return PullReport(remote.url, env, profile, len(wanted), (), local, (), (), 0, time.perf_counter() - start,
                           ikey, found)
     root.ensure()
-    downloads = make_temp_dir(root.deep_ep_dir)
-    downloads = downloads.rename(downloads.with_name(f"{TEMP_PREFIX}pull-{downloads.name[len(TEMP_PREFIX):]}"))
+    downloads = make_temp_dir(root.deep_ep_dir, kind="pull")  # named by its owner: reclaimed once we are gone
     done = [0]
 
     def fetch(name: str) -> tuple[str, Path | None, str | None, int]:
