@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from aot_fixtures import SDIST, nvcc, tiny_job  # noqa: F401 (fixtures)
+from aot_fixtures import SDIST, nvcc  # noqa: F401 (fixtures)
 from cli_helpers import run_cli
-from jitcache.build.pool import COMPILE_LOG_ENV
+from jitcache.build.pool import COMPILE_LOG_ENV, BuildJob
 from jitcache.errors import RemoteError
 from jitcache.build.remote_warmup import nvcc_release, warmup_aot_remote
 from jitcache.store.remote import RemoteEnv, RemoteStore, entry_key
@@ -22,7 +22,8 @@ from jitcache.store.root import resolve_root
 from jitcache.build.toolchain import Toolchain
 from jitcache.planning.variants import plan
 from remote_fixtures import *  # noqa: F401,F403 (fixtures)
-from store_fixtures import test_profile  # noqa: F401 (fixture)
+from jitcache.store.kernels import TEMPLATE_PARAMS
+from store_fixtures import entry_key as digest_of, render_source, test_profile  # noqa: F401
 
 pytestmark = pytest.mark.nvcc
 pytest.importorskip("obstore")
@@ -34,6 +35,16 @@ REPO = Path(__file__).resolve().parents[1]
 def test_nvcc_release_reads_the_full_version():
     out = "Cuda compilation tools, release 13.0, V13.0.88\nBuild cuda_13.0.r13.0/compiler.36424714_0\n"
     assert nvcc_release(out) == "13.0.88"
+
+
+def tiny_job(nvcc_path: Path, n: int) -> BuildJob:
+    """A real one-second nvcc compile of an entry in DeepEP 2.5's shape (a deep_ep:: dispatch instantiation)."""
+    names = TEMPLATE_PARAMS["dispatch_impl"]
+    source = render_source("dispatch_impl", [n if p == "num_max_tokens_per_rank" else 1 for p in names])
+    return BuildJob(entry=f"dispatch.{digest_of(source)}", label=f"dispatch {n}", files=(("kernel.cu", source),),
+                    argv=(str(nvcc_path), "{dir}/kernel.cu", "--cubin", "--output-file", "{dir}/kernel.cubin",
+                          "--gpu-architecture=sm_90a", "-w", "-O0", "-std=c++17"),
+                    after=(("meta.json", '{"command":"{dir}"}'),), num_max_tokens_per_rank=n, family="dispatch")
 
 
 def _toolchain(nvcc_path: Path) -> Toolchain:

@@ -134,7 +134,9 @@ def _entries_to_push(root: CacheRoot, env: RemoteEnv, plan: Any, names: Iterable
         entries = [e for e in entries if e.path in paths]
     chosen, skipped = [], []
     for entry in entries:
-        if entry.status == "broken":
+        if getattr(entry, "foreign", False):
+            skipped.append((entry.name, "another tool's entry (not a DeepEP kernel): never shipped"))
+        elif entry.status == "broken":
             skipped.append((entry.name, "broken: " + "; ".join(p.message for p in entry.problems)[:200]))
         elif api_of_entry_name(entry.name) != env.deep_ep_api:
             skipped.append((entry.name, f"a DeepEP {api_of_entry_name(entry.name)} entry, not {env.deep_ep_api}"))
