@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from aot_fixtures import SDIST, nvcc  # noqa: F401 (fixtures)
+from aot_fixtures import nvcc  # noqa: F401 (fixtures)
 from cli_helpers import run_cli
 from jitcache.build.pool import COMPILE_LOG_ENV, BuildJob
 from jitcache.errors import RemoteError
@@ -116,9 +116,9 @@ def one_bucket_profile(tmp_path) -> Path:
     return profile
 
 
-def test_cli_warmup_remote_then_a_fresh_node_pulls_everything(tmp_path, one_bucket_profile, s3_server, s3_url):
-    if not SDIST.is_file():
-        pytest.skip(f"DeepEP 2.5 sdist not found at {SDIST}")
+def test_cli_warmup_remote_then_a_fresh_node_pulls_everything(tmp_path, one_bucket_profile, s3_server, s3_url,
+                                                              deep_ep25_sdist):
+    SDIST = deep_ep25_sdist
     env = s3_server.env()
     log = tmp_path / "compiles.log"
     common = ["warmup", "--aot", "-p", str(one_bucket_profile), "--deep-ep-include", str(SDIST), "-j", "2",
@@ -157,8 +157,8 @@ def test_cli_warmup_remote_then_a_fresh_node_pulls_everything(tmp_path, one_buck
     pushed = run_cli("push", "-p", str(one_bucket_profile), "--deep-ep-api", "2.5", "--cache-dir",
                      str(tmp_path / "c"), "--remote", s3_url, env=env)
     assert pushed.code == 0, pushed.stderr
-    # `push` sends the plan's variants (the four families; the barrier is the buffer's, not a variant).
-    assert "Pushed 0 entries" in pushed.stdout and "4 already in the store" in pushed.stdout
+    # `push` sends what the plan's kernels need (the four families and the buffer's barrier): all there already.
+    assert "Pushed 0 entries" in pushed.stdout and "5 already in the store" in pushed.stdout
 
 
 def test_cli_push_pull_errors(tmp_path, s3_server, s3_url):

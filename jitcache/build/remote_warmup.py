@@ -1,0 +1,146 @@
+"""The AOT warmup with a remote store: pull what is there, compile only what is missing, push what was compiled.
+
+The entry names come from the plan's build jobs, i.e. the digests the
+serving DeepEP computes (its paths, nvcc and GPU facts enter them): the pull
+asks the store for exactly those names and nothing else. Pulled entries go
+through ``import``'s validation and atomic publish (:func:`jitcache.store.remote.pull`);
+the compile then finds them present ("cached") and builds only the rest;
+the push writes the rest with create-if-absent, so nodes warming at once
+never overwrite each other's objects.
+
+``optional=True`` (``--remote-optional``): a store that cannot be reached or
+denies access is recorded in the report and the warmup goes on locally;
+otherwise it is a :class:`~jitcache.errors.RemoteError` (before compiling
+when the pull fails, after when the push does, with the local cache warm).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from jitcache.build.pool import AotReport, BuildJob, VariantResult, jobs_for_plan, warmup_aot
+from jitcache.build.toolchain import Toolchain
+from jitcache.errors import RemoteError, ToolchainError, UsageError
+from jitcache.planning.variants import WarmupPlan
+from jitcache.store.model import SCHEMA_VERSION
+from jitcache.store.remote import PullReport, PushReport, RemoteEnv, RemoteProgress, RemoteStore, open_remote, pull, \
+    push
+from jitcache.store.root import CacheRoot
+
+__all__ = ["RemoteWarmupReport", "nvcc_release", "remote_env", "warmup_aot_remote"]
+
+
+def nvcc_release(version_output: str) -> str:
+    """``13.0.88`` from ``nvcc --version`` (``... release 13.0, V13.0.88``)."""
+    match = re.search(r"\bV(\d+\.\d+\.\d+)", version_output) or re.search(r"release (\d+\.\d+)", version_output)
+    if not match:
+        raise ToolchainError(f"cannot read the nvcc version from: {version_output.strip()[:200]}")
+    return match.group(1)
+
+
+def remote_env(profile: Any, *, toolchain: Toolchain | None = None, nvcc: str | None = None,
+               deep_ep_api: str | None = None, sources_dir: Any = None) -> RemoteEnv:
+    """The store prefix this machine reads and writes: DeepEP API, nvcc version, the profile's arch.
+
+    Without a ``toolchain``: the API is ``deep_ep_api``, else the profile's
+    ``[deep_ep] api``, else that of the DeepEP headers found here (installed
+    package or fetched sdist); the nvcc is ``nvcc`` or the one on the PATH.
+    """
+    from jitcache.build.toolchain import find_nvcc, locate_deep_ep_headers, nvcc_version
+
+    if toolchain is not None:
+        return RemoteEnv(toolchain.deep_ep_api, nvcc_release(toolchain.nvcc_version_output), profile.target.arch)
+    api = deep_ep_api or (profile.deep_ep.api if profile.deep_ep.api != "auto" else None)
+    if api is None:
+        try:
+            api = locate_deep_ep_headers(api="auto", sources_dir=sources_dir).api
+        except ToolchainError as exc:
+            raise UsageError(f"{profile.name}: [deep_ep] api is auto and no DeepEP is found here to tell 2.5 from "
+                             f"2.1 ({exc.message})", hint="pass --deep-ep-api 2.5 (or 2.1)") from None
+    return RemoteEnv(api, nvcc_release(nvcc_version(find_nvcc(nvcc))), profile.target.arch)
+
+
+@dataclass(frozen=True)
+class RemoteWarmupReport:
+    """An AOT warmup with a remote: what came from the store, what was compiled, what went back."""
+
+    remote: str
+    env: RemoteEnv
+    aot: AotReport
+    pull: PullReport | None
+    push: PushReport | None
+    seconds: float
+    remote_errors: tuple[str, ...] = ()   # with optional=True: what went wrong with the store
+
+    @property
+    def pulled(self) -> int:
+        return len(self.pull.pulled) if self.pull else 0
+
+    @property
+    def compiled(self) -> int:
+        return self.aot.count("compiled")
+
+    @property
+    def pushed(self) -> int:
+        return len(self.push.pushed) if self.push else 0
+
+    @property
+    def ok(self) -> bool:
+        return self.aot.ok
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, "remote": self.remote, "env": self.env.to_dict(),
+                "pulled": self.pulled, "compiled": self.compiled, "pushed": self.pushed,
+                "bytes_received": self.pull.bytes_received if self.pull else 0,
+                "bytes_sent": self.push.bytes_sent if self.push else 0,
+                "seconds": round(self.seconds, 3), "remote_errors": list(self.remote_errors),
+                "pull": self.pull.to_dict() if self.pull else None,
+                "push": self.push.to_dict() if self.push else None, "aot": self.aot.to_dict()}
+
+
+def warmup_aot_remote(the_plan: WarmupPlan, toolchain: Toolchain, root: CacheRoot, *, remote: str | RemoteStore,
+                      optional: bool = False, jobs: Sequence[BuildJob] | None = None,
+                      extra_jobs: Sequence[BuildJob] = (), num_workers: int | None = None,
+                      distributed: bool | None = None, group: Any = None,
+                      on_result: Callable[[VariantResult], None] | None = None,
+                      on_remote: Callable[[RemoteProgress], None] | None = None,
+                      relocate: Callable[[CacheRoot, tuple[str, ...]], Any] | None = None,
+                      env: RemoteEnv | None = None) -> RemoteWarmupReport:
+    """:func:`jitcache.build.pool.warmup_aot` between a pull and a push (see the module docstring).
+
+    ``env`` (the store prefix) defaults to :func:`remote_env` of the profile
+    and toolchain; ``relocate`` is called with the pulled names (issue 12).
+    """
+    start = time.perf_counter()
+    env = env or remote_env(the_plan.profile, toolchain=toolchain)
+    build = tuple(jobs) if jobs is not None else jobs_for_plan(the_plan, toolchain)
+    names = [j.entry for j in build if j.backend == "deep_ep"]
+    errors: list[str] = []
+    store: RemoteStore | None = None
+    pulled: PullReport | None = None
+    url = remote.url if isinstance(remote, RemoteStore) else str(remote)
+    try:
+        store = open_remote(remote)
+        url = store.url
+        pulled = pull(root, store, env, plan=the_plan, names=names, relocate=relocate, on_progress=on_remote)
+    except RemoteError as exc:
+        if not optional:
+            raise
+        errors.append(exc.message)
+        store = None
+    aot = warmup_aot(the_plan, toolchain, root, jobs=build, extra_jobs=extra_jobs, num_workers=num_workers,
+                     distributed=distributed, group=group, on_result=on_result)
+    pushed: PushReport | None = None
+    if store is not None and not store.read_only:
+        from_store = set(pulled.pulled) if pulled else set()
+        to_push = [n for n in names if n not in from_store]
+        try:
+            pushed = push(root, store, env, plan=the_plan, names=to_push, on_progress=on_remote)
+        except RemoteError as exc:
+            if not optional:
+                raise
+            errors.append(exc.message)
+    return RemoteWarmupReport(url, env, aot, pulled, pushed, time.perf_counter() - start, tuple(errors))
