@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["IncludeHasher21", "cache_key21", "entry_name21", "flags21", "hex_digest21", "nvcc_command21",
+__all__ = ["HEADER_PREFIX21", "IncludeHasher21", "cache_key21", "entry_name21", "flags21", "hex_digest21", "nvcc_command21",
            "with_include_hash"]
 
 _MASK = (1 << 64) - 1
@@ -31,6 +31,8 @@ _PRIME = 0x100000001B3
 _SEEDS = (0xC6A4A7935BD1E995, 0x9E3779B97F4A7C15)
 _INCLUDE = re.compile(rb'#\s*include\s*[<"][^>"]+[>"]')
 _HEADER = "// Includes' hash value: "
+#: The first line of every 2.1 ``kernel.cu`` starts with this.
+HEADER_PREFIX21 = _HEADER
 
 
 def _split_mix(z: int) -> int:

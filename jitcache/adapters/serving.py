@@ -1,0 +1,378 @@
+"""Digest truth: the DeepEP that will serve, and the exact entry names it will look up.
+
+A kernel is warm only if the DeepEP that serves finds it under the name *it*
+computes. Besides the kernel's source and its headers' contents, that name
+holds facts of the serving machine:
+
+- DeepEP 2.5 (DeepJIT): the NCCL include dir (``-I<nccl root>/include`` among
+  the flags), the full ``nvcc --version`` text and the GPU arch;
+- DeepEP 2.1: the NCCL root *and* ``-I<deep_ep package>/include``, nvcc's
+  ``<major>.<minor>`` and the GPU arch.
+
+:class:`ServingDeepEP` holds those facts; :func:`locate_serving` finds them
+the way DeepEP does at import (``deep_ep/__init__.py``: the package dir is
+``os.path.dirname(os.path.abspath(__file__))``, the NCCL root comes from
+``utils/find_pkgs.find_nccl_root``: ``EP_NCCL_ROOT_DIR``, ``NCCL_DIR``, the
+package's ``persistent_envs``, then the ``nvidia-nccl-*`` distribution holding
+``libnccl.so``), without importing ``deep_ep`` (it needs a GPU driver).
+:func:`planned_entries` names every planned variant and the buffer's barrier;
+:func:`local_entry_name` names any entry's own ``kernel.cu`` (relocation).
+Each has one implementation per DeepEP version below; nothing outside
+:mod:`jitcache.adapters` compares version strings.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib.metadata
+import importlib.util
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from jitcache.adapters.deepjit import (FNV1a, IncludeHasher, compiler_hash, deep_ep_compiler_options, entry_name,
+                                       meta_json, nvcc_command, options_from_meta)
+from jitcache.adapters.digest21 import HEADER_PREFIX21, IncludeHasher21, cache_key21, entry_name21, flags21, \
+    with_include_hash
+from jitcache.adapters.render21 import render_barrier21, render_plan21, target_facts21
+from jitcache.adapters.render25 import RenderedKernel, render_barrier, render_plan, target_facts
+from jitcache.build.toolchain import deep_ep_api_of, find_nvcc, nvcc_major_minor, nvcc_version, release_line
+from jitcache.errors import ToolchainError, UsageError
+from jitcache.planning.variants import KernelVariant, WarmupPlan
+
+__all__ = ["PlannedEntry", "ServingDeepEP", "jit_seconds_per_bucket", "local_entry_name", "locate_serving",
+           "planned_entries", "serving_from_meta", "serving_meta_json"]
+
+#: Measured on the H200 (DESIGN.md): JIT time of one new bucket (four kernels) on the serving path.
+_JIT_SECONDS = {"2.5": 12.0, "2.1": 8.2}
+_PACKAGES = ("deep_ep", "deep_ep_v25")
+
+
+def jit_seconds_per_bucket(version: str) -> float:
+    """What a cold bucket costs this DeepEP on the serving path (H200 measurements)."""
+    return _JIT_SECONDS.get(version, 12.0)
+
+
+@dataclass(frozen=True)
+class ServingDeepEP:
+    """The facts of the serving DeepEP that enter its entry names.
+
+    ``package_dir`` and ``nccl_root`` are spelled as that DeepEP spells them
+    (they are hashed as text); ``headers`` is where jitcache reads the headers
+    whose *contents* are hashed (``<package_dir>/include`` unless the serving
+    package is not on this machine).
+    """
+
+    version: str                  # "2.5" or "2.1"
+    package_dir: str
+    nccl_root: str
+    nvcc_version_output: str
+    headers: Path
+    origin: str                   # how it was found: "importable deep_ep", "--deep-ep-root", "meta.json of ..."
+    nvcc_path: str = ""
+
+    @property
+    def nccl_include(self) -> str:
+        """``<nccl root>/include``: what DeepEP 2.5 puts in its ``-I`` flag (``std::filesystem::absolute``)."""
+        return os.path.join(os.path.abspath(self.nccl_root), "include")
+
+    @property
+    def nvcc_release(self) -> str:
+        return release_line(self.nvcc_version_output)
+
+    def describe(self) -> str:
+        return (f"DeepEP {self.version} at {self.package_dir} (NCCL {self.nccl_include}, "
+                f"nvcc {self.nvcc_release or '?'}; {self.origin})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "package_dir": self.package_dir, "nccl_root": self.nccl_root,
+                "nccl_include": self.nccl_include, "nvcc": self.nvcc_release, "nvcc_path": self.nvcc_path,
+                "headers": str(self.headers), "origin": self.origin}
+
+
+@dataclass(frozen=True)
+class PlannedEntry:
+    """One entry the serving DeepEP will look up: its directory name and the exact ``kernel.cu`` under it."""
+
+    name: str
+    family: str
+    kernel_cu: str
+    function: str
+    variant: KernelVariant | None = None   # None: the buffer's barrier
+
+    @property
+    def num_max_tokens_per_rank(self) -> int | None:
+        return None if self.variant is None else self.variant.num_max_tokens_per_rank
+
+    @property
+    def mode(self) -> str:
+        return "buffer" if self.variant is None else self.variant.mode
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "family": self.family, "function": self.function, "mode": self.mode,
+                "num_max_tokens_per_rank": self.num_max_tokens_per_rank}
+
+
+# -- finding the serving DeepEP ----------------------------------------------------------------
+
+
+def _persistent_envs(package_dir: Path) -> dict[str, str]:
+    """``deep_ep/envs.py``'s ``persistent_envs`` (set at build time, applied at import), read without running it."""
+    try:
+        tree = ast.parse((package_dir / "envs.py").read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "persistent_envs" for t in node.targets):
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                try:  # `dict()` / `dict(KEY="v")`
+                    if isinstance(node.value, ast.Call) and getattr(node.value.func, "id", "") == "dict":
+                        value = {k.arg: ast.literal_eval(k.value) for k in node.value.keywords}
+                    else:
+                        return {}
+                except ValueError:
+                    return {}
+            return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+    return {}
+
+
+def find_nccl_root(package_dir: Path | None = None, environ: Mapping[str, str] | None = None) -> str | None:
+    """DeepEP's ``find_nccl_root()``: ``EP_NCCL_ROOT_DIR``, ``NCCL_DIR`` (set, even empty), the package's
+    persistent environment, else the ``nvidia-nccl`` distribution holding ``libnccl.so`` (earliest on sys.path)."""
+    env = dict(os.environ if environ is None else environ)
+    if package_dir is not None:
+        for key, value in _persistent_envs(package_dir).items():
+            env.setdefault(key, value)
+    for name in ("EP_NCCL_ROOT_DIR", "NCCL_DIR"):
+        if name in env:
+            return env[name]
+    import sys
+
+    priority = {p: i for i, p in enumerate(sys.path)}
+    best, best_priority = None, len(sys.path)
+    for dist in importlib.metadata.distributions():
+        dist_name = (dist.metadata["Name"] or "").lower()
+        if "nvidia-nccl" not in dist_name and "nvidia_nccl" not in dist_name:
+            continue
+        site = str(getattr(dist, "_path", Path(".")).parent)
+        rank = priority.get(site, len(sys.path))
+        if rank > best_priority:
+            continue
+        for file in dist.files or []:
+            if "libnccl.so" in str(file):
+                lib_dir = os.path.dirname(str(file.locate()))
+                best = os.path.dirname(lib_dir) if os.path.basename(lib_dir) == "lib" else lib_dir
+                best_priority = rank
+                break
+    return best
+
+
+def _package_dir(deep_ep_root: str | Path | None) -> tuple[Path, str]:
+    if deep_ep_root is not None:
+        path = Path(deep_ep_root)
+        for candidate in (path, path / "deep_ep"):
+            if deep_ep_api_of(candidate / "include"):
+                return Path(os.path.abspath(candidate)), "--deep-ep-root"
+        raise UsageError(f"--deep-ep-root {deep_ep_root}: no DeepEP package there (expected include/deep_ep/impls/ "
+                         "beside __init__.py: the folder `python -c 'import deep_ep; print(deep_ep.__file__)'` names)")
+    for package in _PACKAGES:
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            spec = None
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            if deep_ep_api_of(Path(location) / "include"):
+                return Path(os.path.abspath(location)), f"importable {package}"
+    raise ToolchainError("no DeepEP package with headers is importable here, so the serving DeepEP's entry names "
+                         "cannot be computed", hint="run where the server runs, or pass --deep-ep-root DIR "
+                                                    "(its deep_ep package dir) and --nccl-include DIR")
+
+
+@functools.lru_cache(maxsize=8)
+def _nvcc_text(nvcc: str | None) -> tuple[str, str]:
+    path = None
+    if nvcc is None:
+        for env in ("CUDA_HOME", "CUDA_PATH"):  # DeepEP's find_cuda_home() looks there before PATH
+            candidate = Path(os.environ.get(env, "")) / "bin" / "nvcc"
+            if os.environ.get(env) and candidate.is_file() and os.access(candidate, os.X_OK):
+                path = candidate
+                break
+    path = path or find_nvcc(nvcc)
+    return str(path), nvcc_version(path)
+
+
+def locate_serving(deep_ep_root: str | Path | None = None, nccl_include: str | Path | None = None, *,
+                   nvcc: str | Path | None = None, nvcc_version_output: str | None = None,
+                   headers: str | Path | None = None, environ: Mapping[str, str] | None = None) -> ServingDeepEP:
+    """The serving DeepEP: the importable ``deep_ep`` (``deep_ep_v25``), or the package dir given.
+
+    ``nccl_include`` is the NCCL include dir (or root) *as the serving machine
+    spells it*; by default DeepEP's own lookup. ``nvcc_version_output``: the
+    serving nvcc's ``--version`` text (default: run the local nvcc).
+    ``headers``: where to read the headers when the package dir is only a
+    name here (another machine's path).
+    """
+    if deep_ep_root is not None and headers is not None:
+        package_dir, origin = Path(os.path.abspath(deep_ep_root)), "--deep-ep-root"
+        include = Path(headers)
+    else:
+        package_dir, origin = _package_dir(deep_ep_root)
+        include = package_dir / "include"
+    version = deep_ep_api_of(include)
+    if version is None:
+        raise UsageError(f"{include}: no DeepEP headers there")
+    if nccl_include is not None:
+        text = str(nccl_include).rstrip("/")
+        nccl_root = os.path.dirname(text) if os.path.basename(text) == "include" else text
+    else:
+        found = find_nccl_root(package_dir, environ)
+        if found is None:
+            raise ToolchainError(f"DeepEP at {package_dir}: no NCCL root (EP_NCCL_ROOT_DIR, NCCL_DIR or an "
+                                 "nvidia-nccl package), which its entry names hold",
+                                 hint="pass --nccl-include DIR as the serving machine spells it")
+        nccl_root = found
+    nvcc_path = ""
+    if nvcc_version_output is None:
+        nvcc_path, nvcc_version_output = _nvcc_text(None if nvcc is None else str(nvcc))
+    return ServingDeepEP(version=version, package_dir=str(package_dir), nccl_root=nccl_root,
+                         nvcc_version_output=nvcc_version_output, headers=include, origin=origin, nvcc_path=nvcc_path)
+
+
+def serving_from_meta(meta: Mapping | str | bytes, headers: str | Path, *, origin: str = "meta.json") -> ServingDeepEP:
+    """The DeepEP 2.5 that wrote an entry, from its ``meta.json`` (paths and nvcc text as it recorded them)."""
+    learned = options_from_meta(meta)
+    nccl_include = learned.nccl_include_dir
+    if nccl_include is None:
+        raise UsageError(f"{origin}: its flags hold no -I<nccl>/include")
+    return ServingDeepEP(version="2.5", package_dir=learned.python_library_root,
+                         nccl_root=os.path.dirname(nccl_include.rstrip("/")),
+                         nvcc_version_output=learned.nvcc_version_output, headers=Path(headers), origin=origin,
+                         nvcc_path=learned.nvcc_path)
+
+
+# -- names, per DeepEP version -------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=16)
+def _hasher25(headers: str, stamp: float) -> IncludeHasher:
+    return IncludeHasher([headers])
+
+
+@functools.lru_cache(maxsize=16)
+def _hasher21(headers: str, stamp: float) -> IncludeHasher21:
+    return IncludeHasher21(headers)
+
+
+def _stamp(headers: Path) -> float:
+    try:
+        return (headers / "deep_ep").stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+class _Names25:
+    """DeepJIT's ``cache_key`` with the part every kernel shares hashed once."""
+
+    def __init__(self, serving: ServingDeepEP, arch: str) -> None:
+        self.options = deep_ep_compiler_options(arch, serving.nccl_include)
+        self.includes = _hasher25(str(serving.headers), _stamp(serving.headers))
+        self.prefix = FNV1a().update("").update(compiler_hash(serving.nvcc_version_output))
+        self.prefix.update(self.options.flags_string()).update("")
+
+    def name(self, family: str, kernel_cu: str | bytes) -> str:
+        return entry_name(family, self.prefix.copy().update(self.includes.hash_source(kernel_cu)).hexdigest())
+
+
+class _Names21:
+    def __init__(self, serving: ServingDeepEP, arch: str) -> None:
+        self.flags = flags21(arch=arch, nccl_root=serving.nccl_root,
+                             library_include=os.path.join(serving.package_dir, "include"))
+        self.release = nvcc_major_minor(serving.nvcc_version_output)
+        self.includes = _hasher21(str(serving.headers), _stamp(serving.headers))
+
+    def kernel_cu(self, generated: str) -> str:
+        return with_include_hash(generated, self.includes)
+
+    def name(self, family: str, kernel_cu: str) -> str:
+        return entry_name21(family, cache_key21(family, kernel_cu, self.flags, *self.release))
+
+
+def _planned25(kernels: list[RenderedKernel], serving: ServingDeepEP, arch: str) -> list[PlannedEntry]:
+    names = _Names25(serving, arch)
+    return [PlannedEntry(names.name(k.name, k.source), k.name, k.source, k.function, k.variant) for k in kernels]
+
+
+def _planned21(kernels: list[RenderedKernel], serving: ServingDeepEP, arch: str) -> list[PlannedEntry]:
+    names = _Names21(serving, arch)
+    out = []
+    for k in kernels:
+        code = names.kernel_cu(k.source)
+        out.append(PlannedEntry(names.name(k.name, code), k.name, code, k.function, k.variant))
+    return out
+
+
+_RENDER = {"2.5": (render_plan, render_barrier, target_facts, _planned25),
+           "2.1": (render_plan21, render_barrier21, target_facts21, _planned21)}
+
+
+def _rules(version: str):
+    try:
+        return _RENDER[version]
+    except KeyError:
+        raise UsageError(f"DeepEP {version!r}: jitcache knows the naming rules of {', '.join(_RENDER)}") from None
+
+
+def planned_entries(the_plan: WarmupPlan, serving: ServingDeepEP, *, with_barrier: bool = True,
+                    variants: tuple[KernelVariant, ...] | None = None) -> tuple[PlannedEntry, ...]:
+    """Every entry the serving DeepEP will look up for ``the_plan`` (its variants, then the barrier), de-duplicated.
+
+    The GPU facts are the profile's ``[target]`` (fill them from the device first where there is one:
+    :func:`jitcache.warm.prepass.with_live_target`). ``variants`` names a subset (the runtime guard's).
+    """
+    profile = the_plan.profile
+    if profile.deep_ep.api not in ("auto", serving.version):
+        raise UsageError(f"{profile.source}: [deep_ep] api = {profile.deep_ep.api!r}, but the serving DeepEP is "
+                         f"{serving.version} ({serving.package_dir})")
+    render, barrier, facts_of, name = _rules(serving.version)
+    if variants is None:
+        kernels = list(render(the_plan))
+    else:
+        kernels = list(render(replace(the_plan, variants=tuple(variants))))
+    if with_barrier:
+        kernels.append(barrier(profile, facts_of(profile)))
+    seen: dict[str, PlannedEntry] = {}
+    for entry in name(kernels, serving, profile.target.arch):
+        seen.setdefault(entry.name, entry)
+    return tuple(seen.values())
+
+
+def local_entry_name(serving: ServingDeepEP, family: str, kernel_cu: str, arch: str) -> str | None:
+    """The name the serving DeepEP gives an entry whose ``kernel.cu`` is ``kernel_cu``, built for ``arch``.
+
+    ``None`` when that DeepEP would never write this ``kernel.cu`` (2.1: its
+    includes' hash line is not the one of the serving headers).
+    """
+    if serving.version == "2.5":
+        return _Names25(serving, arch).name(family, kernel_cu)
+    _rules(serving.version)
+    names = _Names21(serving, arch)
+    first, _, generated = kernel_cu.partition("\n")
+    if not first.startswith(HEADER_PREFIX21) or names.kernel_cu(generated) != kernel_cu:
+        return None
+    return names.name(family, kernel_cu)
+
+
+def serving_meta_json(serving: ServingDeepEP, arch: str) -> str | None:
+    """The ``meta.json`` the serving DeepEP 2.5 writes beside an entry (None for a layout without one)."""
+    if serving.version != "2.5":
+        return None
+    options = deep_ep_compiler_options(arch, serving.nccl_include)
+    include_dirs = [os.path.join(serving.package_dir, "include")]
+    nvcc_path = serving.nvcc_path or "nvcc"
+    command = nvcc_command(nvcc_path, "{dir}", options, include_dirs)
+    return meta_json(command, python_library_root=serving.package_dir, include_dirs=include_dirs,
+                     nvcc_path=nvcc_path, nvcc_version_output=serving.nvcc_version_output, options=options)
