@@ -166,7 +166,7 @@ def test_not_a_bundle(tmp_path):
 
 def test_fingerprint_mismatch_needs_force(tmp_path, bundle):
     def other_nvcc(members, manifest):
-        manifest["fingerprint"]["nvcc"] = "11.8.89"
+        manifest["fingerprint"]["backends"]["deep_ep"]["2.5"]["nvcc"] = ["11.8.89"]
         return members, manifest
     bad = _repack(Path(bundle.path), tmp_path / "old.tar.zst", other_nvcc)
     target = resolve_root(tmp_path / "t")

@@ -42,12 +42,21 @@ from jitcache.build.toolchain import deep_ep_api_of, find_nvcc, nvcc_major_minor
 from jitcache.errors import ToolchainError, UsageError
 from jitcache.planning.variants import KernelVariant, WarmupPlan
 
-__all__ = ["PlannedEntry", "ServingDeepEP", "jit_seconds_per_bucket", "local_entry_name", "locate_serving",
+__all__ = ["PlannedEntry", "ServingDeepEP", "api_of_layout", "jit_seconds_per_bucket", "local_entry_name", "locate_serving",
            "planned_entries", "serving_from_meta", "serving_meta_json"]
 
 #: Measured on the H200 (DESIGN.md): JIT time of one new bucket (four kernels) on the serving path.
 _JIT_SECONDS = {"2.5": 12.0, "2.1": 8.2}
 _PACKAGES = ("deep_ep", "deep_ep_v25")
+
+
+#: The store's name of each DeepEP version's on-disk layout (``CacheEntry.format``).
+_LAYOUTS = {"deepjit": "2.5", "deep_ep_2.1": "2.1"}
+
+
+def api_of_layout(layout: str) -> str | None:
+    """The DeepEP version whose entries have ``layout`` (``"deepjit"`` -> ``"2.5"``), else None."""
+    return _LAYOUTS.get(layout)
 
 
 def jit_seconds_per_bucket(version: str) -> float:

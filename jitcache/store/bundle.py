@@ -35,13 +35,11 @@ pulled entry passes exactly the checks an imported one does.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import io
 import json
 import os
-import re
 import shutil
-import subprocess
+import re
 import tarfile
 import time
 import uuid
@@ -53,6 +51,7 @@ from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 from jitcache.errors import BundleError, CacheError, UsageError
 
 from .elf import InvalidCubin, normalize_arch, read_cubin
+from .fingerprint import contents_fingerprint, fingerprint_mismatches
 from .formats import TRITON_KEY, classify_deep_ep_name, read_deep_ep_entry
 from .faults import describe_free_space, filesystem_error, free_bytes, is_fault, require_writable
 from .model import SCHEMA_VERSION, CacheEntry
@@ -73,51 +72,10 @@ _ENTRY_FILE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 # -- environment ------------------------------------------------------------------------------
 
 
-def _package_version(*names: str) -> str | None:
-    for name in names:
-        try:
-            return f"{name} {importlib.metadata.version(name)}"
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def _nvcc_version() -> str | None:
-    nvcc = shutil.which("nvcc")
-    if nvcc is None:
-        return None
-    try:
-        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    match = re.search(r"release (\d+\.\d+), V([\d.]+)", out)
-    return match.group(2) if match else None
-
-
 def environment_fingerprint(entries: Iterable[CacheEntry] = ()) -> dict[str, Any]:
-    """What decides whether kernels built here run there: compiler, DeepEP/Triton versions, target archs."""
-    archs = sorted({e.arch for e in entries if e.arch})
-    return {"nvcc": _nvcc_version(),
-            "deep_ep": _package_version("deepinfer-ep", "sgl-deep-ep-v25", "tokenspeed-deepep", "sgl-deep-ep",
-                                        "deep-ep"),
-            "triton": _package_version("triton"),
-            "archs": archs}
-
-
-def fingerprint_mismatches(bundle: dict[str, Any], local: dict[str, Any]) -> list[str]:
-    """Fields known on both sides that differ.
-
-    ``archs``: the bundle's cubins must all be for the target's arch(s) when
-    those are known here (``jitcache import --arch``); a machine without a GPU
-    cannot tell its target on its own.
-    """
-    found = [f"{name}: bundle {bundle.get(name)!r}, here {local.get(name)!r}"
-             for name in ("nvcc", "deep_ep", "triton")
-             if bundle.get(name) and local.get(name) and bundle.get(name) != local.get(name)]
-    theirs, ours = set(bundle.get("archs") or ()), set(local.get("archs") or ())
-    if theirs and ours and not theirs <= ours:
-        found.append(f"archs: bundle {sorted(theirs)}, target here {sorted(ours)}")
-    return found
+    """What decides whether ``entries`` hit there: per backend held, its versions, nvcc and cubin archs
+    (:func:`jitcache.store.fingerprint.contents_fingerprint`)."""
+    return contents_fingerprint(entries)
 
 
 # -- export -----------------------------------------------------------------------------------
@@ -580,9 +538,6 @@ def import_bundles(root: CacheRoot, bundles: Sequence[str | Path], *, force: boo
     staging = make_temp_dir(root.deep_ep_dir, kind="import")
     published: list[Path] = []
     try:
-        local = environment_fingerprint()
-        if target_arch:
-            local["archs"] = [target_arch]
         checked = []
         for index, bundle in enumerate(paths):
             here = staging / str(index)
@@ -602,7 +557,7 @@ def import_bundles(root: CacheRoot, bundles: Sequence[str | Path], *, force: boo
             if claimed and claimed != archs:
                 raise BundleError(f"{bundle}: the manifest says its cubins are for {claimed}, their ELF "
                                   f"headers say {archs}; refused", path=bundle)
-            mismatches = fingerprint_mismatches({**fingerprint, "archs": archs}, local)
+            mismatches = fingerprint_mismatches({**fingerprint, "archs": archs}, entries, target_arch=target_arch)
             if mismatches and not force:
                 raise BundleError(f"{bundle}: built for another environment: {'; '.join(mismatches)}", path=bundle,
                                   hint="pass --force to import anyway (entries for another compiler or GPU are "
