@@ -42,7 +42,7 @@ from jitcache.build.toolchain import deep_ep_api_of, find_nvcc, nvcc_major_minor
 from jitcache.errors import ToolchainError, UsageError
 from jitcache.planning.variants import KernelVariant, WarmupPlan
 
-__all__ = ["PlannedEntry", "ServingDeepEP", "api_of_layout", "jit_seconds_per_bucket", "local_entry_name", "locate_serving",
+__all__ = ["COMMIT_MARKER", "PlannedEntry", "ServingDeepEP", "api_of_layout", "entry_family", "is_committed", "jit_seconds_per_bucket", "local_entry_name", "locate_serving",
            "planned_entries", "serving_from_meta", "serving_meta_json"]
 
 #: Measured on the H200 (DESIGN.md): JIT time of one new bucket (four kernels) on the serving path.
@@ -57,6 +57,36 @@ _LAYOUTS = {"deepjit": "2.5", "deep_ep_2.1": "2.1"}
 def api_of_layout(layout: str) -> str | None:
     """The DeepEP version whose entries have ``layout`` (``"deepjit"`` -> ``"2.5"``), else None."""
     return _LAYOUTS.get(layout)
+
+
+#: DeepJIT's marker (2.5): an entry exists once this empty file does. 2.1 has none: both files must be there.
+COMMIT_MARKER = ".committed"
+_ENTRY_FILES = ("kernel.cu", "kernel.cubin")
+
+
+def entry_family(version: str, dirname: str) -> str | None:
+    """The kernel family of a ``cache/`` directory name in this DeepEP's layout, else None."""
+    if version == "2.1":
+        if not dirname.startswith("kernel."):
+            return None
+        dirname = dirname[len("kernel."):]
+    elif dirname.startswith("kernel."):
+        return None
+    family, dot, digest = dirname.rpartition(".")
+    if not dot or not family or len(digest) != 32 or not family.replace("_", "").isalnum():
+        return None
+    try:
+        int(digest, 16)
+    except ValueError:
+        return None
+    return family
+
+
+def is_committed(version: str, entry: Path) -> bool:
+    """Whether this DeepEP would use ``entry`` (its commit rule)."""
+    if version == "2.5":
+        return (entry / COMMIT_MARKER).is_file()
+    return all((entry / name).is_file() for name in _ENTRY_FILES)
 
 
 def jit_seconds_per_bucket(version: str) -> float:
@@ -216,12 +246,14 @@ def _nvcc_text(nvcc: str | None) -> tuple[str, str]:
 
 def locate_serving(deep_ep_root: str | Path | None = None, nccl_include: str | Path | None = None, *,
                    nvcc: str | Path | None = None, nvcc_version_output: str | None = None,
-                   headers: str | Path | None = None, environ: Mapping[str, str] | None = None) -> ServingDeepEP:
+                   headers: str | Path | None = None, environ: Mapping[str, str] | None = None,
+                   nvcc_path: str | None = None) -> ServingDeepEP:
     """The serving DeepEP: the importable ``deep_ep`` (``deep_ep_v25``), or the package dir given.
 
     ``nccl_include`` is the NCCL include dir (or root) *as the serving machine
     spells it*; by default DeepEP's own lookup. ``nvcc_version_output``: the
-    serving nvcc's ``--version`` text (default: run the local nvcc).
+    serving nvcc's ``--version`` text (default: run the local nvcc; ``nvcc_path``
+    names the serving one for its ``meta.json``).
     ``headers``: where to read the headers when the package dir is only a
     name here (another machine's path).
     """
@@ -244,7 +276,7 @@ def locate_serving(deep_ep_root: str | Path | None = None, nccl_include: str | P
                                  "nvidia-nccl package), which its entry names hold",
                                  hint="pass --nccl-include DIR as the serving machine spells it")
         nccl_root = found
-    nvcc_path = ""
+    nvcc_path = nvcc_path or (str(nvcc) if nvcc is not None else "")
     if nvcc_version_output is None:
         nvcc_path, nvcc_version_output = _nvcc_text(None if nvcc is None else str(nvcc))
     return ServingDeepEP(version=version, package_dir=str(package_dir), nccl_root=nccl_root,
