@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from jitcache.errors import UsageError
+from jitcache.errors import JitCacheError, UsageError
 from jitcache.planning.profiles import load_profile
 from jitcache.store.bundle import export_bundle, import_bundle
 from jitcache.store.elf import normalize_arch
@@ -32,6 +32,12 @@ CACHE_DIR = typer.Option(None, "--cache-dir", help="The jitcache root (default: 
                          "$XDG_CACHE_HOME/jitcache, ~/.cache/jitcache).")
 DEEP_EP_DIR = typer.Option(None, "--deep-ep-dir", help="A DeepEP cache dir used directly (what EP_JIT_CACHE_DIR "
                            "pointed at), e.g. one DeepEP wrote on its own.")
+
+DEEP_EP_ROOT = typer.Option(None, "--deep-ep-root", help="The serving deep_ep package dir (default: the importable "
+                            "deep_ep), whose entry names are judged.")
+NCCL_INCLUDE = typer.Option(None, "--nccl-include", help="The serving NCCL include dir, as that machine spells it "
+                            "(default: DeepEP's own lookup).")
+NVCC = typer.Option(None, "--nvcc", help="The serving nvcc (default: $CUDA_HOME/bin/nvcc, else nvcc on PATH).")
 
 # Template parameters shown in the entries table, besides num_max_tokens_per_rank.
 _SHOWN = ("hidden", "hidden_bytes", "num_experts", "num_topk", "num_ranks", "num_sms", "do_expand",
@@ -75,6 +81,44 @@ def _params_text(params: dict) -> str:
     if "template_args" in params:
         return f"{params.get('kernel', '?')}<{', '.join(map(str, params['template_args']))}>"
     return " ".join(f"{k}={params[k]}" for k in _SHOWN if k in params)
+
+
+def _serving(deep_ep_root: Optional[Path], nccl_include: Optional[str], nvcc: Optional[Path]):
+    from jitcache.adapters.serving import locate_serving
+
+    return locate_serving(deep_ep_root, nccl_include, nvcc=nvcc)
+
+
+def _name_coverage(root: CacheRoot, profile: str, deep_ep_root: Optional[Path], nccl_include: Optional[str],
+                   nvcc: Optional[Path]):
+    from jitcache.store.names import name_coverage
+
+    the_plan = plan(load_profile(profile))
+    return name_coverage(the_plan, _serving(deep_ep_root, nccl_include, nvcc), [root.deep_ep_dir])
+
+
+def _label(v) -> str:
+    e = v.entry
+    return e.family if e.variant is None else f"{e.family} num_max_tokens_per_rank={e.num_max_tokens_per_rank} ({e.mode})"
+
+
+def render_name_coverage(o: Output, cov) -> None:
+    """Per profile: found / relocatable / missing, and for which DeepEP."""
+    o.print(f"Profile {cov.profile}, judged for {cov.serving.describe()}:", markup=False)
+    o.print(f"  {len(cov.verdicts)} entries that DeepEP looks up: {len(cov.found)} found, {len(cov.relocatable)} "
+            f"relocatable (right source, other paths), {len(cov.missing)} missing", markup=False)
+    if cov.complete:
+        o.print(f"  this DeepEP will find all {len(cov.verdicts)} entries.", markup=False)
+    else:
+        o.print(f"  serving would compile {len(cov.relocatable) + len(cov.missing)} kernels"
+                + (" (`jitcache relocate` publishes the relocatable ones under these names)" if cov.relocatable
+                   else ""), markup=False)
+    for v in cov.relocatable:
+        o.print(f"  relocatable: {_label(v)} <- {Path(v.path).name}", markup=False)
+    for v in cov.missing:
+        o.print(f"  missing: {_label(v)}" + (f" ({v.note})" if v.note else ""), markup=False)
+    if cov.unplanned:
+        o.print(f"  {len(cov.unplanned)} entries of this layout match no planned variant (left alone)", markup=False)
 
 
 def env_cmd(
@@ -135,11 +179,19 @@ def inspect_cmd(
     deep_ep: Optional[str] = typer.Option(
         None, "--deep-ep", help="With --profile: the DeepEP that will serve, 2.5 or 2.1 (default: the profile's "
                                 "[deep_ep] api, else the version whose entries the cache holds, else 2.5)."),
+    deep_ep_root: Optional[Path] = DEEP_EP_ROOT,
+    nccl_include: Optional[str] = NCCL_INCLUDE,
+    nvcc: Optional[Path] = NVCC,
+    check: bool = typer.Option(False, "--check", help="With --profile: exit 1 unless the serving DeepEP will find "
+                               "every entry by the names it computes (a gate for an init container or a readiness "
+                               "probe)."),
     fmt: Format = FORMAT,
 ) -> None:
     """What the cache holds: a summary per backend and family, then every entry, then problems."""
     if deep_ep is not None and deep_ep not in _DEEP_EP_OF_FORMAT.values():
         raise UsageError(f"--deep-ep {deep_ep}: expected 2.5 or 2.1")
+    if check and profile is None:
+        raise UsageError("--check needs --profile P")
     root = _root(cache_dir, deep_ep_dir)
     out = Output(fmt)
     report = scan(root)
@@ -159,6 +211,16 @@ def inspect_cmd(
         cov = covs[chosen]
         data["coverage"] = {"deep_ep": chosen, **cov.to_dict()}
         data["coverage_by_deep_ep"] = {v: {"deep_ep": v, **c.to_dict()} for v, c in covs.items()}
+    names = why = None
+    if profile is not None:
+        try:
+            names = _name_coverage(root, profile, deep_ep_root, nccl_include, nvcc)
+        except JitCacheError as exc:
+            if check:
+                raise
+            why = str(exc)
+        data["coverage_by_name"] = None if names is None else names.to_dict()
+        data["coverage_by_name_error"] = why
 
     def render(o: Output) -> None:
         if not report.entries:
@@ -202,8 +264,16 @@ def inspect_cmd(
                     o.print(f"Profile {cov.plan.profile.name}, DeepEP {other}: {len(c.present)}/{c.num_variants} "
                             f"kernels cached (what a DeepEP {other} server would find; --deep-ep {other} for its "
                             "details).")
+        if names is not None:
+            render_name_coverage(o, names)
+        elif profile is not None:
+            o.print(f"Cannot judge by the entry names the serving DeepEP looks up ({why}): the counts above are by "
+                    "the parameters parsed from the cached sources, which does not prove DeepEP finds them.",
+                    markup=False)
 
     out.result(data, render)
+    if check and names is not None and not names.complete:
+        raise typer.Exit(1)
 
 
 def verify_cmd(
@@ -213,6 +283,11 @@ def verify_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="With --repair: show the moves, make none."),
     arch: Optional[str] = typer.Option(None, "--arch", help="The serving GPU's arch (e.g. sm_90a): a cubin whose "
                                                              "ELF header names another is an error."),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Also judge this profile's coverage by the "
+                                          "entry names the serving DeepEP looks up."),
+    deep_ep_root: Optional[Path] = DEEP_EP_ROOT,
+    nccl_include: Optional[str] = NCCL_INCLUDE,
+    nvcc: Optional[Path] = NVCC,
     fmt: Format = FORMAT,
 ) -> None:
     """Find entries that would crash or mislead a runtime; --repair quarantines them (never deletes)."""
@@ -221,6 +296,10 @@ def verify_cmd(
     result = verify(root, expected_arch=_arch_option(arch))
     data = result.to_dict()
     data["deep_ep_versions"] = {v: len(es) for v, es in _by_deep_ep(result.scan.entries).items()}
+    names = None
+    if profile is not None:
+        names = _name_coverage(root, profile, deep_ep_root, nccl_include, nvcc)
+        data["coverage"] = names.to_dict()
     outcome = None
     if do_repair and not dry_run:
         outcome = repair(root, result, on_wait=_waiting(out))
@@ -247,6 +326,8 @@ def verify_cmd(
                 o.print(f"Moved {len(outcome.moved)} item(s) to quarantine; the runtime will recompile them.")
         for p in result.unrepairable:
             o.print(f"Not repaired (fix by hand): {p.path}: {p.message}", markup=False)
+        if names is not None:
+            render_name_coverage(o, names)
 
     out.result(data, render)
     remaining = len(result.errors) > 0
@@ -352,26 +433,101 @@ def import_cmd(
     force: bool = typer.Option(False, "--force", help="Import even if built for another nvcc/DeepEP/Triton/arch."),
     arch: Optional[str] = typer.Option(None, "--arch", help="The serving GPU's arch (e.g. sm_90a): refuse cubins "
                                                              "built for another one."),
+    relocate: bool = typer.Option(True, "--relocate/--no-relocate", help="Publish the imported entries also under "
+                                  "the names the serving DeepEP looks up (default on; needs it findable here)."),
+    deep_ep_root: Optional[Path] = DEEP_EP_ROOT,
+    nccl_include: Optional[str] = NCCL_INCLUDE,
+    nvcc: Optional[Path] = NVCC,
     cache_dir: Optional[Path] = CACHE_DIR,
     deep_ep_dir: Optional[Path] = DEEP_EP_DIR,
     fmt: Format = FORMAT,
 ) -> None:
-    """Verify a bundle completely, then publish each entry atomically (identical ones are skipped)."""
+    """Verify a bundle completely, publish each entry atomically (identical ones are skipped), then relocate."""
     root = _root(cache_dir, deep_ep_dir, must_exist=False)
     out = Output(fmt)
+    serving = None
+    if relocate:
+        try:
+            serving = _serving(deep_ep_root, nccl_include, nvcc)
+        except JitCacheError as exc:
+            if deep_ep_root is not None or nccl_include is not None:
+                raise
+            out.warn(f"not relocating: {exc} (pass --deep-ep-root/--nccl-include, or --no-relocate)")
     result = import_bundle(root, bundle, force=force, target_arch=_arch_option(arch), on_wait=_waiting(out))
     for mismatch in result.forced_mismatches:
         out.warn(f"imported despite a mismatch ({mismatch})")
     for name in result.conflicts:
         out.warn(f"{name} is already in the cache with other files; kept the cache's (run `jitcache verify`)")
 
+    moved = None
+    if serving is not None:
+        from jitcache.store.relocate import relocate_entries
+
+        names = [*result.published, *result.identical]
+        moved = relocate_entries(root.deep_ep_dir, serving, sources=[root.deep_ep_dir / "cache" / n for n in names])
+    data = result.to_dict()
+    data["relocation"] = None if moved is None else moved.to_dict()
+
     def render(o: Output) -> None:
         o.print(f"Imported {len(result.published)} entries; {len(result.identical)} already present"
                 + (f", {len(result.conflicts)} conflicting kept" if result.conflicts else "")
                 + (f", {len(result.lost_race)} published meanwhile by another process" if result.lost_race else "")
                 + ".")
+        if moved is not None:
+            o.print(f"Relocated {len(moved.published)} entries to the names {serving.describe()} looks up"
+                    + (f" ({len(moved.present)} already there)" if moved.present else "") + ".", markup=False)
+            for entry, why in moved.refused:
+                o.print(f"  not relocated: {Path(entry).name}: {why}", markup=False)
 
-    out.result(result.to_dict(), render)
+    out.result(data, render)
+
+
+def relocate_cmd(
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Relocate what this profile needs (default: "
+                                          "every entry, by its own source)."),
+    deep_ep_root: Optional[Path] = DEEP_EP_ROOT,
+    nccl_include: Optional[str] = NCCL_INCLUDE,
+    nvcc: Optional[Path] = NVCC,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be published, write nothing."),
+    cache_dir: Optional[Path] = CACHE_DIR,
+    deep_ep_dir: Optional[Path] = DEEP_EP_DIR,
+    fmt: Format = FORMAT,
+) -> None:
+    """Re-publish entries built for other install paths under the names the serving DeepEP looks up (no compile)."""
+    from jitcache.store.relocate import relocate
+
+    root = _root(cache_dir, deep_ep_dir)
+    out = Output(fmt)
+    serving = _serving(deep_ep_root, nccl_include, nvcc)
+    the_plan = None if profile is None else plan(load_profile(profile))
+    try:
+        result = relocate(root, serving, the_plan, dry_run=dry_run, on_wait=_waiting(out))
+    except JitCacheError:
+        if the_plan is not None and not out.is_json:  # read-only: the coverage still says what DeepEP will find
+            render_name_coverage(out, relocate(root, serving, the_plan, dry_run=True).coverage)
+        raise
+    after = None
+    if the_plan is not None and not dry_run:
+        after = relocate(root, serving, the_plan, dry_run=True).coverage
+    data = result.to_dict()
+    data["coverage_after"] = None if after is None else after.to_dict()
+
+    def render(o: Output) -> None:
+        verb = "Would publish" if dry_run else "Published"
+        o.print(f"{verb} {len(result.published)} entries under the names {serving.describe()} looks up"
+                + (f"; {len(result.present)} already there" if result.present else "")
+                + (f"; {len(result.lost_race)} published meanwhile by another process" if result.lost_race else "")
+                + ".", markup=False)
+        for name, source in result.published:
+            o.print(f"  {Path(source).name} -> {name}", markup=False)
+        for entry, why in result.refused:
+            o.print(f"  not relocated: {Path(entry).name}: {why}", markup=False)
+        if result.unplanned:
+            o.print(f"  {len(result.unplanned)} entries match no planned variant (left alone)", markup=False)
+        if after is not None:
+            render_name_coverage(o, after)
+
+    out.result(data, render)
 
 
 def register(app: typer.Typer) -> None:
@@ -381,3 +537,4 @@ def register(app: typer.Typer) -> None:
     app.command("prune")(prune_cmd)
     app.command("export")(export_cmd)
     app.command("import")(import_cmd)
+    app.command("relocate")(relocate_cmd)

@@ -257,22 +257,41 @@ class BucketedDispatcher:
     """
 
     def __init__(self, buffer: Any, policy: BucketPolicy | Profile | str, strict: bool = False,
-                 warm: Any = None, *, stats: DispatchStats | None = None, _target: Any = None) -> None:
+                 warm: Any = None, *, stats: DispatchStats | None = None, relocate: bool = False,
+                 _target: Any = None) -> None:
         self.buffer = buffer
         self.api = buffer_api(buffer)
         self.policy, self.profile = _as_policy(policy)
         self.strict = bool(strict)
         self.num_sms = self.profile.deep_ep.num_sms if self.profile is not None else 0
         self._dispatch = _target if _target is not None else _original_bound_dispatch(buffer)
+        self._guard: Any = None            # NameGuard: warm buckets per call signature, by entry names
+        self._by_signature: dict[tuple, set[int]] = {}
+        self._relocate = relocate
         self._warm = set(self._resolve_warm(warm))
         self._warned: set[int] = set()
         self._lock = threading.Lock()
         # strict: the ranks agree on one warm set at the first dispatch (see _agree_on_warm_buckets)
-        self._agree_pending = self.strict
+        self._agree_pending = self.strict and self._guard is None  # a name guard agrees per call signature
         self._stats = stats if stats is not None else DispatchStats()
         register_for_flush(self._stats)
 
     def _resolve_warm(self, warm: Any) -> Iterable[int]:
+        if warm is None and self.profile is not None:
+            from jitcache.errors import JitCacheError
+            from jitcache.runtime.guard import NameGuard
+
+            roots = jit_cache_roots(self.api)
+            try:
+                self._guard = NameGuard(self.buffer, self.profile, roots)
+            except (JitCacheError, OSError, ValueError) as exc:
+                log.warning("jitcache: cannot compute the entry names this DeepEP looks up (%s); judging warm "
+                            "buckets by the parameters parsed from cached sources, which does not prove DeepEP "
+                            "will find them", exc)
+            else:
+                if self._relocate:
+                    self._relocate_shipped(roots)
+                return ()
         if warm is None:
             return warm_buckets_from_cache(self.api, jit_cache_roots(self.api), self.profile)
         buckets = getattr(warm, "warm_buckets", None)
@@ -282,8 +301,46 @@ class BucketedDispatcher:
 
     # -- what the dispatcher knows ------------------------------------------------------------
 
+    def _relocate_shipped(self, roots: tuple[Path, ...]) -> None:
+        """Entries built for other install paths, published under this DeepEP's names (no compile)."""
+        from jitcache.errors import JitCacheError
+        from jitcache.planning.variants import plan
+        from jitcache.store.relocate import relocate_for_plan
+
+        guard = self._guard
+        try:
+            result = relocate_for_plan(roots[0], guard.serving, plan(guard.profile), roots=roots)
+        except (JitCacheError, OSError, ValueError) as exc:
+            log.warning("jitcache: could not relocate shipped entries into %s: %s", roots[0], exc)
+            return
+        if result.published:
+            log.info("jitcache: relocated %d entries to the names %s looks up", len(result.published),
+                     guard.serving.describe())
+
+    def _warm_for(self, x: Any, args: tuple, kwargs: dict) -> set[int]:
+        """The warm buckets of this call's signature (computed once per distinct signature)."""
+        n = len(args)
+        key = (isinstance(x, tuple), args[5] if n > 5 else kwargs.get("expert_alignment"), kwargs.get("do_cpu_sync"),
+               args[6] if n > 6 else kwargs.get("num_sms", 0), args[3] if n > 3 else kwargs.get("num_experts"))
+        warm = self._by_signature.get(key)
+        if warm is None:
+            with self._lock:
+                warm = self._by_signature.get(key)
+                if warm is None:
+                    warm = self._guard.warm_buckets(self._guard.signature(x, *key[1:]))
+                    if self.strict:
+                        warm = self._agree_on(warm)
+                    self._by_signature[key] = warm
+        return warm
+
     @property
     def warm_buckets(self) -> frozenset[int]:
+        """Warm buckets: with a name guard, for the call the profile describes (decode, its dtype and settings)."""
+        if self._guard is not None:
+            key = ("profile",)
+            if key not in self._by_signature:
+                self._by_signature[key] = self._guard.warm_buckets(self._guard.profile_signature())
+            return frozenset(self._by_signature[key])
         return frozenset(self._warm)
 
     def stats(self):
@@ -350,9 +407,10 @@ class BucketedDispatcher:
                 if requested is None or isinstance(requested, bool) or int(requested) >= forward:
                     requested = forward
         bucket, count = self.bucket_for(x, num_tokens_across_dp, requested)
-        miss = bucket not in self._warm
+        warm = self._warm if self._guard is None else self._warm_for(x, args, kwargs)
+        miss = bucket not in warm
         if miss:
-            self._on_cold(bucket)
+            self._on_cold(bucket, warm)
         if len(args) > _NMAX_POSITION:
             args = args[:_NMAX_POSITION] + (bucket,) + args[_NMAX_POSITION + 1:]
         else:
@@ -360,7 +418,7 @@ class BucketedDispatcher:
         result = self._dispatch(x, *args, **kwargs)
         if miss:
             with self._lock:
-                self._warm.add(bucket)  # DeepEP compiled it just now: warn and count it once
+                warm.add(bucket)  # DeepEP compiled it just now: warn and count it once
         self._stats.record(bucket, count, miss)
         return result
 
@@ -382,42 +440,54 @@ class BucketedDispatcher:
         exchange keeps this rank's own set and logs it.
         """
         self._agree_pending = False
+        common = self._agree_on(self._warm)
+        with self._lock:
+            self._warm = common
+
+    def _agree_on(self, warm: set[int]) -> set[int]:
+        """The buckets of ``warm`` that are warm on every rank of the buffer's group (one all-gather); with a
+        name guard, once per call signature, when it is first seen (the ranks dispatch collectively, so they
+        see the signatures in the same order)."""
         group = getattr(self.buffer, "group", None)
         from jitcache.warm.collectives import all_gather_bytes, initialized_dist
 
         dist = initialized_dist()
         if dist is None or group is None:
-            return
+            return warm
         try:
             if dist.get_world_size(group) <= 1:
-                return
+                return warm
             gathered = [set(json.loads(blob)) for blob in
-                        all_gather_bytes(json.dumps(sorted(self._warm)).encode(), group)]
+                        all_gather_bytes(json.dumps(sorted(warm)).encode(), group)]
         except Exception as exc:  # noqa: BLE001
             log.error("jitcache: could not agree on the warm buckets over the group (%s: %s): this rank keeps "
                       "its own", type(exc).__name__, exc)
-            return
+            return warm
         common = set.intersection(*gathered)
-        if common != self._warm or any(g != common for g in gathered):
+        if common != warm or any(g != common for g in gathered):
             lacking = {b: [r for r, g in enumerate(gathered) if b not in g] for b in set.union(*gathered) - common}
             log.warning("jitcache: buckets warm on some ranks only are treated as cold on all (strict): %s",
                         ", ".join(f"{b} (cold on rank{'s' if len(r) > 1 else ''} {', '.join(map(str, r))})"
                                   for b, r in sorted(lacking.items())))
-        with self._lock:
-            self._warm = common
+        return common
 
-    def _on_cold(self, bucket: int) -> None:
+    def _on_cold(self, bucket: int, warm: set[int] | None = None) -> None:
+        from jitcache.adapters.serving import jit_seconds_per_bucket
+
+        warm = self._warm if warm is None else warm
+        judged = "" if self._guard is None else f", judged by the entry names {self._guard.serving.describe()} looks up"
         if self.strict:
             self._stats.record_refused(bucket)
             raise ColdVariantError(bucket, message=(
                 f"num_max_tokens_per_rank={bucket} is not warm (warm buckets: "
-                f"{sorted(self._warm) or 'none'}): DeepEP would JIT-compile it on the serving path"))
+                f"{sorted(warm) or 'none'}{judged}): DeepEP would JIT-compile it on the serving path"))
         with self._lock:
             first = bucket not in self._warned
             self._warned.add(bucket)
         if first:
-            log.warning("jitcache: num_max_tokens_per_rank=%d is cold: DeepEP is JIT-compiling it on the "
-                        "serving path (~12 s per bucket); run `jitcache warmup` for this profile", bucket)
+            log.warning("jitcache: num_max_tokens_per_rank=%d is cold: DeepEP %s is JIT-compiling it on the "
+                        "serving path (~%g s per bucket); run `jitcache warmup` for this profile", bucket,
+                        self.api, jit_seconds_per_bucket(self.api))
 
 
 def _name_arguments(function: Any, args: tuple, kwargs: dict) -> dict:
@@ -471,7 +541,8 @@ def _patched_dispatch(self: Any, x: Any, *args: Any, num_tokens_across_dp: Any =
     cached = self.__dict__.get(_INSTANCE_ATTR) if hasattr(self, "__dict__") else None
     if cached is None or cached[0] != generation:
         dispatcher = BucketedDispatcher(self, _STATE["profile"] or _STATE["policy"], strict=_STATE["strict"],
-                                        warm=_STATE["warm"], stats=_STATE["stats"])
+                                        warm=_STATE["warm"], stats=_STATE["stats"],
+                                        relocate=_STATE.get("relocate", True))
         cached = (generation, dispatcher)
         try:
             self.__dict__[_INSTANCE_ATTR] = cached
@@ -484,7 +555,7 @@ _patched_dispatch.__jitcache_patch__ = True  # type: ignore[attr-defined]
 
 
 def install(policy: BucketPolicy | Profile | str, strict: bool = False, *, classes: Iterable[type] | None = None,
-            warm: Any = None) -> Installation:
+            warm: Any = None, relocate: bool = True) -> Installation:
     """Patch DeepEP's buffer classes so that every ``dispatch`` goes through a :class:`BucketedDispatcher`.
 
     One line in a worker gives a framework that calls DeepEP directly (with
@@ -492,7 +563,10 @@ def install(policy: BucketPolicy | Profile | str, strict: bool = False, *, class
     bucketing and the miss guard. Idempotent: installing again replaces the
     policy without wrapping twice. :func:`uninstall` restores the classes.
     ``classes`` defaults to every ``EPBuffer``/``ElasticBuffer`` importable from
-    ``deep_ep`` and ``deep_ep_v25``.
+    ``deep_ep`` and ``deep_ep_v25``. With a profile, each buffer's guard judges
+    warm buckets by the entry names its DeepEP looks up, and first (``relocate``,
+    on by default) re-publishes entries built for other install paths under those
+    names (:mod:`jitcache.store.relocate`).
     """
     bucket_policy, profile = _as_policy(policy)
     targets = list(classes) if classes is not None else _importable_buffer_classes()
@@ -502,7 +576,7 @@ def install(policy: BucketPolicy | Profile | str, strict: bool = False, *, class
     for cls in targets:
         buffer_api(cls)  # refuse anything that is not a DeepEP buffer before patching anything
     with _LOCK:
-        _STATE.update(policy=bucket_policy, profile=profile, strict=bool(strict), warm=warm,
+        _STATE.update(policy=bucket_policy, profile=profile, strict=bool(strict), warm=warm, relocate=bool(relocate),
                       generation=_STATE.get("generation", 0) + 1,
                       stats=_STATE.get("stats") or DispatchStats())
         for cls in targets:
@@ -522,7 +596,7 @@ def uninstall() -> None:
             elif "dispatch" in cls.__dict__:
                 delattr(cls, "dispatch")
             del _PATCHES[cls]
-        for key in ("policy", "profile", "strict", "warm"):
+        for key in ("policy", "profile", "strict", "warm", "relocate"):
             _STATE.pop(key, None)
         # The generation keeps counting so that dispatchers cached on instances are rebuilt.
         _STATE["generation"] = _STATE.get("generation", 0) + 1

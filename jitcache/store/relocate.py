@@ -39,7 +39,7 @@ from .names import RELOCATABLE, NameCoverage, name_coverage, source_compatibilit
 from .publish import make_temp_dir, publish_entry, remove_tree
 from .root import CacheRoot, LockHolder
 
-__all__ = ["RelocationResult", "relocate", "relocate_entries", "writable_problem"]
+__all__ = ["RelocationResult", "relocate", "relocate_entries", "relocate_for_plan", "writable_problem"]
 
 
 @dataclass(frozen=True)
@@ -219,11 +219,20 @@ def relocate(root: CacheRoot, serving: ServingDeepEP, the_plan: Any = None, *, d
                 relocate_entries(deep_ep_dir, serving, _after_publish=_after_publish)
         with root.lock(command="jitcache relocate", on_wait=on_wait, timeout=timeout):
             return relocate_entries(deep_ep_dir, serving, _after_publish=_after_publish)
-    coverage = name_coverage(the_plan, serving, [deep_ep_dir])
+    if dry_run or writable_problem(deep_ep_dir) is not None:
+        return relocate_for_plan(deep_ep_dir, serving, the_plan, dry_run=dry_run, _after_publish=_after_publish)
+    with root.lock(command="jitcache relocate", on_wait=on_wait, timeout=timeout):
+        return relocate_for_plan(deep_ep_dir, serving, the_plan, _after_publish=_after_publish)
+
+
+def relocate_for_plan(deep_ep_dir: str | Path, serving: ServingDeepEP, the_plan: Any, *,
+                      roots: Sequence[str | Path] | None = None, dry_run: bool = False,
+                      _after_publish: Callable[[str], None] | None = None) -> RelocationResult:
+    """Publish every relocatable planned entry of ``the_plan`` (sources found in ``roots``, default
+    ``deep_ep_dir`` alone) into ``deep_ep_dir``, without a lock: each publish is one atomic rename, and two
+    processes relocating the same entry end with one copy (the runtime's and the live warmup's path)."""
+    deep_ep_dir = Path(deep_ep_dir)
+    coverage = name_coverage(the_plan, serving, [deep_ep_dir, *(Path(r) for r in roots or () if Path(r) != deep_ep_dir)])
     plans = [(Path(v.path), v.entry.name, v.entry.kernel_cu, the_plan.profile.target.arch)
              for v in coverage.verdicts if v.status == RELOCATABLE and v.path]
-    args = (deep_ep_dir, serving, plans, [], [], coverage.unplanned, coverage, dry_run, _after_publish)
-    if not plans or dry_run or writable_problem(deep_ep_dir) is not None:
-        return _publish_all(*args)
-    with root.lock(command="jitcache relocate", on_wait=on_wait, timeout=timeout):
-        return _publish_all(*args)
+    return _publish_all(deep_ep_dir, serving, plans, [], [], coverage.unplanned, coverage, dry_run, _after_publish)
