@@ -57,6 +57,9 @@ def render_report(out: Output, report: Any) -> None:
         o.print(f"{len(report.results)} steps: {report.num_compiled} compiled, {report.num_cached} already cached, "
                 f"{report.num_entries_written} cache entries written, {report.seconds:.1f} s in all; "
                 f"cache: {', '.join(report.cache_dirs)}")
+        if report.relocated:
+            o.print(f"Relocated {len(report.relocated)} shipped entries to the names this DeepEP looks up "
+                    "(no compile).")
         if report.precompile is not None:
             render_precompile(o, report.precompile, len(report.results))
 
@@ -87,14 +90,14 @@ def render_precompile(o: Output, pre: dict, num_steps: int) -> None:
 
 
 def run_live_warmup(profile: str, modes: Optional[Sequence[str]], cache_dir: Optional[Path], out: Output, *,
-                    jobs: Optional[int] = None, precompile: bool = True) -> Any:
+                    jobs: Optional[int] = None, precompile: bool = True, relocate: bool = True) -> Any:
     """Run :func:`jitcache.warm.live.live_warmup_cli` with a progress bar, render and return its report."""
     from jitcache.warm.live import live_warmup_cli
 
     # With --format json, DeepEP's own prints (C++ and Python, to fd 1) go to stderr: stdout holds only the JSON.
     with stdout_to_stderr(out.is_json), progress_bar(out) as on_event:
         report = live_warmup_cli(profile, modes=modes, cache_dir=cache_dir, progress=on_event, jobs=jobs,
-                                 precompile=precompile)
+                                 precompile=precompile, relocate=relocate)
     if report.rank == 0:
         render_report(out, report)
     return report

@@ -35,6 +35,10 @@ def warmup(
         help="Live warmup: first compile the plan with nvcc, split over the ranks, into the folder DeepEP reads "
              "(DeepEP 2.5 or 2.1; skipped, with the reason, when no toolchain resolves). --no-precompile leaves every "
              "compile to DeepEP on every rank. An error with --aot, which is that compile."),
+    relocate: bool = typer.Option(
+        True, "--relocate/--no-relocate",
+        help="Live warmup: first publish entries built for other install paths (a shipped cache) under the names "
+             "this DeepEP looks up, without compiling (`jitcache relocate`)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="The jitcache root (default: ~/.cache/jitcache)."),
     modes: Optional[list[str]] = typer.Option(None, "--mode", "-m", help="Restrict to these modes (repeatable)."),
     deep_ep: Optional[str] = typer.Option(
@@ -90,7 +94,7 @@ def warmup(
     if not aot:
         from .live_view import run_live_warmup
 
-        run_live_warmup(profile, modes, cache_dir, out, jobs=jobs, precompile=precompile)
+        run_live_warmup(profile, modes, cache_dir, out, jobs=jobs, precompile=precompile, relocate=relocate)
         return
 
     from jitcache.build.pool import warmup_aot

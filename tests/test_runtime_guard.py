@@ -150,3 +150,20 @@ def test_a_shipped_cache_is_relocated_at_first_use_and_cold_without(served25, tm
         x, kw = _call(n, do_cpu_sync=False)
         buffer.dispatch(x, **kw)
     assert d.stats().total_misses == 0
+
+
+def test_the_live_warmup_relocates_a_shipped_cache_first(served25, tmp_path, deep_ep25_include):  # noqa: F811
+    pytest.importorskip("torch")
+    from jitcache.warm.live import warmup
+
+    profile = load_profile("h200-ep1")
+    build_box = locate_serving("/build/site-packages/deep_ep", "/build/nccl/include", headers=deep_ep25_include)
+    write_shipped(tmp_path / "dj" / "cache", plan(profile), build_box)
+    buffer = served25(num_max_tokens_per_rank=8192, hidden=HIDDEN, num_topk=8)
+    report = warmup(buffer, profile, progress=False, save=False, precompile=False)
+    assert len(report.relocated) == 57 and report.to_dict()["relocated"] == list(report.relocated)
+    guard = BucketedDispatcher(buffer, profile, strict=True)
+    assert guard.warm_buckets == frozenset(profile.policy.buckets())
+    assert warmup(buffer, profile, progress=False, save=False, precompile=False).relocated == ()
+    assert warmup(served25(num_max_tokens_per_rank=8192, hidden=HIDDEN, num_topk=8), profile, progress=False,
+                  save=False, precompile=False, relocate=False).relocated == ()

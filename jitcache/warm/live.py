@@ -118,6 +118,8 @@ class WarmupReport:
     jitcache_version: str = __version__
     # PrecompileResult.to_dict() plus "missed_by_live"; None when the warmup ran without it (or predates it).
     precompile: dict | None = None
+    # Entries published under this DeepEP's names from copies built for other install paths (relocation).
+    relocated: tuple[str, ...] = ()
 
     @property
     def num_compiled(self) -> int:
@@ -139,6 +141,7 @@ class WarmupReport:
         data = asdict(self)
         data["modes"] = list(self.modes)
         data["cache_dirs"] = list(self.cache_dirs)
+        data["relocated"] = list(self.relocated)
         data["results"] = [{**asdict(r), "entries_written": list(r.entries_written)} for r in self.results]
         data["totals"] = {"steps": len(self.results), "compiled": self.num_compiled, "cached": self.num_cached,
                           "entries_written": self.num_entries_written, "seconds": self.seconds}
@@ -150,6 +153,7 @@ class WarmupReport:
         fields.pop("totals", None)
         fields["modes"] = tuple(fields["modes"])
         fields["cache_dirs"] = tuple(fields["cache_dirs"])
+        fields["relocated"] = tuple(fields.get("relocated") or ())
         fields["results"] = tuple(VariantResult(**{**r, "entries_written": tuple(r["entries_written"])})
                                   for r in fields["results"])
         return cls(**fields)
@@ -343,7 +347,7 @@ def warmup(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, modes: 
            cache_dir: str | Path | None = None, save: bool = True, seed: int = 0,
            hidden: int | None = None, num_experts: int | None = None, num_topk: int | None = None,
            dispatch_dtype: str = "bf16", device: Any = None, precompile: bool = True, jobs: int | None = None,
-           toolchain: Toolchain | None = None) -> WarmupReport:
+           toolchain: Toolchain | None = None, relocate: bool = True) -> WarmupReport:
     """Compile (or load) every kernel the plan names, through ``buffer`` itself; collective over ``group``.
 
     Every rank must call it with the same profile, modes and ``precompile``
@@ -357,6 +361,11 @@ def warmup(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, modes: 
     the ranks (:func:`jitcache.warm.prepass.precompile`; ``jobs`` nvcc processes per
     rank, ``toolchain`` to override the one found from the buffer's package);
     when it cannot run, DeepEP compiles in the live pass as before.
+
+    ``relocate`` (default on) first re-publishes entries built for other
+    install paths (a shipped cache) under the names this buffer's DeepEP
+    looks up (:func:`jitcache.store.relocate.relocate_for_plan`), so neither
+    the precompile nor DeepEP rebuilds them; ``report.relocated`` lists them.
     """
     import torch
 
@@ -367,6 +376,8 @@ def warmup(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, modes: 
     rank, world = check_group_agreement(_agreement_record(spec, api, precompile), group)
     prepass: PrecompileResult | None = None
     notify = progress if rank == 0 else False
+    relocated = _relocate_shipped(buffer, spec.profile, modes, jit_cache_roots(api)) \
+        if relocate and spec.profile is not None else ()
     if precompile:  # the parameter: the function is _prepass.precompile here
         _emit(notify, WarmupProgress(0, len(spec.steps), PRECOMPILE, 0, 0.0, None))
         prepass = _prepass.precompile(buffer, spec.profile or spec.policy, modes, group=group, cache_dir=cache_dir,
@@ -407,13 +418,33 @@ def warmup(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, modes: 
         profile_fingerprint=spec.profile.fingerprint() if spec.profile else None,
         plan_fingerprint=spec.plan_fingerprint, api=api, policy=spec.policy.to_dict(),
         modes=tuple(dict.fromkeys(m for m, _ in spec.steps)), rank=rank, world_size=world,
-        cache_dirs=tuple(str(r) for r in roots), results=tuple(results), seconds=time.perf_counter() - start)
+        cache_dirs=tuple(str(r) for r in roots), results=tuple(results), seconds=time.perf_counter() - start,
+        relocated=relocated)
     if save and rank == 0:
         from jitcache.store.root import resolve_root
 
         root = resolve_root(cache_dir)
         report.save(report_path(root.meta_dir, spec.profile, spec.plan_fingerprint))
     return report
+
+
+def _relocate_shipped(buffer: Any, profile: Profile, modes: Iterable[str] | None, roots: Sequence[Path]) -> tuple[str, ...]:
+    """Relocate what the plan needs into the writable root; every rank may run it (each publish is atomic)."""
+    from jitcache.adapters.serving import locate_serving
+    from jitcache.errors import JitCacheError
+    from jitcache.planning.variants import plan
+    from jitcache.store.relocate import relocate_for_plan
+    from jitcache.warm.prepass import buffer_headers, live_target_facts, with_live_num_sms, with_live_target
+
+    try:
+        profile, _ = with_live_target(profile, live_target_facts(buffer))
+        profile, _ = with_live_num_sms(profile, buffer)
+        serving = locate_serving(buffer_headers(buffer)[0])
+        result = relocate_for_plan(roots[0], serving, plan(profile, modes), roots=roots)
+    except (JitCacheError, OSError, ValueError) as exc:
+        log.info("warmup: no relocation (%s)", exc)
+        return ()
+    return tuple(name for name, _ in result.published)
 
 
 def _precompile_record(prepass: PrecompileResult, results: Sequence[VariantResult]) -> dict[str, Any]:
@@ -519,7 +550,7 @@ def init_torchrun_group() -> int:
 def live_warmup_cli(profile: Profile | str, modes: Sequence[str] | None = None, cache_dir: str | Path | None = None,
                     progress: bool | Callable[[WarmupProgress], None] = True, *, seed: int = 0,
                     read_only_roots: Sequence[str | Path] = (), jobs: int | None = None, precompile: bool = True,
-                    **_cli_extras: Any) -> WarmupReport:
+                    relocate: bool = True, **_cli_extras: Any) -> WarmupReport:
     """``jitcache warmup`` without ``--aot``: build a DeepEP buffer from the profile and warm it.
 
     Runs inside an initialised torch.distributed job (torchrun); for an EP1
@@ -571,7 +602,7 @@ def live_warmup_cli(profile: Profile | str, modes: Sequence[str] | None = None, 
         buffer = make_buffer(prof, group, buffer_cls)
         try:
             return warmup(buffer, prof, modes, progress, group=group, cache_dir=root.path, seed=seed,
-                          precompile=precompile, jobs=jobs)
+                          precompile=precompile, jobs=jobs, relocate=relocate)
         finally:
             buffer.destroy()
     finally:
