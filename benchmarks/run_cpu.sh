@@ -12,6 +12,7 @@ status=0
 "$PY" benchmarks/bucket_lookup.py || status=1
 "$PY" benchmarks/storm.py "${OUT_ARGS[@]}" || status=1
 "$PY" benchmarks/runtime_overhead.py --part cpu "${OUT_ARGS[@]}" || status=1
+"$PY" benchmarks/digest_truth.py "${OUT_ARGS[@]}" || status=1
 if [ -n "${FULL:-}" ]; then
   "$PY" benchmarks/aot_warmup.py ${1:+--out "$1/aot_warmup.json"} || status=1
   "$PY" benchmarks/aot_concurrent.py "${OUT_ARGS[@]}" || status=1
