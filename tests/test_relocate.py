@@ -26,7 +26,7 @@ from jitcache.adapters.serving import locate_serving, planned_entries, serving_m
 from jitcache.errors import CacheError
 from jitcache.planning.profiles import load_profile
 from jitcache.planning.variants import plan
-from jitcache.store.names import FOUND, MISSING, RELOCATABLE, name_coverage
+from jitcache.store.names import FOUND, MISSING, name_coverage
 from jitcache.store.relocate import relocate, relocate_entries
 from jitcache.store.root import CacheRoot
 

@@ -167,3 +167,17 @@ def test_the_live_warmup_relocates_a_shipped_cache_first(served25, tmp_path, dee
     assert warmup(buffer, profile, progress=False, save=False, precompile=False).relocated == ()
     assert warmup(served25(num_max_tokens_per_rank=8192, hidden=HIDDEN, num_topk=8), profile, progress=False,
                   save=False, precompile=False, relocate=False).relocated == ()
+
+
+def test_a_call_whose_kernels_cannot_be_named_falls_back_instead_of_failing(served21, tmp_path, caplog):
+    """A profile that leaves a GPU fact unknown, and no GPU to read it from: the kernels cannot be rendered;
+    the guard says so and judges by the cache scan; the dispatch itself goes through."""
+    profile = load_profile("h200-ep1")
+    unknown = replace(profile, target=replace(profile.target, num_smem_bytes=0))
+    d = BucketedDispatcher(served21(num_max_tokens_per_rank=8192, hidden=HIDDEN), unknown)
+    with caplog.at_level(logging.WARNING, logger="jitcache.deepep"):
+        x, kw = _call(3, do_cpu_sync=False)
+        d.dispatch(x, **kw)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("cannot name the kernels of a dispatch" in m and "num_smem_bytes" in m for m in messages)
+    assert d.stats().bucketed_calls == 1

@@ -327,11 +327,23 @@ class BucketedDispatcher:
             with self._lock:
                 warm = self._by_signature.get(key)
                 if warm is None:
-                    warm = self._guard.warm_buckets(self._guard.signature(x, *key[1:]))
+                    warm = self._judge(self._guard.signature(x, *key[1:]))
                     if self.strict:
                         warm = self._agree_on(warm)
                     self._by_signature[key] = warm
         return warm
+
+    def _judge(self, signature: tuple) -> set[int]:
+        """The name guard's verdict for one call signature; what the cache scan says if it cannot render that
+        call's kernels (a GPU fact the profile lacks): the serving path must never fail on the guard itself."""
+        from jitcache.errors import JitCacheError
+
+        try:
+            return self._guard.warm_buckets(signature)
+        except (JitCacheError, OSError, ValueError) as exc:
+            log.warning("jitcache: cannot name the kernels of a dispatch %s (%s); judging its warm buckets by the "
+                        "parameters parsed from cached sources", signature, exc)
+            return set(warm_buckets_from_cache(self.api, self._guard.roots, self.profile))
 
     @property
     def warm_buckets(self) -> frozenset[int]:
@@ -339,7 +351,7 @@ class BucketedDispatcher:
         if self._guard is not None:
             key = ("profile",)
             if key not in self._by_signature:
-                self._by_signature[key] = self._guard.warm_buckets(self._guard.profile_signature())
+                self._by_signature[key] = self._judge(self._guard.profile_signature())
             return frozenset(self._by_signature[key])
         return frozenset(self._warm)
 
