@@ -234,8 +234,10 @@ def _package_dir(deep_ep_root: str | Path | None) -> tuple[Path, str]:
 @functools.lru_cache(maxsize=8)
 def _nvcc_text(nvcc: str | None) -> tuple[str, str]:
     path = None
-    if nvcc is None:
-        for env in ("CUDA_HOME", "CUDA_PATH"):  # DeepEP's find_cuda_home() looks there before PATH
+    if nvcc is None and os.environ.get("EP_JIT_NVCC_COMPILER"):  # DeepJIT's override (2.5)
+        path = Path(os.path.normpath(os.path.abspath(os.environ["EP_JIT_NVCC_COMPILER"])))
+    if nvcc is None and path is None:
+        for env in ("CUDA_HOME", "CUDA_PATH"):  # DeepEP and DeepJIT look there before PATH
             candidate = Path(os.environ.get(env, "")) / "bin" / "nvcc"
             if os.environ.get(env) and candidate.is_file() and os.access(candidate, os.X_OK):
                 path = candidate
