@@ -216,16 +216,16 @@ def _prepare(buffer: Any, target: Profile | BucketPolicy | str, modes: Iterable[
 
                 toolchain = live_toolchain21(buffer, include, package_dir)
             else:
+                # The names DeepEP 2.5 looks up hold its NCCL path and its nvcc's text, found as it finds them.
+                from jitcache.adapters.serving import locate_serving
+
+                serving = locate_serving(package_dir)
                 toolchain = resolve_toolchain(deep_ep_include=include, python_library_root=str(package_dir),
                                               api=API_25)
+                toolchain = replace(toolchain, target_nccl_include=serving.nccl_include,
+                                    nvcc_version_output=serving.nvcc_version_output)
             toolchain = replace(toolchain, deep_ep_headers_from=f"DeepEP {toolchain.deep_ep_api} headers of the "
                                                                 f"package of {buffer_class} ({package_dir})")
-            # The names this DeepEP looks up hold its NCCL path and its nvcc's text, found as it finds them.
-            from jitcache.adapters.serving import locate_serving
-
-            serving = locate_serving(package_dir)
-            toolchain = replace(toolchain, target_nccl_include=serving.nccl_include,
-                                nvcc_version_output=serving.nvcc_version_output)
         from jitcache.build.pool import jobs_for_plan
 
         jobs = jobs_for_plan(the_plan, toolchain)
