@@ -244,3 +244,31 @@ def test_a_relocation_killed_at_any_moment_leaves_only_whole_entries(tmp_path, s
         assert len(relocate(CacheRoot.for_deep_ep_dir(target), rig(deep_ep25_include), the_plan).published) \
             == 57 - len(new)
     assert killed_mid, "no kill landed while entries were being published: widen the delays"
+
+
+def test_deepep_21_entries_relocate_back_to_the_names_elasticbuffer_wrote(tmp_path):
+    """The 57 entries ElasticBuffer wrote on the H200, as a build box with other paths names them, relocated
+    for the rig's paths: exactly ElasticBuffer's own names, kernel.cu and cubin unchanged (2.1: no marker)."""
+    from test_render21 import _wheel
+
+    wheel = _wheel()
+    if wheel is None:
+        pytest.skip("tokenspeed-deepep (DeepEP 2.1) is not installed")
+    from jitcache.adapters.serving import local_entry_name
+
+    real = REPO / "tests" / "data" / "deepep21-h200" / "cache"
+    build = locate_serving("/build/venv/site-packages/deep_ep", "/build/nccl/include", nvcc_version_output=NVCC_13_0,
+                           headers=wheel / "include")
+    rig21 = locate_serving("/tmp/gpu-rig/site21/deep_ep", "/tmp/gpu-rig/nccl/include", nvcc_version_output=NVCC_13_0,
+                           headers=wheel / "include")
+    cache = tmp_path / "dj" / "cache"
+    cache.mkdir(parents=True)
+    for entry in real.iterdir():
+        name = local_entry_name(build, entry.name.split(".")[1], (entry / "kernel.cu").read_text(), "sm_90a")
+        assert name != entry.name
+        shutil.copytree(entry, cache / name)
+    result = relocate_entries(tmp_path / "dj", rig21)
+    assert not result.refused and {n for n, _ in result.published} == {p.name for p in real.iterdir()}
+    for name, _ in result.published:
+        assert sorted(p.name for p in (cache / name).iterdir()) == ["kernel.cu", "kernel.cubin"]
+        assert tree(cache / name) == tree(real / name)

@@ -158,3 +158,46 @@ def test_a_profile_for_the_other_version_is_refused(wheel):  # noqa: F811
         planned_entries(plan(replace(profile, deep_ep=replace(profile.deep_ep, api="2.5"))), serving)
     with pytest.raises(UsageError, match="--deep-ep-root /nowhere: no DeepEP package"):
         locate_serving("/nowhere", "/n/include", nvcc_version_output=NVCC_13_0)
+
+
+RIG21_PACKAGE = "/tmp/gpu-rig/site21/deep_ep"
+
+
+def _rig21(wheel):
+    return locate_serving(RIG21_PACKAGE, "/tmp/gpu-rig/nccl/include", nvcc_version_output=NVCC_13_0,
+                          headers=wheel / "include")
+
+
+def test_names_for_the_rig_are_the_ones_elasticbuffer_wrote(wheel):  # noqa: F811
+    """DeepEP 2.1 pinned like 2.5 (tests/data/deepep21-h200): all 57 entries, barrier included, names and bytes."""
+    serving = _rig21(wheel)
+    assert serving.version == "2.1"
+    ours = {e.name: e for e in planned_entries(plan(load_profile("h200-ep1")), serving)}
+    real = _real("deepep21-h200")
+    assert len(real) == 57 and set(real) == set(ours)
+    for name, entry in real.items():
+        assert ours[name].kernel_cu == (entry / "kernel.cu").read_text()
+        assert local_entry_name(serving, name.split(".")[1], (entry / "kernel.cu").read_text(), "sm_90a") == name
+
+
+def test_the_fp8_call_of_deepeps_own_test_suite_is_named_too(wheel):  # noqa: F811
+    """tests/data/deepep21-h200-fp8: fp8, expert alignment 128, CPU sync, as the runtime guard renders that call."""
+    from jitcache.runtime.guard import NameGuard
+
+    class Buffer:  # the guard reads only these from an ElasticBuffer
+        allow_multiple_reduction = True
+
+    guard = NameGuard(Buffer(), load_profile("h200-ep1"), (DATA / "deepep21-h200-fp8",), serving=_rig21(wheel))
+    signature = guard.signature(("x", "sf"), 128, True, 0, 256)
+    profile = guard.profile_for(signature)
+    the_plan = plan(profile, ["decode"])
+    variants = tuple(replace(v, params=tuple((k, True if k == "do_cpu_sync" else x) for k, x in v.params))
+                     for v in the_plan)
+    ours = {e.name for e in planned_entries(replace(the_plan, variants=variants), guard.serving)}
+    real = set(_real("deepep21-h200-fp8"))
+    assert len(real) == 17
+    assert real <= ours
+    # the guard, on the cache ElasticBuffer wrote: that call is warm at the buckets it ran, the profile's call is not
+    assert guard.warm_buckets(signature) == {1, 2, 4, 8}
+    assert guard.warm_buckets(guard.profile_signature()) == set()
+    assert guard.warm_buckets(guard.signature(("x", "sf"), 128, False, 0, 256)) == set()   # no CPU sync: others
