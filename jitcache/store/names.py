@@ -27,6 +27,7 @@ from typing import Any, Iterable, Sequence
 from jitcache.adapters.serving import PlannedEntry, ServingDeepEP, entry_family, is_committed, planned_entries
 
 from .model import SCHEMA_VERSION
+from .reading import read_bytes
 
 __all__ = ["FOUND", "MISSING", "RELOCATABLE", "NameCoverage", "Verdict", "name_coverage", "source_compatibility"]
 
@@ -101,8 +102,9 @@ def _listing(roots: Sequence[Path]) -> list[tuple[Path, list[str]]]:
 
 
 def _read(path: Path) -> str | None:
+    """A file's text, its atime left as it was (a maintenance read is not a use: :mod:`.reading`)."""
     try:
-        return path.read_text(encoding="utf-8")
+        return read_bytes(path).decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return None
 

@@ -36,6 +36,7 @@ from jitcache.adapters.serving import (COMMIT_MARKER, ServingDeepEP, entry_famil
 from jitcache.errors import CacheError
 
 from .model import SCHEMA_VERSION
+from .reading import read_bytes
 from .names import RELOCATABLE, NameCoverage, name_coverage, source_compatibility
 from .publish import fsync_dir, make_temp_dir, remove_tree
 from .root import CacheRoot, LockHolder
@@ -85,7 +86,7 @@ def writable_problem(directory: Path) -> str | None:
 
 def _build_copy(deep_ep_dir: Path, source: Path, kernel_cu: str, serving: ServingDeepEP, arch: str) -> Path:
     """The relocated entry, complete with its marker, in a private build dir under ``<deep_ep>/tmp/``."""
-    cubin = (source / "kernel.cubin").read_bytes()
+    cubin = read_bytes(source / "kernel.cubin")
     tmp = make_temp_dir(deep_ep_dir)
     try:
         (tmp / "kernel.cu").write_text(kernel_cu, encoding="utf-8")
@@ -125,7 +126,7 @@ def _arch_of(source: Path, default: str | None) -> str | None:
     import json
 
     try:
-        return "sm_" + str(json.loads((source / "meta.json").read_text())["compiler_options"]["arch"]).removeprefix("sm_")
+        return "sm_" + str(json.loads(read_bytes(source / "meta.json"))["compiler_options"]["arch"]).removeprefix("sm_")
     except (OSError, ValueError, KeyError, TypeError):
         pass
     if default:
@@ -162,7 +163,7 @@ def relocate_entries(deep_ep_dir: str | Path, serving: ServingDeepEP, *, sources
         if family is None or not is_committed(serving.version, source):
             continue
         try:
-            kernel_cu = (source / "kernel.cu").read_text(encoding="utf-8")
+            kernel_cu = read_bytes(source / "kernel.cu").decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             refused.append((str(source), f"kernel.cu unreadable ({exc})"))
             continue
@@ -205,7 +206,7 @@ def _publish_all(deep_ep_dir: Path, serving: ServingDeepEP, plans: list[tuple[Pa
         try:
             for source, name, kernel_cu, arch in plans:
                 try:
-                    again = (source / "kernel.cu").read_text(encoding="utf-8")
+                    again = read_bytes(source / "kernel.cu").decode("utf-8")
                 except (OSError, UnicodeDecodeError):
                     again = None
                 if again != kernel_cu:  # changed (or vanished) since it was judged: not the rendered source
