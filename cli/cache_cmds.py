@@ -299,7 +299,7 @@ def verify_cmd(
     names = None
     if profile is not None:
         names = _name_coverage(root, profile, deep_ep_root, nccl_include, nvcc)
-        data["coverage"] = names.to_dict()
+        data["coverage_by_name"] = names.to_dict()
     outcome = None
     if do_repair and not dry_run:
         outcome = repair(root, result, on_wait=_waiting(out))
