@@ -269,9 +269,40 @@ def remote_rows() -> list[list[str]]:
     return rows
 
 
+def h200_session3_rows() -> list[list[str]]:
+    """The DeepEP 2.1 vLLM-shaped proof (issue 13) and the digest-truth proof for 2.1 and 2.5 (issue 12)."""
+    rows = []
+    path = RESULTS / GPU_DIR / "vllm_proof" / "vllm_proof.json"
+    data = _load(path)
+    if data and data.get("summary"):
+        s = data["summary"]
+        rows.append(["`jitcache warmup` (live, DeepEP 2.1) from an empty cache, vLLM's buffer flags",
+                     f"{_num(s.get('live_with_precompile_seconds'))} s, live steps compiled "
+                     f"{s.get('live_missed_by_live')}; `--format json` stdout parses: {s.get('live_stdout_is_json')}",
+                     f"DeepEP 2.1 alone: {_num(s.get('live_deep_ep_alone_seconds'))} s",
+                     "NVIDIA H200", "2.1", data.get("profile", "?"), _src(path)])
+        rows.append([f"vLLM-shaped trace through the plugin, {data.get('steps')} steps of 1..8192 tokens",
+                     f"{s.get('trace_new_cache_entries')} new cache entries, {s.get('trace_misses')} misses, "
+                     f"{s.get('trace_refused')} refused", f"passed (outputs equal to direct calls): {s.get('trace_passed')}",
+                     "NVIDIA H200", "2.1", data.get("profile", "?"), _src(path)])
+    path = RESULTS / GPU_DIR / "digest_proof" / "digest_proof.json"
+    data = _load(path)
+    versions = data.get("versions", {}) if data else {}
+    for version, result in sorted(versions.items()):
+        v, a = result.get("verdict", {}), result.get("a_serve", {})
+        rows.append([f"CPU-built bundle imported (relocated) on the H200, strict dispatcher over "
+                     f"{len(a.get('buckets', []))} buckets",
+                     f"{len(a.get('new_entries', []))} entries written, outputs equal {a.get('outputs_equal')}/"
+                     f"{len(a.get('buckets', []))}",
+                     f"not relocated: refused before compiling {v.get('b_refused_before_compiling')}; "
+                     f"a deleted bucket refused alone {v.get('c_refused_only_missing')}",
+                     "NVIDIA H200", version, (data or {}).get("profile", "?"), _src(path)])
+    return rows
+
+
 def table() -> str:
     header = ["Benchmark", "Result", "Compared with", "Machine", "DeepEP", "Profile", "Source"]
-    rows = (live_proof_rows() + readiness_rows() + cli_warmup_rows() + multi_gpu_rows() + aot_rows() + remote_rows() + decode_rows() + overhead_rows()
+    rows = (live_proof_rows() + h200_session3_rows() + readiness_rows() + cli_warmup_rows() + multi_gpu_rows() + aot_rows() + remote_rows() + decode_rows() + overhead_rows()
             + storm_rows())
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in rows]
