@@ -15,23 +15,13 @@ import pytest
 
 from aot_fixtures import NVCC_13_0, REPO, deep_ep25_include  # noqa: F401
 from jitcache.adapters.serving import locate_serving
-from jitcache.cli.app import main
 from jitcache.planning.profiles import load_profile
 from jitcache.planning.variants import plan
 from jitcache.store.root import resolve_root
+from test_cli_cache import run
 from test_relocate import tree, write_shipped
 
 DATA = REPO / "tests" / "data" / "deepep25-h200" / "cache"
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture
