@@ -10,23 +10,34 @@ the exports a worker needs), :mod:`.publish` (atomic publishing),
 
 from __future__ import annotations
 
-from .model import CacheEntry, Problem
-from .publish import publish_entry
-from .root import CacheRoot, activate, env_exports, resolve_root
-from .scan import CacheReport, Coverage, coverage, scan, scan_deep_ep, scan_triton
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "CacheEntry",
-    "CacheReport",
-    "CacheRoot",
-    "Coverage",
-    "Problem",
-    "activate",
-    "coverage",
-    "env_exports",
-    "publish_entry",
-    "resolve_root",
-    "scan",
-    "scan_deep_ep",
-    "scan_triton",
-]
+# Resolved on first access, so that importing one module of the package (``.model``,
+# ``.root``) does not load every other one (start-up of the CLI). The scan function is
+# ``jitcache.store.scan.scan``: ``jitcache.store.scan`` is its module (a lazy name cannot
+# shadow a submodule reliably).
+_LAZY = {
+    "CacheEntry": ".model",
+    "Problem": ".model",
+    "publish_entry": ".publish",
+    "CacheRoot": ".root",
+    "activate": ".root",
+    "env_exports": ".root",
+    "resolve_root": ".root",
+    "CacheReport": ".scan",
+    "Coverage": ".scan",
+    "coverage": ".scan",
+    "scan_deep_ep": ".scan",
+    "scan_triton": ".scan",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jitcache.store' has no attribute {name!r}")
+    return getattr(import_module(module, __name__), name)
+
+
+__all__ = sorted(_LAZY)

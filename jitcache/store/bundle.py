@@ -34,12 +34,14 @@ pulled entry passes exactly the checks an imported one does.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
 import shutil
 import re
+import stat
 import tarfile
 import time
 import uuid
@@ -56,10 +58,11 @@ from .formats import TRITON_KEY, classify_deep_ep_name, read_deep_ep_entry
 from .faults import describe_free_space, filesystem_error, free_bytes, is_fault, require_writable
 from .model import SCHEMA_VERSION, CacheEntry
 from .owners import reclaim_orphans
-from .reading import read_bytes
-from .publish import COMMIT_MARKER, fsync_dir, make_temp_dir, publish_entry, remove_tree
+from .publish import COMMIT_MARKER, fsync_dir, make_temp_dir, publish_entries, remove_tree
+from .reading import O_NOATIME, read_bytes
 from .root import CacheRoot, LockHolder
 from .scan import coverage, scan
+from .verdicts import VerdictCache
 
 __all__ = ["BUNDLE_KIND", "ExportResult", "ImportResult", "environment_fingerprint", "export_bundle",
            "import_bundle", "import_bundles", "write_bundle"]
@@ -102,23 +105,117 @@ def _bundle_prefix(entry: CacheEntry) -> str:
     return f"deep_ep/cache/{entry.name}" if entry.backend == "deep_ep" else f"triton/{entry.name}"
 
 
-def _read_entry(path: Path) -> list[tuple[str, bytes]] | None:
-    """All shippable files of an entry, or ``None`` if it vanished or changed shape while read."""
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+#: open() refusing a symlink (O_NOFOLLOW), a socket, or a directory: not a file we ship.
+_NOT_A_FILE = {errno.ELOOP, errno.ENXIO, errno.EISDIR}
+
+
+def _open_shipped(file: str) -> tuple[int, bool]:
+    """``(fd, opened with O_NOATIME)``: an export is not a use, so the file's atime is kept."""
+    if O_NOATIME:
+        try:
+            return os.open(file, _OPEN_FLAGS | O_NOATIME), True
+        except PermissionError:
+            pass  # not our file: read it plainly, then put the atime back
+    return os.open(file, _OPEN_FLAGS), False
+
+
+def _read_entry(path: Path, names: Iterable[str] = ()) -> list[tuple[str, bytes]] | None:
+    """All shippable files of an entry (regular files, not symlinks), or ``None`` if it vanished while read.
+
+    ``names``: the files the scan saw (``CacheEntry.files``), else one listdir; then per file one open
+    (refusing symlinks; a FIFO cannot block it) and one fstat: the checks ``is_symlink``/``is_file``
+    would make, without a stat of their own.
+    """
     files = []
-    try:
-        names = sorted(p.name for p in path.iterdir())
-        for name in names:
-            item = path / name
-            if name == COMMIT_MARKER or name.startswith("tmp.pid_") or item.is_symlink() or not item.is_file():
+    if not names:  # the scan's list of the entry's files, else a listing now
+        try:
+            names = sorted(os.listdir(path))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+    for name in names:
+        if name == COMMIT_MARKER or name.startswith("tmp.pid_"):
+            continue
+        file = os.path.join(path, name)
+        try:
+            fd, noatime = _open_shipped(file)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno in _NOT_A_FILE:
                 continue
-            files.append((name, read_bytes(item)))  # an export is not a use: atime kept
-    except (FileNotFoundError, NotADirectoryError):
-        return None
+            raise
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            chunks, size = [], 0
+            while chunk := os.read(fd, max(st.st_size - size, 0) + 1):
+                chunks.append(chunk)
+                size += len(chunk)
+            if not noatime:  # an export is not a use: put the atime back (see .reading)
+                try:
+                    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+                except OSError:
+                    pass
+        finally:
+            os.close(fd)
+        files.append((name, b"".join(chunks)))
     return files
 
 
+class _TarWriter:
+    """A tar stream of regular files (mode 0644, owner 0:0) written straight to ``out``.
+
+    What :mod:`tarfile` writes for the same members, byte for byte (pinned by a
+    test), without its per-member cost (a TarInfo copy, a pax check, header
+    encoding field by field: ~100 us a file, most of an export). A name longer
+    than a ustar name field gets :mod:`tarfile`'s own GNU long-name header.
+    """
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.offset = 0
+
+    @staticmethod
+    def header(name: str, size: int, mtime: int) -> bytes:
+        raw = name.encode("utf-8")
+        if len(raw) > 100 or size >= 8 ** 11 or not 0 <= mtime < 8 ** 11:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = size, 0o644, mtime
+            return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+        header = bytearray(_BLOCK)
+        header[0:len(raw)] = raw
+        header[100:136] = b"0000644\x000000000\x000000000\x00" + b"%011o\x00" % size
+        header[136:148] = b"%011o\x00" % mtime
+        header[148:156] = b"        "
+        header[156] = 0x30  # REGTYPE "0"
+        header[257:265] = tarfile.GNU_MAGIC
+        header[148:155] = b"%06o\x00" % sum(header)
+        return bytes(header)
+
+    def add(self, name: str, data: bytes, mtime: int) -> None:
+        header = self.header(name, len(data), mtime)
+        padding = -len(data) % _BLOCK
+        self.out.write(header)
+        self.out.write(data)
+        if padding:
+            self.out.write(bytes(padding))
+        self.offset += len(header) + len(data) + padding
+
+    def close(self) -> None:
+        """Two zero blocks, then zeros up to a whole record, as tarfile ends a stream."""
+        end = 2 * _BLOCK
+        end += -(self.offset + end) % tarfile.RECORDSIZE
+        self.out.write(bytes(end))
+        self.offset += end
+
+
+_BLOCK = tarfile.BLOCKSIZE
+
+
 def write_bundle(raw: IO[bytes], entries: Iterable[CacheEntry], *, profile: str | None = None,
-                 fingerprint: dict[str, Any] | None = None, level: int = 10,
+                 fingerprint: dict[str, Any] | None = None, level: int = 3,
                  packed: list[CacheEntry] | None = None) -> tuple[tuple[CacheEntry, ...], tuple[str, ...], dict[str, Any]]:
     """Write ``entries`` as a bundle to the binary stream ``raw``: ``(written, vanished, manifest)``.
 
@@ -132,39 +229,37 @@ def write_bundle(raw: IO[bytes], entries: Iterable[CacheEntry], *, profile: str 
     manifest_entries: list[dict[str, Any]] = []
     exported: list[CacheEntry] = [] if packed is None else packed
     skipped: list[str] = []
+    now = int(time.time())
     writer = zstandard.ZstdCompressor(level=level).stream_writer(raw, closefd=False)
-    with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for entry in entries:
-            files = _read_entry(Path(entry.path))
-            if files is None:
-                skipped.append(entry.name)
-                continue
-            prefix = _bundle_prefix(entry)
-            listed = []
-            for name, data in files:
-                info = tarfile.TarInfo(f"{prefix}/{name}")
-                info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
-                tar.addfile(info, io.BytesIO(data))
-                listed.append({"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
-            manifest_entries.append({"backend": entry.backend, "format": entry.format, "name": entry.name,
-                                     "family": entry.family, "key": entry.key, "files": listed})
-            exported.append(entry)
-        if fingerprint is None:
-            fingerprint = environment_fingerprint(exported)
-        else:
-            fingerprint = {**fingerprint, "archs": sorted({e.arch for e in exported if e.arch})}
-        manifest = {"schema": SCHEMA_VERSION, "kind": BUNDLE_KIND, "created_at": time.time(), "profile": profile,
-                    "fingerprint": fingerprint, "entries": manifest_entries}
-        blob = json.dumps(manifest, indent=1, sort_keys=True).encode()
-        info = tarfile.TarInfo("manifest.json")
-        info.size, info.mode, info.mtime = len(blob), 0o644, int(time.time())
-        tar.addfile(info, io.BytesIO(blob))
+    tar = _TarWriter(writer)
+    for entry in entries:
+        files = _read_entry(Path(entry.path), entry.files)
+        if files is None:
+            skipped.append(entry.name)
+            continue
+        prefix = _bundle_prefix(entry)
+        listed = []
+        for name, data in files:
+            tar.add(f"{prefix}/{name}", data, now)
+            listed.append({"path": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        manifest_entries.append({"backend": entry.backend, "format": entry.format, "name": entry.name,
+                                 "family": entry.family, "key": entry.key, "files": listed})
+        exported.append(entry)
+    if fingerprint is None:
+        fingerprint = environment_fingerprint(exported)
+    else:
+        fingerprint = {**fingerprint, "archs": sorted({e.arch for e in exported if e.arch})}
+    manifest = {"schema": SCHEMA_VERSION, "kind": BUNDLE_KIND, "created_at": time.time(), "profile": profile,
+                "fingerprint": fingerprint, "entries": manifest_entries}
+    blob = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()  # the C encoder
+    tar.add("manifest.json", blob, int(time.time()))
+    tar.close()
     writer.close()
     return tuple(exported), tuple(skipped), manifest
 
 
 def export_bundle(root: CacheRoot, output: str | Path, *, plan: Any = None,
-                  level: int = 10) -> ExportResult:
+                  level: int = 3) -> ExportResult:
     """Write the healthy entries of ``root`` (only those ``plan`` needs, if given) to ``output``."""
     report = scan(root)
     foreign = tuple(e.name for e in report.entries if e.foreign)  # DeepGEMM's (shared root): not ours to ship
@@ -343,12 +438,21 @@ def declared_sizes(bundle: Path, manifest: dict[str, Any]) -> dict[str, int]:
     return sizes
 
 
-def _stage(bundle: Path, staging: Path, manifest: dict[str, Any]) -> None:
+#: What staging wrote: (tree, entry) -> file name -> (size, sha256 hex).
+Staged = dict[tuple[str, str], dict[str, tuple[int, str]]]
+
+
+def _stage(bundle: Path, staging: Path, manifest: dict[str, Any]) -> Staged:
     """Extract safely into ``staging/<tree>/<entry>/``: only members the manifest lists, each exactly the
-    size it declares, checked from the member's header *before* a byte of it is written."""
+    size it declares, checked from the member's header *before* a byte of it is written.
+
+    Returns what was written, each file's size and sha256 taken from the
+    bytes as they were written, so checking them needs no second read.
+    """
     import zstandard
 
     sizes = declared_sizes(bundle, manifest)
+    staged: Staged = {}
     try:
         with _open_tar(bundle) as tar:
             for member in tar:
@@ -372,16 +476,39 @@ def _stage(bundle: Path, staging: Path, manifest: dict[str, Any]) -> None:
                 source = tar.extractfile(member)
                 assert source is not None
                 tree, entry, file = target
+                files = staged.get((tree, entry))
                 directory = staging / tree / entry
-                directory.mkdir(parents=True, exist_ok=True, mode=0o755)
-                dest = directory / file
-                if dest.exists():
+                if files is None:
+                    files = staged[(tree, entry)] = {}
+                    directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+                if file in files:
                     raise BundleError(f"{bundle}: member {member.name!r} appears twice; refused", path=bundle)
-                with open(dest, "xb") as out:
-                    shutil.copyfileobj(source, out, _CHUNK)
-                os.chmod(dest, 0o644)
+                files[file] = _write_staged(directory / file, source)
     except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
         raise BundleError(f"{bundle}: not a readable jitcache bundle ({exc})", path=bundle) from None
+    return staged
+
+
+def _write_staged(dest: Path, source: Any) -> tuple[int, str]:
+    """Copy a member to a new file ``dest`` (mode 0644 whatever the umask); its size and sha256.
+
+    Not fsync'ed here: :func:`~.publish.publish_entries` syncs the whole
+    staging tree once, before the first rename.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.fchmod(fd, 0o644)
+        while chunk := source.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    return size, digest.hexdigest()
 
 
 def _check_room(bundle: Path, staging: Path, manifest: dict[str, Any]) -> None:
@@ -402,7 +529,8 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(read_bytes(path)).hexdigest()  # comparing with a cached entry is not a use
 
 
-def _check_staged(bundle: Path, staging: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+def _check_staged(bundle: Path, staged: Staged, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every staged file is the manifest's (size, sha256), nothing missing, nothing unlisted."""
     entries = manifest.get("entries")
     if not isinstance(entries, list):
         raise BundleError(f"{bundle}: manifest field 'entries' must be a list", path=bundle)
@@ -418,22 +546,20 @@ def _check_staged(bundle: Path, staging: Path, manifest: dict[str, Any]) -> list
                               path=bundle)
         if (tree, name) in seen:
             raise BundleError(f"{bundle}: manifest lists entry {name} twice", path=bundle)
-        directory = staging / tree / str(name)
-        present = {p.name for p in directory.iterdir()} if directory.is_dir() else set()
-        if present != set(listed):
-            extra, lost = sorted(present - set(listed)), sorted(set(listed) - present)
+        present = staged.get((tree, str(name)), {})
+        if set(present) != set(listed):
+            extra, lost = sorted(set(present) - set(listed)), sorted(set(listed) - set(present))
             raise BundleError(f"{bundle}: entry {name}: files differ from the manifest "
                               f"(missing {lost or 'none'}, unlisted {extra or 'none'})", path=bundle)
         for file_name, spec in listed.items():
-            path = directory / file_name
-            if path.stat().st_size != spec.get("size") or _sha256(path) != spec.get("sha256"):
+            size, sha = present[file_name]
+            if size != spec.get("size") or sha != spec.get("sha256"):
                 raise BundleError(f"{bundle}: entry {name}: {file_name} fails its sha256 check "
                                   f"(expected {spec.get('sha256')})", path=bundle)
         seen.add((tree, str(name)))
-    for tree_dir in (staging / "deep_ep", staging / "triton"):
-        for directory in tree_dir.iterdir() if tree_dir.is_dir() else ():
-            if (tree_dir.name, directory.name) not in seen:
-                raise BundleError(f"{bundle}: entry {directory.name} is not in the manifest; refused", path=bundle)
+    for tree, name in staged:
+        if (tree, name) not in seen:
+            raise BundleError(f"{bundle}: entry {name} is not in the manifest; refused", path=bundle)
     return entries
 
 
@@ -451,11 +577,12 @@ def check_staged_cubins(bundle: Path, staging: Path, entries: list[dict[str, Any
     serving. Raises :class:`BundleError` naming the entry and the file.
     """
     archs: set[str] = set()
+    verdicts = VerdictCache(None)  # staged files are new: nothing to remember, one cache for the batch
     for entry in entries:
         tree, name = entry["backend"], str(entry["name"])
         directory = staging / tree / name
         if tree == "deep_ep":
-            found = read_deep_ep_entry(directory)
+            found = read_deep_ep_entry(directory, verdicts=verdicts)
             if found.foreign:
                 raise BundleError(f"{bundle}: entry {name} is not a DeepEP kernel ({found.family!r}); jitcache "
                                   "ships only DeepEP's and Triton's; nothing imported", path=bundle)
@@ -545,11 +672,11 @@ def import_bundles(root: CacheRoot, bundles: Sequence[str | Path], *, force: boo
             manifest = _read_manifest(bundle)
             _check_room(bundle, here, manifest)
             try:
-                _stage(bundle, here, manifest)
+                staged_files = _stage(bundle, here, manifest)
             except OSError as exc:
                 raise filesystem_error(exc, staging.parent, action=f"unpack {bundle.name}",
                                        partial="nothing imported (the partly unpacked copy is removed)") from None
-            entries = _check_staged(bundle, here, manifest)
+            entries = _check_staged(bundle, staged_files, manifest)
             fingerprint = manifest.get("fingerprint") or {}
             archs = check_staged_cubins(bundle, here, entries)
             claimed = fingerprint.get("archs") if isinstance(fingerprint, dict) else None
@@ -568,8 +695,12 @@ def import_bundles(root: CacheRoot, bundles: Sequence[str | Path], *, force: boo
             checked.append((bundle, here, entries, fingerprint, mismatches))
         results = []
         with root.lock(command=what, on_wait=on_wait, timeout=timeout):
-            for bundle, here, entries, fingerprint, mismatches in checked:
+            builds: list[tuple[Path, Path, str | None]] = []
+            outcomes: list[dict[str, list[str]]] = []
+            owner: list[int] = []  # the bundle (index into checked) of each build
+            for index, (bundle, here, entries, fingerprint, mismatches) in enumerate(checked):
                 result: dict[str, list[str]] = {"published": [], "identical": [], "conflicts": [], "lost_race": []}
+                outcomes.append(result)
                 for entry in entries:
                     tree, name = entry["backend"], entry["name"]
                     staged = here / tree / name
@@ -580,14 +711,21 @@ def import_bundles(root: CacheRoot, bundles: Sequence[str | Path], *, force: boo
                         continue
                     if tree == "triton":
                         _rewrite_triton_groups(staged, final)
-                    marker = COMMIT_MARKER if entry.get("format") == "deepjit" else None
-                    if publish_entry(staged, final, marker=marker):
-                        published.append(final)
-                        result["published"].append(name)
-                        if _after_publish is not None:
-                            _after_publish(name)
-                    else:
-                        result["lost_race"].append(name)
+                    builds.append((staged, final, COMMIT_MARKER if entry.get("format") == "deepjit" else None))
+                    owner.append(index)
+
+            def on_published(build: int, final: Path) -> None:
+                published.append(final)
+                outcomes[owner[build]]["published"].append(final.name)
+                if _after_publish is not None:
+                    _after_publish(final.name)
+
+            # One sync for every build of every bundle, then one rename per entry (see publish_entries).
+            won = publish_entries(builds, on_published=on_published)
+            for (_, final, _), ok, index in zip(builds, won, owner):
+                if not ok:
+                    outcomes[index]["lost_race"].append(final.name)
+            for (bundle, _, _, fingerprint, mismatches), result in zip(checked, outcomes):
                 results.append(ImportResult(str(bundle), tuple(result["published"]), tuple(result["identical"]),
                                             tuple(result["conflicts"]), tuple(result["lost_race"]), fingerprint,
                                             tuple(mismatches) if force else ()))

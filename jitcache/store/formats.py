@@ -21,13 +21,14 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
-from .elf import InvalidCubin, arch_problem, entry_symbol_problem, normalize_arch, read_cubin
+from .elf import CubinInfo, InvalidCubin, arch_problem, entry_symbol_problem, normalize_arch, parse_cubin
 from .kernels import parse_source, symbol_problem
 from .model import CacheEntry, Problem
 from .publish import COMMIT_MARKER
 from .reading import read_text
+from .verdicts import VerdictCache
 
 __all__ = [
     "DEEP_EP_FAMILIES",
@@ -96,7 +97,8 @@ def _tree_stats(path: Path) -> tuple[int, list[tuple[Path, os.stat_result]]]:
     return total, items
 
 
-def permission_problems(path: Path, key: str | None, items: list[tuple[Path, os.stat_result]] | None = None,
+def permission_problems(path: Path | str, key: str | None,
+                        items: Sequence[tuple[Path | str, os.stat_result]] | None = None,
                         ) -> list[Problem]:
     """Writable by group/others, or owned by someone else: a cubin here runs on the GPU as us.
 
@@ -108,14 +110,14 @@ def permission_problems(path: Path, key: str | None, items: list[tuple[Path, os.
     problems: list[Problem] = []
     uid = os.getuid()
     try:
-        top = path.lstat()
+        top = os.lstat(path)
     except OSError:
         return problems
     for item, st in [(path, top), *(items or [])]:
         checks = [(item, st, "")]
         if stat.S_ISLNK(st.st_mode):
             try:
-                target = item.resolve(strict=True)
+                target = Path(item).resolve(strict=True)
                 checks = [(target, target.stat(), f" (through the symlink {item})"),
                           (target.parent, target.parent.stat(), f" (it holds the target of the symlink {item})")]
             except (OSError, RuntimeError):
@@ -134,27 +136,8 @@ def permission_problems(path: Path, key: str | None, items: list[tuple[Path, os.
     return problems
 
 
-def _read_text(path: Path) -> str | None:
-    try:
-        return read_text(path)  # keeps the atime (see .reading)
-    except OSError:
-        return None
-
-
-def _check_file(path: Path, key: str, problems: list[Problem]) -> bool:
-    """True if ``path`` is a non-empty regular file; records the problem otherwise."""
-    try:
-        st = path.stat()
-    except OSError:
-        problems.append(Problem("missing_file", str(path), f"{path.name} is missing", key))
-        return False
-    if not stat.S_ISREG(st.st_mode):
-        problems.append(Problem("missing_file", str(path), f"{path.name} is not a regular file", key))
-        return False
-    if st.st_size == 0:
-        problems.append(Problem("empty_file", str(path), f"{path.name} is empty", key))
-        return False
-    return True
+def _stat_last_used(st: os.stat_result | None) -> float | None:
+    return None if st is None else max(st.st_mtime, st.st_atime)
 
 
 def _last_used(path: Path) -> float | None:
@@ -165,99 +148,222 @@ def _last_used(path: Path) -> float | None:
     return max(st.st_mtime, st.st_atime)
 
 
-def read_deep_ep_entry(path: Path, *, check_cubin: bool = True, expected_arch: str | None = None) -> CacheEntry:
+def _scan_tree(top: str) -> tuple[int, list[tuple[str, os.stat_result]], dict[str, os.stat_result]]:
+    """Bytes of regular files, ``(path, lstat)`` of everything below ``top``, and lstat by name at its top.
+
+    One ``scandir`` per directory and one ``lstat`` per item: the stats that
+    every later check of the entry reuses.
+    """
+    total, items, top_level = 0, [], {}
+    stack = [top]
+    while stack:
+        current = stack.pop()
+        try:
+            listing = os.scandir(current)
+        except OSError:
+            continue
+        with listing:
+            for item in listing:
+                try:
+                    st = item.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                items.append((item.path, st))
+                if current is top:
+                    top_level[item.name] = st
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(item.path)
+                elif stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+    return total, items, top_level
+
+
+def _followed(path: str, st: os.stat_result | None) -> os.stat_result | None:
+    """``stat`` (following a symlink) from an ``lstat`` result; ``None`` when absent or dangling."""
+    if st is None or not stat.S_ISLNK(st.st_mode):
+        return st
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def _check_stat(path: str, st: os.stat_result | None, key: str, problems: list[Problem]) -> bool:
+    """True if ``st`` (a ``stat`` already taken; ``None``: absent) is a non-empty regular file; records
+    the problem otherwise."""
+    name = os.path.basename(path)
+    if st is None:
+        problems.append(Problem("missing_file", path, f"{name} is missing", key))
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        problems.append(Problem("missing_file", path, f"{name} is not a regular file", key))
+        return False
+    if st.st_size == 0:
+        problems.append(Problem("empty_file", path, f"{name} is empty", key))
+        return False
+    return True
+
+
+def _decoded_source(path: str, verdicts: VerdictCache,
+                    st: os.stat_result) -> tuple[dict[str, Any] | None, bool]:
+    """``(template parameters or None, whether the source is in DeepEP's namespace)`` of ``kernel.cu``."""
+    hit, facts = verdicts.get(path, st)
+    if hit and isinstance(facts, list) and len(facts) == 2:
+        return facts[0], bool(facts[1])
+    try:
+        data, before, after = verdicts.read(path, st)
+    except OSError:
+        return None, False
+    text = data.decode("utf-8", errors="replace")
+    decoded = parse_source(text)
+    in_namespace = bool(_DEEP_EP_NAMESPACE.search(text))
+    verdicts.put(path, before, after, [decoded, in_namespace])
+    return decoded, in_namespace
+
+
+def _cubin_facts(path: str, verdicts: VerdictCache, st: os.stat_result) -> CubinInfo:
+    """:func:`read_cubin`, or the remembered verdict of the same bytes; raises :class:`InvalidCubin`."""
+    hit, facts = verdicts.get(path, st)
+    if not hit:
+        try:
+            data, before, after = verdicts.read(path, st)
+        except OSError as exc:
+            raise InvalidCubin(Path(path), f"unreadable ({exc.strerror})") from None
+        try:
+            info = parse_cubin(data, path)
+        except InvalidCubin as exc:
+            facts = ["invalid", exc.reason]
+        else:
+            facts = ["ok", info.abi_version, info.sm, info.arch, info.ptxas_version, list(info.entry_symbols)]
+        verdicts.put(path, before, after, facts)
+    if facts[0] != "ok":
+        raise InvalidCubin(Path(path), str(facts[1]))
+    _, abi, sm, arch, ptxas, entries = facts
+    return CubinInfo(path=path, size=st.st_size, abi_version=abi, sm=sm, arch=arch, ptxas_version=ptxas,
+                     entry_symbols=tuple(entries))
+
+
+def _meta_facts(path: str, verdicts: VerdictCache,
+                st: os.stat_result) -> tuple[str | None, str | None, str | None]:
+    """``(why meta.json is bad or None, nvcc version or None, the arch it was compiled for or None)``."""
+    hit, facts = verdicts.get(path, st)
+    if hit:
+        return facts[0], facts[1], facts[2]
+    try:
+        data, before, after = verdicts.read(path, st)
+    except OSError as exc:
+        return f"meta.json is unreadable ({exc.strerror})", None, None
+    meta, why = _parse_meta(data)
+    facts = [None, _nvcc_version(meta), _arch_in_meta(meta)] if meta is not None else [why, None, None]
+    verdicts.put(path, before, after, facts)
+    return facts[0], facts[1], facts[2]
+
+
+def read_deep_ep_entry(path: Path, *, check_cubin: bool = True, expected_arch: str | None = None,
+                       verdicts: VerdictCache | None = None) -> CacheEntry:
     """Read one ``cache/`` subdirectory of a DeepEP cache (either layout).
 
     With ``check_cubin`` the cubin's ELF is read: a CUDA ELF, exactly one
     kernel, the one ``kernel.cu`` instantiates, for the arch ``meta.json``
     records and, if given, ``expected_arch`` (the serving GPU's).
+    ``verdicts`` remembers what was read out of each file (see
+    :mod:`.verdicts`); every check on the entry runs either way, on fresh
+    ``lstat`` results.
     """
-    name = path.name
+    if verdicts is None:
+        verdicts = VerdictCache(None)
+    top = str(path)
+    name = os.path.basename(top.rstrip("/"))
     kind = classify_deep_ep_name(name)
-    size, items = _tree_stats(path)
-    problems: list[Problem] = permission_problems(path, name, items)
+    size, items, files = _scan_tree(top)
+    problems: list[Problem] = permission_problems(top, name, items)
     if kind is None:
-        problems.append(Problem("unknown_entry", str(path),
+        problems.append(Problem("unknown_entry", top,
                                 "not a DeepEP cache entry name (<name>.<32 hex> or kernel.<name>.<32 hex>)", name))
-        return CacheEntry("deep_ep", "unknown", name, "", str(path), size, _last_used(path), problems=tuple(problems))
+        return CacheEntry("deep_ep", "unknown", name, "", top, size, _last_used(Path(top)),
+                          problems=tuple(problems))
     fmt, family, key = kind
     params: dict[str, Any] = {}
     compiler = arch = None
-    text = ""
-
-    source = path / "kernel.cu"
-    if _check_file(source, name, problems):
-        text = _read_text(source) or ""
-        decoded = parse_source(text)
+    in_namespace = False
+    source = os.path.join(top, "kernel.cu")
+    source_st = _followed(source, files.get("kernel.cu"))
+    if _check_stat(source, source_st, name, problems):
+        assert source_st is not None
+        decoded, in_namespace = _decoded_source(source, verdicts, source_st)
         if decoded is None:
-            problems.append(Problem("undecoded_source", str(source),
+            problems.append(Problem("undecoded_source", source,
                                     "no template instantiation found in kernel.cu", name))
         else:
-            params = decoded
-    if not is_deep_ep_kernel(family, params, text):
-        foreign = Problem("foreign_entry", str(path), f"not a DeepEP kernel ({family!r}: DeepGEMM's or another "
+            params = dict(decoded)
+    if not is_deep_ep_kernel(family, params, "deep_ep::" if in_namespace else ""):
+        foreign = Problem("foreign_entry", top, f"not a DeepEP kernel ({family!r}: DeepGEMM's or another "
                           "tool's, in a shared DeepJIT root?): jitcache leaves it alone", name)
-        return CacheEntry("deep_ep", fmt, family, key, str(path), size, _last_used(path / COMMIT_MARKER)
-                          or _last_used(path / "kernel.cubin"), params=params, problems=(foreign,), foreign=True)
-    cubin = path / "kernel.cubin"
-    if _check_file(cubin, name, problems) and check_cubin:
+        marker_st = _followed(os.path.join(top, COMMIT_MARKER), files.get(COMMIT_MARKER))
+        cubin_st = _followed(os.path.join(top, "kernel.cubin"), files.get("kernel.cubin"))
+        return CacheEntry("deep_ep", fmt, family, key, top, size,
+                          _stat_last_used(marker_st) or _stat_last_used(cubin_st), params=params,
+                          problems=(foreign,), foreign=True,
+                          files=tuple(sorted(n for n, st in files.items() if stat.S_ISREG(st.st_mode))))
+    meta_path = os.path.join(top, "meta.json")
+    meta_st = _followed(meta_path, files.get("meta.json"))
+    meta_why = meta_nvcc = meta_arch = None
+    if fmt == "deepjit" and meta_st is not None:
+        meta_why, meta_nvcc, meta_arch = _meta_facts(meta_path, verdicts, meta_st)
+    cubin = os.path.join(top, "kernel.cubin")
+    cubin_st = _followed(cubin, files.get("kernel.cubin"))
+    if _check_stat(cubin, cubin_st, name, problems) and check_cubin:
+        assert cubin_st is not None
         try:
-            info = read_cubin(cubin)
+            info = _cubin_facts(cubin, verdicts, cubin_st)
         except InvalidCubin as exc:
-            problems.append(Problem("invalid_cubin", str(cubin), exc.reason, name))
+            problems.append(Problem("invalid_cubin", cubin, exc.reason, name))
         else:
             arch = info.arch
             compiler = f"ptxas {info.ptxas_version}" if info.ptxas_version else None
             if (why := entry_symbol_problem(info) or symbol_problem(info.entry_symbols, params)) is not None:
-                problems.append(Problem("entry_symbols", str(cubin), why, name))
+                problems.append(Problem("entry_symbols", cubin, why, name))
             if (why := arch_problem(info, expected_arch, source="--arch")) is not None:
-                problems.append(Problem("wrong_arch", str(cubin), why, name))
-            elif fmt == "deepjit" and (why := arch_problem(info, _meta_arch(path / "meta.json"),
-                                                           source="meta.json")) is not None:
-                problems.append(Problem("wrong_arch", str(cubin), why, name))
+                problems.append(Problem("wrong_arch", cubin, why, name))
+            elif fmt == "deepjit" and (why := arch_problem(info, meta_arch, source="meta.json")) is not None:
+                problems.append(Problem("wrong_arch", cubin, why, name))
 
-    last_used = _last_used(cubin)
+    last_used = max(cubin_st.st_mtime, cubin_st.st_atime) if cubin_st is not None else None
     if fmt == "deepjit":
-        marker = path / COMMIT_MARKER
-        if marker.exists():
-            last_used = marker.stat().st_mtime
+        marker = os.path.join(top, COMMIT_MARKER)
+        marker_st = _followed(marker, files.get(COMMIT_MARKER))
+        if marker_st is not None:
+            last_used = marker_st.st_mtime
         else:
-            problems.append(Problem("not_committed", str(marker),
+            problems.append(Problem("not_committed", marker,
                                     "no .committed marker: DeepJIT treats it as absent, then fails to publish "
                                     "over it and loads it anyway", name))
-        meta_path = path / "meta.json"
-        if not meta_path.exists():
-            problems.append(Problem("missing_meta", str(meta_path), "meta.json is missing", name))
-        else:
-            meta, why = _read_meta(meta_path)
-            if meta is None:
-                problems.append(Problem("bad_meta", str(meta_path), why, name))
-            elif (nvcc := _nvcc_version(meta)) is not None:
-                compiler = f"nvcc {nvcc}"
-    return CacheEntry("deep_ep", fmt, family, key, str(path), size, last_used, params=params,
-                      compiler=compiler, arch=arch, problems=tuple(problems))
+        if meta_st is None:
+            problems.append(Problem("missing_meta", meta_path, "meta.json is missing", name))
+        elif meta_why is not None:
+            problems.append(Problem("bad_meta", meta_path, meta_why, name))
+        elif meta_nvcc is not None:
+            compiler = f"nvcc {meta_nvcc}"
+    return CacheEntry("deep_ep", fmt, family, key, top, size, last_used, params=params,
+                      compiler=compiler, arch=arch, problems=tuple(problems),
+                      files=tuple(sorted(n for n, st in files.items() if stat.S_ISREG(st.st_mode))))
 
 
-def _read_meta(path: Path) -> tuple[dict | None, str]:
+def _parse_meta(data: bytes) -> tuple[dict | None, str]:
     try:
-        data = json.loads(read_text(path))
-    except OSError as exc:
-        return None, f"meta.json is unreadable ({exc.strerror})"
+        parsed = json.loads(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         return None, f"meta.json is not valid JSON ({exc})"
-    if not isinstance(data, dict):
-        return None, f"meta.json must hold a JSON object, got {type(data).__name__}"
-    return data, ""
+    if not isinstance(parsed, dict):
+        return None, f"meta.json must hold a JSON object, got {type(parsed).__name__}"
+    return parsed, ""
 
 
 _GPU_ARCH_FLAG = re.compile(r"(?:--gpu-architecture[= ]|-arch[= ])(\S+)")
 
 
-def _meta_arch(path: Path) -> str | None:
+def _arch_in_meta(meta: dict) -> str | None:
     """The arch DeepJIT compiled for, as ``meta.json`` records it (``compiler_options.arch`` or the command)."""
-    meta, _ = _read_meta(path) if path.is_file() else (None, "")
-    if meta is None:
-        return None
     options = meta.get("compiler_options")
     if isinstance(options, dict) and (arch := normalize_arch(options.get("arch"))):
         return arch
@@ -279,8 +385,10 @@ def iter_triton_groups(path: Path) -> Iterator[Path]:
     return iter(sorted(path.glob("__grp__*.json")))
 
 
-def read_triton_entry(path: Path, *, check_cubin: bool = True) -> CacheEntry:
+def read_triton_entry(path: Path, *, check_cubin: bool = True, verdicts: VerdictCache | None = None) -> CacheEntry:
     """Read one Triton cache key directory (a compiled kernel group, or a support file such as a launcher)."""
+    if verdicts is None:
+        verdicts = VerdictCache(None)
     key = path.name
     size, items = _tree_stats(path)
     problems = permission_problems(path, key, items)
@@ -322,7 +430,7 @@ def read_triton_entry(path: Path, *, check_cubin: bool = True) -> CacheEntry:
         cubin = path / f"{family}.cubin"
         if check_cubin and cubin.exists() and cubin.stat().st_size:
             try:
-                arch = read_cubin(cubin).arch
+                arch = _cubin_facts(str(cubin), verdicts, cubin.stat()).arch
             except InvalidCubin as exc:
                 problems.append(Problem("invalid_cubin", str(cubin), exc.reason, key))
     if not groups:
@@ -330,7 +438,8 @@ def read_triton_entry(path: Path, *, check_cubin: bool = True) -> CacheEntry:
         family = files[0] if files else ""
         last_used = max((_last_used(p) or 0.0 for p, st in items), default=0.0) or _last_used(path)
     return CacheEntry("triton", "triton", family, key, str(path), size, last_used, params=params,
-                      compiler=compiler, arch=arch, problems=tuple(problems))
+                      compiler=compiler, arch=arch, problems=tuple(problems),
+                      files=tuple(sorted(p.name for p, st in items if p.parent == path and stat.S_ISREG(st.st_mode))))
 
 
 def _is_json_object(path: Path) -> bool:

@@ -90,6 +90,9 @@ class CacheEntry:
     arch: str | None = None
     problems: tuple[Problem, ...] = ()
     foreign: bool = False  # another tool's entry in a shared root (DeepGEMM in $HOME/.dj): never acted on
+    #: Names of the regular files at the entry's top level, as the scan saw them (not in the JSON form:
+    #: what ``export`` ships, without listing the directory again).
+    files: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def name(self) -> str:

@@ -16,7 +16,7 @@ import errno
 import os
 from pathlib import Path
 
-__all__ = ["O_NOATIME", "read_bytes", "read_text"]
+__all__ = ["O_NOATIME", "read_bytes", "read_bytes_and_stat", "read_text"]
 
 #: Linux's flag; 0 elsewhere (then only the restore path runs).
 O_NOATIME = getattr(os, "O_NOATIME", 0)
@@ -36,12 +36,19 @@ def _open(path: str | Path) -> tuple[int, bool]:
 
 def read_bytes(path: str | Path) -> bytes:
     """The file's bytes, leaving its atime as it was."""
+    return read_bytes_and_stat(path)[0]
+
+
+def read_bytes_and_stat(path: str | Path) -> tuple[bytes, os.stat_result]:
+    """The file's bytes and its ``fstat`` taken after the read (what a remembered verdict is checked
+    against, see :mod:`.verdicts`), leaving its atime as it was."""
     fd, noatime = _open(path)
     try:
         before = None if noatime else os.fstat(fd)
         chunks = []
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
+        after = os.fstat(fd)
     finally:
         os.close(fd)
     if before is not None:
@@ -49,7 +56,7 @@ def read_bytes(path: str | Path) -> bytes:
             os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
         except OSError:
             pass  # not ours to change: nothing more we can do
-    return b"".join(chunks)
+    return b"".join(chunks), after
 
 
 def read_text(path: str | Path) -> str:

@@ -28,15 +28,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
-
-import filelock
 
 from jitcache.errors import CacheError, CacheLockTimeout
 
@@ -82,6 +79,8 @@ class LockHolder:
     since: float | None
 
     def describe(self) -> str:
+        import socket
+
         if self.pid is None:
             return "another process (no owner recorded)"
         where = f" on {self.host}" if self.host and self.host != socket.gethostname() else ""
@@ -215,6 +214,8 @@ class CacheRoot:
         once with the holder, so that a command can say who it waits for.
         Raises :class:`CacheLockTimeout` naming the lock file and the holder.
         """
+        import filelock  # only mutations lock: readers (inspect, env) never load it
+
         from .faults import filesystem_error, require_writable
 
         self.ensure()
@@ -253,6 +254,8 @@ class CacheRoot:
             lock.release()
 
     def _write_owner(self, command: str | None) -> None:
+        import socket
+
         from .publish import atomic_write_text
 
         record = {"pid": os.getpid(), "host": socket.gethostname(),

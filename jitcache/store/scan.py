@@ -3,7 +3,8 @@
 Entry points: :func:`scan` (a jitcache root: DeepEP and Triton folders),
 :func:`scan_deep_ep` (any DeepEP cache dir, including one DeepEP wrote on its
 own) and :func:`scan_triton`; :func:`coverage` tells which variants of a
-warmup plan have an entry. Scanning never takes the lock and writes nothing.
+warmup plan have an entry. Scanning never takes the lock and changes no entry;
+:func:`scan` remembers what it read in ``<meta>/verdicts.json`` (:mod:`.verdicts`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .formats import TRITON_KEY, permission_problems, read_deep_ep_entry, read_t
 from .model import SCHEMA_VERSION, CacheEntry, Problem, iso_time
 from .owners import orphan_reason
 from .root import CacheRoot
+from .verdicts import VerdictCache
 
 __all__ = ["DEEP_EP_CHILDREN", "ORPHAN_AGE_S", "ROOT_CHILDREN", "CacheReport", "Coverage", "coverage", "entry_matches", "scan", "scan_deep_ep",
            "scan_triton"]
@@ -108,32 +110,39 @@ def stray_problems(directory: Path, known: frozenset[str], what: str) -> list[Pr
 
 
 def scan_deep_ep(directory: str | Path, *, check_cubins: bool = True, orphan_age: float = ORPHAN_AGE_S,
-                 expected_arch: str | None = None) -> tuple[tuple[CacheEntry, ...], tuple[Problem, ...]]:
+                 expected_arch: str | None = None, verdicts: VerdictCache | None = None,
+                 ) -> tuple[tuple[CacheEntry, ...], tuple[Problem, ...]]:
     """Every entry under ``<directory>/cache/`` (both DeepEP layouts) and the problems outside them.
 
     An entry that is a symlink is read through it, as DeepEP does (its
     target's permissions count); a file, or anything else that is not a
-    directory, in ``cache/`` is a ``stray_file`` warning.
+    directory, in ``cache/`` is a ``stray_file`` warning. ``verdicts``: what
+    earlier scans read out of the files (:mod:`.verdicts`).
     """
     directory = Path(directory)
-    cache = directory / "cache"
+    verdicts = verdicts if verdicts is not None else VerdictCache(None)
     entries = []
     problems: list[Problem] = []
-    if cache.is_dir():
-        for child in sorted(cache.iterdir()):
-            if child.name.startswith(".") and ".deleting-" in child.name:
-                continue  # remove_tree's rename-then-delete in flight
-            if not child.is_dir():
-                problems.append(_stray(child, f"{'symlink' if child.is_symlink() else 'file'} {child.name!r} "
-                                              "in cache/"))
-                continue
-            entries.append(read_deep_ep_entry(child, check_cubin=check_cubins, expected_arch=expected_arch))
+    try:
+        with os.scandir(directory / "cache") as listing:
+            children = sorted(listing, key=lambda item: item.name)
+    except OSError:
+        children = []
+    for child in children:  # one scandir: d_type says what each child is without a stat
+        if child.name.startswith(".") and ".deleting-" in child.name:
+            continue  # remove_tree's rename-then-delete in flight
+        if not child.is_dir():
+            problems.append(_stray(Path(child.path), f"{'symlink' if child.is_symlink() else 'file'} "
+                                                     f"{child.name!r} in cache/"))
+            continue
+        entries.append(read_deep_ep_entry(Path(child.path), check_cubin=check_cubins, expected_arch=expected_arch,
+                                          verdicts=verdicts))
     problems += _orphans(directory / "tmp", time.time(), orphan_age)
     return tuple(entries), tuple(problems)
 
 
-def scan_triton(directory: str | Path, *, check_cubins: bool = True,
-                orphan_age: float = ORPHAN_AGE_S) -> tuple[tuple[CacheEntry, ...], tuple[Problem, ...]]:
+def scan_triton(directory: str | Path, *, check_cubins: bool = True, orphan_age: float = ORPHAN_AGE_S,
+                verdicts: VerdictCache | None = None) -> tuple[tuple[CacheEntry, ...], tuple[Problem, ...]]:
     """Every key directory of a Triton cache, Triton's leftover ``tmp.pid_*`` write directories,
     and jitcache's own dead build directories under ``tmp/``."""
     directory = Path(directory)
@@ -144,7 +153,7 @@ def scan_triton(directory: str | Path, *, check_cubins: bool = True,
         for child in sorted(directory.iterdir()):
             if not child.is_dir() or child.is_symlink() or not TRITON_KEY.match(child.name):
                 continue
-            entries.append(read_triton_entry(child, check_cubin=check_cubins))
+            entries.append(read_triton_entry(child, check_cubin=check_cubins, verdicts=verdicts))
             for leftover in sorted(child.glob("tmp.pid_*")):
                 age = now - leftover.lstat().st_mtime
                 if age >= orphan_age:
@@ -158,7 +167,12 @@ def scan(root: CacheRoot, *, check_cubins: bool = True, orphan_age: float = ORPH
     """Scan a jitcache root (or, for ``CacheRoot.for_deep_ep_dir``, a bare DeepEP cache).
 
     ``expected_arch`` (``verify --arch sm_90a``): every cubin must be for it.
+    What was read out of each file is remembered in the root's meta folder
+    (:mod:`.verdicts`), so the next scan (``verify`` after ``inspect``,
+    ``export`` after ``verify``) reads only what changed; every check runs
+    on every scan.
     """
+    verdicts = VerdictCache.for_root(root) if check_cubins else VerdictCache(None)
     problems: list[Problem] = []
     # The folders a runtime resolves entries through: whoever can write them can swap a cubin.
     for directory in (root.path, root.deep_ep_dir, root.deep_ep_dir / "cache", root.triton_dir):
@@ -169,12 +183,14 @@ def scan(root: CacheRoot, *, check_cubins: bool = True, orphan_age: float = ORPH
     if root.deep_ep_dir.is_dir():
         problems += stray_problems(root.deep_ep_dir, DEEP_EP_CHILDREN, "DeepEP cache dir entry")
     deep_entries, deep_problems = scan_deep_ep(root.deep_ep_dir, check_cubins=check_cubins, orphan_age=orphan_age,
-                                               expected_arch=expected_arch)
+                                               expected_arch=expected_arch, verdicts=verdicts)
     entries, problems = list(deep_entries), problems + list(deep_problems)
     if root.triton_dir is not None:
-        tri_entries, tri_problems = scan_triton(root.triton_dir, check_cubins=check_cubins, orphan_age=orphan_age)
+        tri_entries, tri_problems = scan_triton(root.triton_dir, check_cubins=check_cubins, orphan_age=orphan_age,
+                                                verdicts=verdicts)
         entries += tri_entries
         problems += tri_problems
+    verdicts.save()
     return CacheReport(root=str(root.path), deep_ep_dir=str(root.deep_ep_dir),
                        triton_dir=None if root.triton_dir is None else str(root.triton_dir),
                        entries=tuple(entries), problems=tuple(problems))
