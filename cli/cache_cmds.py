@@ -7,25 +7,21 @@ and handled once, in ``app.py``.
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from jitcache.errors import JitCacheError, UsageError
-from jitcache.planning.profiles import load_profile
-from jitcache.store.bundle import export_bundle, import_bundle
-from jitcache.store.elf import normalize_arch
-from jitcache.store.formats import classify_deep_ep_name
-from jitcache.store.model import SCHEMA_VERSION, iso_time
-from jitcache.store.prune import parse_age, parse_size, plan_prune, prune
-from jitcache.store.root import CacheRoot, LockHolder, env_exports, resolve_root
-from jitcache.store.scan import coverage, scan
-from jitcache.store.verify import repair, verify
-from jitcache.planning.variants import plan
+from jitcache.store.model import SCHEMA_VERSION
 
 from .output import Format, Output, human_bytes
+
+if TYPE_CHECKING:
+    from jitcache.store.root import CacheRoot, LockHolder
+
+# The rest of the library is imported inside each command: start-up loads only what the
+# command runs (tarfile, zstandard and hashlib only for export and import).
 
 FORMAT = typer.Option(Format.human, "--format", help="human (tables) or json (stdout holds only JSON).")
 CACHE_DIR = typer.Option(None, "--cache-dir", help="The jitcache root (default: JITCACHE_HOME, "
@@ -48,6 +44,8 @@ _SHOWN = ("hidden", "hidden_bytes", "num_experts", "num_topk", "num_ranks", "num
 def _root(cache_dir: Optional[Path], deep_ep_dir: Optional[Path], *, must_exist: bool = True) -> CacheRoot:
     """The root a command works on. Commands that only read (inspect, verify, prune, export) refuse a root that
     does not exist: a typo'd --cache-dir would otherwise report a healthy, empty cache."""
+    from jitcache.store.root import CacheRoot, resolve_root
+
     if cache_dir is not None and deep_ep_dir is not None:
         raise UsageError("give --cache-dir or --deep-ep-dir, not both")
     if deep_ep_dir is not None:
@@ -64,6 +62,8 @@ def _root(cache_dir: Optional[Path], deep_ep_dir: Optional[Path], *, must_exist:
 
 
 def _arch_option(arch: Optional[str]) -> Optional[str]:
+    from jitcache.store.elf import normalize_arch
+
     if arch is None:
         return None
     if (normal := normalize_arch(arch)) is None:
@@ -91,6 +91,9 @@ def _serving(deep_ep_root: Optional[Path], nccl_include: Optional[str], nvcc: Op
 
 def _name_coverage(root: CacheRoot, profile: str, deep_ep_root: Optional[Path], nccl_include: Optional[str],
                    nvcc: Optional[Path]):
+    from jitcache.planning.profiles import load_profile
+    from jitcache.planning.variants import plan
+
     from jitcache.store.names import name_coverage
 
     the_plan = plan(load_profile(profile))
@@ -128,6 +131,8 @@ def env_cmd(
     fmt: Format = FORMAT,
 ) -> None:
     """Print the exports a worker needs to use the cache (EP_JIT_CACHE_DIR, TRITON_CACHE_DIR)."""
+    from jitcache.store.root import env_exports, resolve_root
+
     root = resolve_root(cache_dir)
     exports = env_exports(root, read_only_roots or ())
 
@@ -146,6 +151,8 @@ def shell_export(name: str, value: str) -> str:
     a single quote is written as ``'"'"'``. A value that is not valid text
     (a path with undecodable bytes) cannot be written faithfully: refused.
     """
+    import shlex
+
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -188,6 +195,11 @@ def inspect_cmd(
     fmt: Format = FORMAT,
 ) -> None:
     """What the cache holds: a summary per backend and family, then every entry, then problems."""
+    from jitcache.planning.profiles import load_profile
+    from jitcache.planning.variants import plan
+    from jitcache.store.model import iso_time
+    from jitcache.store.scan import coverage, scan
+
     if deep_ep is not None and deep_ep not in _DEEP_EP_OF_FORMAT.values():
         raise UsageError(f"--deep-ep {deep_ep}: expected 2.5 or 2.1")
     if check and profile is None:
@@ -291,6 +303,8 @@ def verify_cmd(
     fmt: Format = FORMAT,
 ) -> None:
     """Find entries that would crash or mislead a runtime; --repair quarantines them (never deletes)."""
+    from jitcache.store.verify import repair, verify
+
     root = _root(cache_dir, deep_ep_dir)
     out = Output(fmt)
     result = verify(root, expected_arch=_arch_option(arch))
@@ -348,6 +362,11 @@ def prune_cmd(
     fmt: Format = FORMAT,
 ) -> None:
     """Evict least-recently-used entries; a kept profile's entries are never removed."""
+    from jitcache.planning.profiles import load_profile
+    from jitcache.planning.variants import plan
+    from jitcache.store.prune import parse_age, parse_size, plan_prune, prune
+    from jitcache.store.scan import scan
+
     if max_size is None and older_than is None:
         raise UsageError("prune needs --max-size and/or --older-than")
     root = _root(cache_dir, deep_ep_dir)
@@ -403,6 +422,11 @@ def export_cmd(
     fmt: Format = FORMAT,
 ) -> None:
     """Write the cache's healthy entries (or a profile's) to a tar + zstd bundle with checksums."""
+    from jitcache.planning.profiles import load_profile
+    from jitcache.planning.variants import plan
+    from jitcache.store.bundle import export_bundle
+    from jitcache.store.formats import classify_deep_ep_name
+
     root = _root(cache_dir, deep_ep_dir)
     out = Output(fmt)
     result = export_bundle(root, output, plan=None if profile is None else plan(load_profile(profile)))
@@ -443,6 +467,8 @@ def import_cmd(
     fmt: Format = FORMAT,
 ) -> None:
     """Verify a bundle completely, publish each entry atomically (identical ones are skipped), then relocate."""
+    from jitcache.store.bundle import import_bundle
+
     root = _root(cache_dir, deep_ep_dir, must_exist=False)
     out = Output(fmt)
     serving = None
@@ -494,6 +520,9 @@ def relocate_cmd(
     fmt: Format = FORMAT,
 ) -> None:
     """Re-publish entries built for other install paths under the names the serving DeepEP looks up (no compile)."""
+    from jitcache.planning.profiles import load_profile
+    from jitcache.planning.variants import plan
+
     from jitcache.store.relocate import relocate
 
     root = _root(cache_dir, deep_ep_dir)

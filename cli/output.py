@@ -7,19 +7,25 @@ stderr, so ``jitcache inspect --format json | jq`` always works.
 
 from __future__ import annotations
 
-import ctypes
 import enum
 import json
 import os
 import sys
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
-
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from jitcache.store.model import SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# rich is imported on first human output, not at start-up: `--format json` never loads it.
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as _escape
+
+    return _escape(text)
 
 
 class Format(str, enum.Enum):
@@ -38,6 +44,8 @@ def human_bytes(num: float) -> str:
 def _flush_c_stdio() -> None:
     # printf/std::cout output sits in libc's buffer (full buffering on a pipe) until exit, when it would
     # reach whatever fd 1 is then: flush it while fd 1 still points where it was written.
+    import ctypes  # only the live warmup needs it: not loaded at start-up
+
     try:
         ctypes.CDLL(None).fflush(None)
     except (OSError, AttributeError):  # no C library to ask (not glibc/musl/macOS libc)
@@ -79,14 +87,30 @@ class Output:
     def __init__(self, fmt: Format = Format.human, *, quiet: bool = False) -> None:
         self.format = fmt
         self.quiet = quiet
-        no_color = bool(os.environ.get("NO_COLOR"))
-        # Piped output (CI logs, files) is not squeezed into rich's 80-column default.
-        width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200
-        self.out = Console(file=sys.stdout, no_color=no_color, soft_wrap=False, highlight=False, width=width)
-        # Messages to a log (stderr not a terminal) are never hard-wrapped: one message, one line.
-        err_tty = sys.stderr.isatty()
-        self.err = Console(file=sys.stderr, no_color=no_color, highlight=False, soft_wrap=not err_tty,
-                           width=None if err_tty else 10_000)
+        self._out: Console | None = None
+        self._err: Console | None = None
+
+    @property
+    def out(self) -> "Console":
+        if self._out is None:
+            from rich.console import Console
+
+            # Piped output (CI logs, files) is not squeezed into rich's 80-column default.
+            width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200
+            self._out = Console(file=sys.stdout, no_color=bool(os.environ.get("NO_COLOR")), soft_wrap=False,
+                                highlight=False, width=width)
+        return self._out
+
+    @property
+    def err(self) -> "Console":
+        if self._err is None:
+            from rich.console import Console
+
+            # Messages to a log (stderr not a terminal) are never hard-wrapped: one message, one line.
+            err_tty = sys.stderr.isatty()
+            self._err = Console(file=sys.stderr, no_color=bool(os.environ.get("NO_COLOR")), highlight=False,
+                                soft_wrap=not err_tty, width=None if err_tty else 10_000)
+        return self._err
 
     @property
     def is_json(self) -> bool:
@@ -119,6 +143,8 @@ class Output:
 
     def table(self, title: str | None, columns: list[str], rows: list[list[Any]],
               justify: dict[str, str] | None = None) -> None:
+        from rich.table import Table
+
         table = Table(title=title, title_justify="left", header_style="bold")
         justify = justify or {}
         for column in columns:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from jitcache.planning.buckets import BucketPolicy
+from jitcache.planning import DEFAULT_PROFILE
 from jitcache.errors import UsageError
-from jitcache.planning.profiles import DEFAULT_PROFILE, Profile, builtin_profile_names, load_profile
-from jitcache.planning.variants import FAMILIES, plan
 
 from .output import Format, Output
+
+if TYPE_CHECKING:
+    from jitcache.planning.profiles import Profile
 
 FORMAT = typer.Option(Format.human, "--format", help="human (tables) or json (stdout holds only JSON).")
 PROFILE = typer.Option(DEFAULT_PROFILE, "--profile", "-p", help="A built-in profile name or a path to a profile .toml.")
@@ -57,6 +59,8 @@ profiles_app = typer.Typer(help="List and show deployment profiles.", no_args_is
 @profiles_app.command("list")
 def profiles_list(fmt: Format = FORMAT) -> None:
     """List the built-in profiles."""
+    from jitcache.planning.profiles import builtin_profile_names, load_profile
+
     loaded = [load_profile(name) for name in builtin_profile_names()]
     data = [_profile_summary(p) for p in loaded]
 
@@ -72,6 +76,8 @@ def profiles_list(fmt: Format = FORMAT) -> None:
 def profiles_show(name: str = typer.Argument(..., help="A built-in profile name or a path to a .toml file."),
                   fmt: Format = FORMAT) -> None:
     """Show one profile, validated, with its bucket set."""
+    from jitcache.planning.profiles import load_profile
+
     profile = load_profile(name)
     data = profile.to_dict()
     data["policy"] = profile.policy.to_dict()
@@ -111,6 +117,9 @@ def plan_cmd(
     fmt: Format = FORMAT,
 ) -> None:
     """Show what warmup will compile for a profile: counts per family and mode, then every variant."""
+    from jitcache.planning.profiles import load_profile
+    from jitcache.planning.variants import FAMILIES, plan
+
     prof = load_profile(profile)
     try:
         the_plan = plan(prof, modes)

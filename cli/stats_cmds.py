@@ -9,8 +9,6 @@ from typing import Optional
 import typer
 
 from jitcache.errors import UsageError
-from jitcache.runtime.stats import aggregate, stats_dir, zero
-from jitcache.store.root import resolve_root
 
 from .output import Format, Output
 
@@ -55,6 +53,9 @@ def stats(
         raise UsageError("--output needs --format prometheus", hint="jitcache stats --format prometheus -o FILE.prom")
     if fmt == StatsFormat.prometheus and zero_:
         raise UsageError("--zero does not go with --format prometheus: Prometheus counters only grow")
+    from jitcache.runtime.stats import aggregate, stats_dir, zero
+    from jitcache.store.root import resolve_root
+
     root = resolve_root(cache_dir)
     directory = stats_dir(root)
     if fmt == StatsFormat.prometheus:
@@ -91,6 +92,7 @@ def stats(
 
 def _prometheus(directory: Path, output: Optional[Path]) -> None:
     from jitcache.runtime import metrics
+    from jitcache.runtime.stats import aggregate
 
     if not metrics.available():
         raise UsageError("--format prometheus needs prometheus_client, which is not installed",

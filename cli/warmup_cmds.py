@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from jitcache.errors import CompileError, UsageError
-from jitcache.planning.profiles import DEFAULT_PROFILE
+from jitcache.planning import DEFAULT_PROFILE
 
 from .aot_view import aot_progress, render_report
 from .output import Format, Output

@@ -23,11 +23,15 @@ from .errors import (
     UsageError,
     WarmupError,
 )
-from .planning.profiles import Profile, builtin_profile_names, load_profile
-from .planning.variants import KernelVariant, WarmupPlan, plan
-
-# Names that live in modules with heavier imports; resolved on first access.
+# Names resolved on first access: `import jitcache` (and `jitcache --version`) loads no more
+# than it uses.
 _LAZY = {
+    "Profile": "jitcache.planning.profiles",
+    "builtin_profile_names": "jitcache.planning.profiles",
+    "load_profile": "jitcache.planning.profiles",
+    "KernelVariant": "jitcache.planning.variants",
+    "WarmupPlan": "jitcache.planning.variants",
+    "plan": "jitcache.planning.variants",
     "activate": "jitcache.store.root",
     "CacheRoot": "jitcache.store.root",
     "warmup": "jitcache.warm.live",
@@ -53,16 +57,10 @@ __all__ = [
     "ColdVariantError",
     "CompileError",
     "JitCacheError",
-    "KernelVariant",
-    "Profile",
     "ProfileError",
     "ToolchainError",
     "UsageError",
     "WarmupError",
-    "WarmupPlan",
     "__version__",
-    "builtin_profile_names",
-    "load_profile",
-    "plan",
     *_LAZY,
 ]

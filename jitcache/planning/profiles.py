@@ -10,16 +10,15 @@ value is a :class:`~jitcache.errors.ProfileError` naming the file and field.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from jitcache.planning.buckets import BucketPolicy
 from jitcache.errors import ProfileError
+from jitcache.planning import DEFAULT_PROFILE as _DEFAULT_PROFILE
+from jitcache.planning.buckets import BucketPolicy
 from jitcache.planning.gpus import GPU_DEFAULTS
 
 if sys.version_info >= (3, 11):
@@ -45,8 +44,8 @@ __all__ = [
 #: sync (the bucketed path); ``prefill``: ``do_expand=True`` with CPU sync;
 #: ``cached``: a dispatch that reuses a previous handle (cached layout).
 MODES = ("decode", "prefill", "cached")
-#: The profile commands use when none is given: the H200 test rig (EP1, DeepSeek-V3 MoE shape).
-DEFAULT_PROFILE = "h200-ep1"
+#: The profile commands use when none is given (defined in :mod:`jitcache.planning`).
+DEFAULT_PROFILE = _DEFAULT_PROFILE
 DTYPES = ("bf16", "fp8")
 APIS = ("auto", "2.5", "2.1")
 
@@ -150,6 +149,8 @@ class Profile:
         data = self.to_dict()
         for key in ("name", "source", "description"):
             data.pop(key)
+        import hashlib
+
         blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -317,6 +318,15 @@ def parse_profile(data: dict[str, Any], *, source: str, name: str) -> Profile:
 
 
 def _builtin_dir():
+    # The package's own folder when it is one (every ordinary install): importlib.resources
+    # (for zipped installs) costs more start-up than the rest of `jitcache plan`.
+    from importlib import import_module
+
+    package = import_module("jitcache.cache_profiles")
+    if package.__file__ is not None and Path(package.__file__).parent.is_dir():
+        return Path(package.__file__).parent
+    from importlib import resources
+
     return resources.files("jitcache.cache_profiles")
 
 

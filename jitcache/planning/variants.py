@@ -30,7 +30,6 @@ This module is pure: no I/O, deterministic order.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -119,6 +118,8 @@ class WarmupPlan:
 
     def fingerprint(self) -> str:
         """A hash of the exact variant list; ranks compare it before warming together."""
+        import hashlib
+
         blob = json.dumps([v.to_dict() for v in self.variants], sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
