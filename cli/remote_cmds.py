@@ -15,9 +15,10 @@ from typing import Any, Callable, Iterator, Optional
 
 import typer
 
-from jitcache.errors import RemoteError, UsageError
+from jitcache.errors import JitCacheError, RemoteError, UsageError
 from jitcache.planning.profiles import DEFAULT_PROFILE
 
+from .cache_cmds import DEEP_EP_ROOT, NCCL_INCLUDE
 from .output import Format, Output, human_bytes
 
 FORMAT = typer.Option(Format.human, "--format", help="human (tables) or json (stdout holds only JSON).")
@@ -27,7 +28,11 @@ REMOTE = typer.Option(None, "--remote", help="The store: s3://bucket/prefix, gs:
 CACHE_DIR = typer.Option(None, "--cache-dir", help="The jitcache root (default: JITCACHE_HOME, "
                          "$XDG_CACHE_HOME/jitcache, ~/.cache/jitcache).")
 API = typer.Option(None, "--deep-ep-api", help="2.5 or 2.1, when the profile says auto and no DeepEP is installed here.")
-NVCC = typer.Option(None, "--nvcc", help="The nvcc whose version keys the store (default: PATH, $CUDA_HOME).")
+NVCC = typer.Option(None, "--nvcc", help="The serving nvcc: its version keys the store and enters the entry names "
+                                         "(default: $CUDA_HOME/bin/nvcc, else nvcc on PATH).")
+RELOCATE = typer.Option(True, "--relocate/--no-relocate", help="Pull what the serving DeepEP looks up, entries "
+                        "pushed for other install paths too, and publish those also under its names (default on; "
+                        "needs it findable here, as `import`). --no-relocate: every entry the index lists, as pushed.")
 
 
 def _remote_url(remote: Optional[str]) -> str:
@@ -40,7 +45,9 @@ def _remote_url(remote: Optional[str]) -> str:
     return url
 
 
-def _setup(profile: str, remote: Optional[str], cache_dir: Optional[Path], api: Optional[str], nvcc: Optional[Path]):
+def _setup(profile: str, remote: Optional[str], cache_dir: Optional[Path], api: Optional[str], nvcc: Optional[Path],
+           serving: Any = None, explicit: bool = False, out: Optional[Output] = None):
+    """Profile, plan, root, store, the store's key, and ``serving`` if it is the DeepEP of that key (else None)."""
     from jitcache.planning.profiles import load_profile
     from jitcache.build.remote_warmup import remote_env
     from jitcache.build.sources import sources_dir
@@ -53,9 +60,34 @@ def _setup(profile: str, remote: Optional[str], cache_dir: Optional[Path], api: 
     prof = load_profile(profile)
     root = resolve_root(cache_dir)
     root.check_layout()
+    if api is None and serving is not None and prof.deep_ep.api in ("auto", serving.version):
+        api = serving.version
     env = remote_env(prof, nvcc=None if nvcc is None else str(nvcc), deep_ep_api=api,
                      sources_dir=sources_dir(root.path))
-    return prof, plan(prof), root, RemoteStore(_remote_url(remote)), env
+    if serving is not None and serving.version != env.deep_ep_api:
+        why = f"the serving DeepEP found is {serving.version} ({serving.package_dir}), the store key {env.prefix}"
+        if explicit:
+            raise UsageError(f"--deep-ep-root: {why}", hint="give the DeepEP that serves these entries")
+        if out is not None:
+            out.warn(f"not relocating: {why} (pass --deep-ep-root/--nccl-include, or --no-relocate)")
+        serving = None
+    return prof, plan(prof), root, RemoteStore(_remote_url(remote)), env, serving
+
+
+def _find_serving(out: Output, relocate: bool, deep_ep_root: Optional[Path], nccl_include: Optional[str],
+                  nvcc: Optional[Path]) -> Any:
+    """The serving DeepEP, as `import` finds it: an error only when it was named explicitly."""
+    if not relocate:
+        return None
+    from jitcache.adapters.serving import locate_serving
+
+    try:
+        return locate_serving(deep_ep_root, nccl_include, nvcc=nvcc)
+    except JitCacheError as exc:
+        if deep_ep_root is not None or nccl_include is not None:
+            raise
+        out.warn(f"not relocating: {exc} (pass --deep-ep-root/--nccl-include, or --no-relocate)")
+        return None
 
 
 @contextmanager
@@ -87,7 +119,13 @@ def pull_lines(report: Any) -> list[str]:
         parts.append(f"{len(report.missing)} not in the store")
     if report.refused:
         parts.append(f"{len(report.refused)} refused")
-    return [", ".join(parts) + f" from {report.remote} ({report.env.prefix})."]
+    lines = [", ".join(parts) + f" from {report.remote} ({report.env.prefix})."]
+    if report.relocated or report.not_relocated:
+        where = report.serving or {}
+        lines.append(f"Relocated {len(report.relocated)} entries to the names DeepEP {where.get('version', '?')} at "
+                     f"{where.get('package_dir', '?')} looks up (NCCL {where.get('nccl_include', '?')})"
+                     + (f"; {len(report.not_relocated)} could not be" if report.not_relocated else "") + ".")
+    return lines
 
 
 def push_lines(report: Any) -> list[str]:
@@ -112,7 +150,7 @@ def push_cmd(profile: str = PROFILE, remote: Optional[str] = REMOTE, cache_dir: 
     from jitcache.store.remote import push
 
     out = Output(fmt)
-    prof, the_plan, root, store, env = _setup(profile, remote, cache_dir, api, nvcc)
+    prof, the_plan, root, store, env, _ = _setup(profile, remote, cache_dir, api, nvcc)
     with transfer_bar(out) as bar:
         report = push(root, store, env, plan=the_plan, on_progress=bar)
     for name, why in report.skipped:
@@ -124,14 +162,23 @@ def push_cmd(profile: str = PROFILE, remote: Optional[str] = REMOTE, cache_dir: 
 
 def pull_cmd(profile: str = PROFILE, remote: Optional[str] = REMOTE, cache_dir: Optional[Path] = CACHE_DIR,
              force: bool = typer.Option(False, "--force", help="Publish even if built for another nvcc/DeepEP."),
-             api: Optional[str] = API, nvcc: Optional[Path] = NVCC, fmt: Format = FORMAT) -> None:
-    """Pull the profile's entries from the remote store into the local cache (each verified as `import` does)."""
+             relocate: bool = RELOCATE, deep_ep_root: Optional[Path] = DEEP_EP_ROOT,
+             nccl_include: Optional[str] = NCCL_INCLUDE, api: Optional[str] = API, nvcc: Optional[Path] = NVCC,
+             fmt: Format = FORMAT) -> None:
+    """Pull what the serving DeepEP looks up from the remote store (each entry verified as `import` does, then
+    relocated to the names it computes)."""
     from jitcache.store.remote import pull
 
     out = Output(fmt)
-    prof, the_plan, root, store, env = _setup(profile, remote, cache_dir, api, nvcc)
+    serving = _find_serving(out, relocate, deep_ep_root, nccl_include, nvcc)
+    prof, the_plan, root, store, env, serving = _setup(
+        profile, remote, cache_dir, api, nvcc, serving, explicit=deep_ep_root is not None or nccl_include is not None,
+        out=out)
     with transfer_bar(out) as bar:
-        report = pull(root, store, env, plan=the_plan, force=force, on_progress=bar)
+        report = pull(root, store, env, plan=the_plan, serving=serving, relocate=relocate, force=force,
+                      on_progress=bar)
+    for name, why in report.not_relocated:
+        out.warn(f"{name}: pulled, not relocated ({why})")
     if not report.index_found:
         out.warn(f"{store.where(report.index or '')}: no index: nothing was pushed for {prof.name} with "
                  f"{env.prefix} yet")

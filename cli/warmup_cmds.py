@@ -38,7 +38,8 @@ def warmup(
     relocate: bool = typer.Option(
         True, "--relocate/--no-relocate",
         help="Live warmup: first publish entries built for other install paths (a shipped cache) under the names "
-             "this DeepEP looks up, without compiling (`jitcache relocate`)."),
+             "this DeepEP looks up, without compiling (`jitcache relocate`). --aot --remote: also pull entries "
+             "pushed for other install paths and publish them under the target's names."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="The jitcache root (default: ~/.cache/jitcache)."),
     modes: Optional[list[str]] = typer.Option(None, "--mode", "-m", help="Restrict to these modes (repeatable)."),
     deep_ep: Optional[str] = typer.Option(
@@ -159,6 +160,7 @@ def warmup(
         with aot_progress(out, _share(num_deep_ep + len(triton_jobs), distributed)) as on_result:
             remote_report = run_remote_warmup(
                 out, the_plan, toolchain, root, remote_url, optional=remote_optional, jobs=build_jobs,
+                relocate=relocate,
                 extra_jobs=triton_jobs, num_workers=jobs, distributed=True if distributed else None,
                 on_result=on_result, render_aot=lambda aot: render_report(out, f"{prof.name}: AOT warmup, {api}", aot))
         _check_ok(remote_report.aot)

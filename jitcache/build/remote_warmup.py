@@ -2,9 +2,13 @@
 
 The entry names come from the plan's build jobs, i.e. the digests the
 serving DeepEP computes (its paths, nvcc and GPU facts enter them): the pull
-asks the store for exactly those names and nothing else. Pulled entries go
-through ``import``'s validation and atomic publish (:func:`jitcache.store.remote.pull`);
-the compile then finds them present ("cached") and builds only the rest;
+asks the store for exactly those names, and for a name it does not hold, an
+entry with the same ``kernel.cu`` pushed by a node whose DeepEP or NCCL lived
+elsewhere, relocated after the pull to the job's name (the serving DeepEP is
+the toolchain's target: ``--target-deep-ep-root``, ``--target-nccl-include``,
+its nvcc). Pulled entries go through ``import``'s validation and atomic
+publish (:func:`jitcache.store.remote.pull`); the compile then finds them
+present ("cached") and builds only the rest;
 the push writes the rest with create-if-absent, so nodes warming at once
 never overwrite each other's objects.
 
@@ -16,6 +20,8 @@ when the pull fails, after when the push does, with the local cache warm).
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -30,7 +36,7 @@ from jitcache.store.remote import PullReport, PushReport, RemoteEnv, RemoteProgr
     push
 from jitcache.store.root import CacheRoot
 
-__all__ = ["RemoteWarmupReport", "nvcc_release", "remote_env", "warmup_aot_remote"]
+__all__ = ["RemoteWarmupReport", "nvcc_release", "remote_env", "serving_of_toolchain", "warmup_aot_remote"]
 
 
 def nvcc_release(version_output: str) -> str:
@@ -61,6 +67,17 @@ def remote_env(profile: Any, *, toolchain: Toolchain | None = None, nvcc: str | 
             raise UsageError(f"{profile.name}: [deep_ep] api is auto and no DeepEP is found here to tell 2.5 from "
                              f"2.1 ({exc.message})", hint="pass --deep-ep-api 2.5 (or 2.1)") from None
     return RemoteEnv(api, nvcc_release(nvcc_version(find_nvcc(nvcc))), profile.target.arch)
+
+
+def serving_of_toolchain(toolchain: Toolchain) -> Any:
+    """The DeepEP an AOT warmup compiles for: its target paths as the serving machine spells them, its nvcc."""
+    from jitcache.adapters.serving import ServingDeepEP
+
+    nccl = toolchain.target_nccl_include.rstrip("/")
+    return ServingDeepEP(version=toolchain.deep_ep_api, package_dir=toolchain.python_library_root,
+                         nccl_root=os.path.dirname(nccl) if os.path.basename(nccl) == "include" else nccl,
+                         nvcc_version_output=toolchain.nvcc_version_output, headers=toolchain.deep_ep_include,
+                         origin="the AOT warmup's target", nvcc_path=str(toolchain.nvcc))
 
 
 @dataclass(frozen=True)
@@ -107,17 +124,18 @@ def warmup_aot_remote(the_plan: WarmupPlan, toolchain: Toolchain, root: CacheRoo
                       distributed: bool | None = None, group: Any = None,
                       on_result: Callable[[VariantResult], None] | None = None,
                       on_remote: Callable[[RemoteProgress], None] | None = None,
-                      relocate: Callable[[CacheRoot, tuple[str, ...]], Any] | None = None,
-                      env: RemoteEnv | None = None) -> RemoteWarmupReport:
+                      relocate: bool = True, env: RemoteEnv | None = None) -> RemoteWarmupReport:
     """:func:`jitcache.build.pool.warmup_aot` between a pull and a push (see the module docstring).
 
     ``env`` (the store prefix) defaults to :func:`remote_env` of the profile
-    and toolchain; ``relocate`` is called with the pulled names (issue 12).
+    and toolchain; ``relocate=False`` pulls exact names only.
     """
     start = time.perf_counter()
     env = env or remote_env(the_plan.profile, toolchain=toolchain)
     build = tuple(jobs) if jobs is not None else jobs_for_plan(the_plan, toolchain)
     names = [j.entry for j in build if j.backend == "deep_ep"]
+    sources = {j.entry: hashlib.sha256(text.encode()).hexdigest() for j in build if j.backend == "deep_ep"
+               for path, text in j.files if path == "kernel.cu"}
     errors: list[str] = []
     store: RemoteStore | None = None
     pulled: PullReport | None = None
@@ -125,7 +143,9 @@ def warmup_aot_remote(the_plan: WarmupPlan, toolchain: Toolchain, root: CacheRoo
     try:
         store = open_remote(remote)
         url = store.url
-        pulled = pull(root, store, env, plan=the_plan, names=names, relocate=relocate, on_progress=on_remote)
+        pulled = pull(root, store, env, plan=the_plan, names=names, sources=sources, relocate=relocate,
+                      serving=serving_of_toolchain(toolchain) if toolchain is not None else None,
+                      on_progress=on_remote)
     except RemoteError as exc:
         if not optional:
             raise
@@ -135,7 +155,7 @@ def warmup_aot_remote(the_plan: WarmupPlan, toolchain: Toolchain, root: CacheRoo
                      distributed=distributed, group=group, on_result=on_result)
     pushed: PushReport | None = None
     if store is not None and not store.read_only:
-        from_store = set(pulled.pulled) if pulled else set()
+        from_store = set(pulled.pulled) | {n for n, _ in pulled.relocated} if pulled else set()
         to_push = [n for n in names if n not in from_store]
         try:
             pushed = push(root, store, env, plan=the_plan, names=to_push, on_progress=on_remote)

@@ -11,10 +11,14 @@ Within it, an entry is keyed by its directory name, which *is* the digest
 DeepEP computes on the serving machine (its paths, flags and source enter it):
 a node looks up exactly the names its own DeepEP will ask for, so a kernel
 built for other install paths is simply not found under the serving name
-(relocating it is issue 12's job, a hook after the pull).
+(:mod:`jitcache.store.relocate` re-publishes it under the serving name after the pull).
 
 Entry objects are written once (create-if-absent) and never changed; the
-index is the only object that is rewritten, by compare-and-swap.
+index is the only object that is rewritten, by compare-and-swap. The index
+lists, per entry, the object's size and sha256 and the sha256 of its
+``kernel.cu`` (``source``): a kernel's source does not hold install paths,
+so a node whose DeepEP computes another name for the same kernel finds the
+object by its source (:func:`resolve_objects`) and relocates it after the pull.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from ..formats import classify_deep_ep_name
 from ..model import SCHEMA_VERSION
 
 __all__ = ["INDEX_KIND", "REMOTE_LAYOUT", "RemoteEnv", "decode_index", "encode_index", "entry_key", "index_key",
-           "merge_index"]
+           "merge_index", "resolve_objects"]
 
 REMOTE_LAYOUT = "jitcache/v1"
 INDEX_KIND = "jitcache-remote-index"
@@ -87,10 +91,12 @@ def index_key(env: RemoteEnv, profile: str, plan_fingerprint: str) -> str:
 
 
 def encode_index(profile: str, plan_fingerprint: str, env: RemoteEnv, entries: dict[str, dict[str, Any]]) -> bytes:
-    """The index document: per entry name the object's size and sha256."""
+    """The index document: per entry name the object's size and sha256, and its kernel.cu's sha256 (``source``)."""
     doc = {"schema": SCHEMA_VERSION, "kind": INDEX_KIND, "profile": profile, "plan_fingerprint": plan_fingerprint,
            "env": env.to_dict(), "updated_at": time.time(),
-           "entries": {name: {"size": int(e["size"]), "sha256": str(e["sha256"])} for name, e in sorted(entries.items())}}
+           "entries": {name: {"size": int(e["size"]), "sha256": str(e["sha256"]),
+                              **({"source": str(e["source"])} if e.get("source") else {})}
+                       for name, e in sorted(entries.items())}}
     return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
 
 
@@ -114,7 +120,44 @@ def decode_index(data: bytes, where: str) -> dict[str, dict[str, Any]]:
                 or not isinstance(spec.get("size"), int) or not re.fullmatch(r"[0-9a-f]{64}", str(spec.get("sha256")))):
             raise RemoteError(f"{where}: index entry {name!r} is malformed", url=where)
         out[name] = {"size": spec["size"], "sha256": spec["sha256"]}
+        if spec.get("source") is not None:   # indexes written before sources were listed have none
+            if not re.fullmatch(r"[0-9a-f]{64}", str(spec["source"])):
+                raise RemoteError(f"{where}: index entry {name!r} has a malformed source digest", url=where)
+            out[name]["source"] = spec["source"]
     return out
+
+
+def _family(name: str) -> str | None:
+    kind = classify_deep_ep_name(name)
+    return None if kind is None else kind[1]
+
+
+def resolve_objects(wanted: dict[str, str | None], listing: dict[str, dict[str, Any]]
+                    ) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Which object to fetch for each wanted name: ``({wanted name: object name}, unlisted)``.
+
+    ``wanted`` maps each name the serving DeepEP looks up to the sha256 of the
+    ``kernel.cu`` it expects there (``None``: unknown). A name the index lists
+    is fetched as it is; otherwise an object of the same kernel family with
+    that source (built for other install paths: relocated after the pull),
+    the first by name so every node picks the same one. ``unlisted``: wanted
+    names with neither (an object may still exist under the exact name, pushed
+    without an index).
+    """
+    by_source: dict[tuple[str | None, str], str] = {}
+    for name in sorted(listing):
+        if (source := listing[name].get("source")) is not None:
+            by_source.setdefault((_family(name), source), name)
+    chosen: dict[str, str] = {}
+    unlisted = []
+    for name, source in wanted.items():
+        if name in listing:
+            chosen[name] = name
+        elif source is not None and (other := by_source.get((_family(name), source))) is not None:
+            chosen[name] = other
+        else:
+            unlisted.append(name)
+    return chosen, tuple(unlisted)
 
 
 def merge_index(current: dict[str, dict[str, Any]], added: Iterable[tuple[str, dict[str, Any]]]

@@ -1,25 +1,31 @@
 """Push local entries to a remote store and pull them back: conditional writes out, full validation in.
 
 Push: each healthy entry becomes a one-entry bundle (:func:`..bundle.write_bundle`:
-files with size and sha256, the environment fingerprint) written with
-create-if-absent, so two nodes pushing the same entry never overwrite each
-other: the first object stays, the second push counts it as ``present``.
-Then the profile's index is merged by compare-and-swap.
+files with size and sha256, and the contents fingerprint ``export`` writes,
+:func:`..fingerprint.contents_fingerprint`: per DeepEP version its nvcc,
+headers digest and archs, nothing about backends it does not hold) written
+with create-if-absent, so two nodes pushing the same entry never overwrite
+each other: the first object stays, the second push counts it as
+``present``. Then the profile's index is merged by compare-and-swap; it lists
+each object's sha256 and its ``kernel.cu``'s.
 
-Pull: the names come from the caller (the AOT warmup knows the exact names
-the serving DeepEP computes) or from the profile's index. Objects are
-downloaded into a private folder under the cache's ``tmp/`` (an object
-listed in the index must match the index's sha256), then imported with
+Pull: the names are those the serving DeepEP computes (given by the caller,
+e.g. the AOT warmup's jobs, or computed here from the plan and
+``serving``), else every entry the profile's index lists. A name the store
+does not hold is looked up by its kernel's source (:func:`.layout.resolve_objects`):
+an entry built for other install paths. Objects are downloaded into a
+private folder under the cache's ``tmp/`` (an object listed in the index
+must match the index's sha256), then imported with
 :func:`..bundle.import_bundles`, i.e. the very checks and atomic publish of
-``jitcache import``: member paths, sizes, per-file sha256, the environment
-fingerprint and the target arch, one rename per entry with DeepJIT's marker
-written last. A pull killed at any point leaves only whole entries. An
-object that fails a check is refused on its own (reported, not published);
-the others are still pulled.
+``jitcache import``: member paths, sizes, per-file sha256, the fingerprint
+compared as ``import`` compares it, cubin ELF and the target arch, one
+rename per entry with DeepJIT's marker written last. A pull killed at any
+point leaves only whole entries. An object that fails a check is refused on
+its own (reported, not published); the others are still pulled.
 
-After publishing, ``relocate(root, names)`` is called with the pulled names:
-the hook where re-publishing entries built for other install paths under
-the serving machine's names plugs in (issue 12; nothing is relocated yet).
+Then, as ``import`` does, entries pulled under other names are relocated
+(:func:`..relocate.relocate_entries`) to the names ``serving`` computes:
+their own ``kernel.cu`` checked, published by one rename each.
 """
 
 from __future__ import annotations
@@ -27,82 +33,28 @@ from __future__ import annotations
 import hashlib
 import io
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from jitcache.errors import BundleError, RemoteError
 
-from ..bundle import environment_fingerprint, import_bundles, write_bundle
-from ..model import SCHEMA_VERSION, CacheEntry
+from ..bundle import import_bundles, write_bundle
+from ..fingerprint import contents_fingerprint
+from ..model import CacheEntry
 from ..publish import COMMIT_MARKER, make_temp_dir, remove_tree
 from ..root import CacheRoot
 from ..scan import coverage, scan
 from .backend import RemoteStore
 from .layout import ENTRY_SUFFIX, RemoteEnv, api_of_entry_name, decode_index, encode_index, entry_key, index_key, \
-    merge_index
+    merge_index, resolve_objects
+from .reports import PullReport, PushReport, RemoteProgress
 
 __all__ = ["PullReport", "PushReport", "RemoteProgress", "entry_is_local", "pull", "push"]
 
 #: Objects moved at once: requests to a store are latency-bound, not CPU-bound.
 TRANSFER_THREADS = 16
 _CAS_ATTEMPTS = 20
-
-
-@dataclass(frozen=True)
-class RemoteProgress:
-    """One step of a push or pull: ``phase`` is push | pull | publish, ``done`` of ``total``."""
-
-    phase: str
-    done: int
-    total: int
-    name: str | None = None
-
-
-@dataclass(frozen=True)
-class PushReport:
-    remote: str
-    env: RemoteEnv
-    profile: str | None
-    pushed: tuple[str, ...]            # written by this push
-    present: tuple[str, ...]           # already in the store (someone pushed them first)
-    skipped: tuple[tuple[str, str], ...]  # (entry, why): broken, another arch or DeepEP API, vanished
-    bytes_sent: int
-    seconds: float
-    index: str | None = None           # the index object updated
-    index_entries: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCHEMA_VERSION, "remote": self.remote, "env": self.env.to_dict(), "profile": self.profile,
-                "pushed": list(self.pushed), "present": list(self.present),
-                "skipped": [{"entry": n, "reason": r} for n, r in self.skipped],
-                "bytes_sent": self.bytes_sent, "seconds": round(self.seconds, 3), "index": self.index,
-                "index_entries": self.index_entries}
-
-
-@dataclass(frozen=True)
-class PullReport:
-    remote: str
-    env: RemoteEnv
-    profile: str | None
-    requested: int                     # names looked for
-    pulled: tuple[str, ...]            # published into the local cache by this pull
-    local: tuple[str, ...]             # already in the local cache: not downloaded
-    missing: tuple[str, ...]           # not in the store
-    refused: tuple[tuple[str, str], ...]  # (entry, why): failed a check; not published
-    bytes_received: int
-    seconds: float
-    index: str | None = None           # the index read (None: names given by the caller)
-    index_found: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCHEMA_VERSION, "remote": self.remote, "env": self.env.to_dict(), "profile": self.profile,
-                "requested": self.requested, "pulled": list(self.pulled), "local": list(self.local),
-                "missing": list(self.missing), "refused": [{"entry": n, "reason": r} for n, r in self.refused],
-                "bytes_received": self.bytes_received, "seconds": round(self.seconds, 3), "index": self.index,
-                "index_found": self.index_found, "relocated": 0}
 
 
 def entry_is_local(root: CacheRoot, name: str) -> bool:
@@ -147,6 +99,16 @@ def _entries_to_push(root: CacheRoot, env: RemoteEnv, plan: Any, names: Iterable
     return chosen, skipped
 
 
+def _fingerprint(entry: CacheEntry, env: RemoteEnv) -> dict[str, Any]:
+    """The contents fingerprint ``export`` would write for ``entry``; nvcc from the store's key where the
+    entry records none (DeepEP 2.1 has no meta.json: the compiling nvcc is the one that keys the store)."""
+    fingerprint = contents_fingerprint([entry])
+    if not (entry.compiler or "").startswith("nvcc "):
+        for facts in (fingerprint["backends"].get("deep_ep") or {}).values():
+            facts["nvcc"] = [env.nvcc]
+    return fingerprint
+
+
 def push(root: CacheRoot, remote: RemoteStore, env: RemoteEnv, *, plan: Any = None,
          names: Iterable[str] | None = None,
          on_progress: Callable[[RemoteProgress], None] | None = None) -> PushReport:
@@ -155,24 +117,26 @@ def push(root: CacheRoot, remote: RemoteStore, env: RemoteEnv, *, plan: Any = No
     if remote.read_only:
         remote.check_writable("entries and the index")
     entries, skipped = _entries_to_push(root, env, plan, names)
-    fingerprint = {**environment_fingerprint(), "nvcc": env.nvcc, "triton": None}  # DeepEP entries: no Triton
     profile = None if plan is None else plan.profile.name
     done = [0]
 
     def one(entry: CacheEntry) -> tuple[str, str, dict[str, Any] | None, int]:
         buffer = io.BytesIO()
-        written, vanished, _ = write_bundle(buffer, [entry], profile=profile, fingerprint=fingerprint)
+        written, vanished, manifest = write_bundle(buffer, [entry], profile=profile,
+                                                   fingerprint=_fingerprint(entry, env))
         if not written:
             return entry.name, "vanished", None, 0
         blob = buffer.getvalue()
+        source = next((f["sha256"] for f in manifest["entries"][0]["files"] if f["path"] == "kernel.cu"), None)
         key = entry_key(env, entry.name)
         created = remote.put_new(key, blob)
         spec: dict[str, Any] | None
         if created:
-            spec = {"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+            spec = {"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest(), "source": source}
         else:
             stored = remote.get(key)  # the first pusher's object is the one the index must describe
-            spec = None if stored is None else {"size": len(stored), "sha256": hashlib.sha256(stored).hexdigest()}
+            spec = None if stored is None else {"size": len(stored), "sha256": hashlib.sha256(stored).hexdigest(),
+                                                "source": source}  # same name: same source
         done[0] += 1
         _notify(on_progress, "push", done[0], len(entries), entry.name)
         return entry.name, "pushed" if created else "present", spec, len(blob) if created else 0
@@ -189,6 +153,8 @@ def push(root: CacheRoot, remote: RemoteStore, env: RemoteEnv, *, plan: Any = No
         count = _update_index(remote, ikey, plan, env, listed)
     return PushReport(remote.url, env, profile, pushed, present, tuple(skipped),
                       sum(b for _, _, _, b in results), time.perf_counter() - start, ikey, count)
+
+
 
 
 
@@ -212,62 +178,91 @@ def _update_index(remote: RemoteStore, key: str, plan: Any, env: RemoteEnv,
 # -- pull -----------------------------------------------------------------------------------------
 
 
+def _wanted(env: RemoteEnv, plan: Any, names: Iterable[str] | None,
+            sources: dict[str, str] | None, serving: Any, listing: dict[str, dict[str, Any]]) -> dict[str, str | None]:
+    """The names to end up with locally -> the sha256 of the kernel.cu each must hold (None: unknown)."""
+    if names is not None:
+        wanted = {n: (sources or {}).get(n) for n in dict.fromkeys(names)}
+    elif plan is not None and serving is not None:
+        from jitcache.adapters.serving import planned_entries
+
+        wanted = {e.name: hashlib.sha256(e.kernel_cu.encode()).hexdigest() for e in planned_entries(plan, serving)}
+    elif plan is not None:
+        wanted = {n: None for n in sorted(listing)}
+    else:
+        raise RemoteError("pull needs a plan (its index names the entries) or entry names")
+    return {n: s for n, s in wanted.items() if api_of_entry_name(n) == env.deep_ep_api}
+
+
 def pull(root: CacheRoot, remote: RemoteStore, env: RemoteEnv, *, plan: Any = None,
-         names: Iterable[str] | None = None, force: bool = False,
-         relocate: Callable[[CacheRoot, tuple[str, ...]], Any] | None = None,
+         names: Iterable[str] | None = None, sources: dict[str, str] | None = None, serving: Any = None,
+         relocate: bool = True, force: bool = False,
          on_progress: Callable[[RemoteProgress], None] | None = None) -> PullReport:
-    """Pull ``names`` (else the plan's index) into ``root``; see the module docstring."""
+    """Pull into ``root`` what the serving DeepEP looks up; see the module docstring.
+
+    ``names`` (with ``sources``: name -> sha256 of its kernel.cu) are the
+    names to end with; else, with ``serving`` (a
+    :class:`jitcache.adapters.serving.ServingDeepEP`), those it computes for
+    ``plan``; else every entry ``plan``'s index lists. ``relocate=False``
+    publishes what is pulled under the names it was pushed with only.
+    """
     start = time.perf_counter()
     ikey, listing, found = None, {}, True
-    if names is not None:
-        wanted = list(dict.fromkeys(names))
-    elif plan is not None:
+    if plan is not None:
         ikey = index_key(env, plan.profile.name, plan.fingerprint())
         data = remote.get(ikey)
         found = data is not None
         listing = {} if data is None else decode_index(data, remote.where(ikey))
-        wanted = sorted(listing)
-    else:
-        raise RemoteError("pull needs a plan (its index names the entries) or entry names")
-    wanted = [n for n in wanted if api_of_entry_name(n) == env.deep_ep_api]
+    wanted = _wanted(env, plan, names, sources, serving, listing)
     local = tuple(n for n in wanted if entry_is_local(root, n))
-    todo = [n for n in wanted if n not in local]
+    chosen, unlisted = resolve_objects({n: s for n, s in wanted.items() if n not in local}, listing)
+    chosen.update((n, n) for n in unlisted)       # not in the index: the exact name may still be stored
+    todo = sorted({o for o in chosen.values() if not entry_is_local(root, o)})
     profile = None if plan is None else plan.profile.name
-    if not todo:
-        return PullReport(remote.url, env, profile, len(wanted), (), local, (), (), 0, time.perf_counter() - start,
-                          ikey, found)
-    root.ensure()
-    downloads = make_temp_dir(root.deep_ep_dir, kind="pull")  # named by its owner: reclaimed once we are gone
-    done = [0]
+    fetched: list[tuple[str, Path | None, str | None, int]] = []
+    refused: list[tuple[str, str]] = []
+    published: list[str] = []
+    if todo:
+        root.ensure()
+        downloads = make_temp_dir(root.deep_ep_dir, kind="pull")  # named by its owner: reclaimed once we are gone
+        done = [0]
 
-    def fetch(name: str) -> tuple[str, Path | None, str | None, int]:
-        key = entry_key(env, name)
-        blob = remote.get(key)
-        done[0] += 1
-        _notify(on_progress, "pull", done[0], len(todo), name)
-        if blob is None:
-            return name, None, None, 0
-        spec = listing.get(name)
-        if spec is not None and (len(blob) != spec["size"] or hashlib.sha256(blob).hexdigest() != spec["sha256"]):
-            return name, None, f"object does not match the index's sha256 ({spec['sha256'][:16]}...)", len(blob)
-        path = downloads / f"{name}{ENTRY_SUFFIX}"
-        path.write_bytes(blob)
-        return name, path, None, len(blob)
+        def fetch(name: str) -> tuple[str, Path | None, str | None, int]:
+            blob = remote.get(entry_key(env, name))
+            done[0] += 1
+            _notify(on_progress, "pull", done[0], len(todo), name)
+            if blob is None:
+                return name, None, None, 0
+            spec = listing.get(name)
+            if spec is not None and (len(blob) != spec["size"] or hashlib.sha256(blob).hexdigest() != spec["sha256"]):
+                return name, None, f"object does not match the index's sha256 ({spec['sha256'][:16]}...)", len(blob)
+            path = downloads / f"{name}{ENTRY_SUFFIX}"
+            path.write_bytes(blob)
+            return name, path, None, len(blob)
 
-    try:
-        with ThreadPoolExecutor(max_workers=TRANSFER_THREADS, thread_name_prefix="jitcache-pull") as pool:
-            fetched = list(pool.map(fetch, todo))
-        missing = tuple(n for n, p, why, _ in fetched if p is None and why is None)
-        refused = [(n, why) for n, _, why, _ in fetched if why is not None]
-        bundles = {p: n for n, p, _, _ in fetched if p is not None}
-        published = _import_checked(root, remote, env, bundles, refused, force, on_progress)
-    finally:
-        remove_tree(downloads)
-    pulled = tuple(published)
-    if relocate is not None and pulled:
-        relocate(root, pulled)  # issue 12: re-publish under the serving machine's names
-    return PullReport(remote.url, env, profile, len(wanted), pulled, local, missing, tuple(refused),
-                      sum(b for _, _, _, b in fetched), time.perf_counter() - start, ikey, found)
+        try:
+            with ThreadPoolExecutor(max_workers=TRANSFER_THREADS, thread_name_prefix="jitcache-pull") as pool:
+                fetched = list(pool.map(fetch, todo))
+            refused = [(n, why) for n, _, why, _ in fetched if why is not None]
+            bundles = {p: n for n, p, _, _ in fetched if p is not None}
+            published = _import_checked(root, remote, env, bundles, refused, force, on_progress)
+        finally:
+            remove_tree(downloads)
+    here = {o for o in chosen.values() if entry_is_local(root, o)}
+    failed = dict(refused)
+    missing = tuple(n for n, o in chosen.items() if o not in here and o not in failed)
+    relocated, not_relocated = (), ()
+    foreign = sorted({o for n, o in chosen.items() if o != n and o in here})
+    if serving is not None and relocate and foreign:
+        from jitcache.store.relocate import relocate_entries
+
+        moved = relocate_entries(root.deep_ep_dir, serving, sources=[root.deep_ep_dir / "cache" / o for o in foreign],
+                                 arch=env.arch)
+        relocated = tuple((n, Path(f).name) for n, f in moved.published)
+        not_relocated = tuple((Path(e).name, why) for e, why in moved.refused)
+    return PullReport(remote.url, env, profile, len(wanted), tuple(published), local, missing, tuple(refused),
+                      sum(b for _, _, _, b in fetched), time.perf_counter() - start, ikey, found, relocated,
+                      not_relocated, None if serving is None else serving.to_dict())
 
 
 def _import_checked(root: CacheRoot, remote: RemoteStore, env: RemoteEnv, bundles: dict[Path, str],
