@@ -65,6 +65,28 @@ def _usage_hint(exc: click_errors.ClickException) -> str:
     return f"see `{path} --help`"
 
 
+def _failure_hint(exc: JitCacheError) -> str:
+    """The hint of a failure (exit 1) that brought none: what to look at next, by kind of failure."""
+    from jitcache.errors import (CacheLockTimeout, CompileError, RemoteError, ToolchainError, WarmupError,
+                                 CacheError)
+
+    debug = "JITCACHE_DEBUG=1 shows the traceback"
+    for kind, hint in (
+        (CacheLockTimeout, "another jitcache process holds the cache (named above); wait for it, or raise "
+                           "JITCACHE_LOCK_TIMEOUT"),
+        (RemoteError, "check the store's URL (--remote / JITCACHE_REMOTE) and its credentials; "
+                      "`warmup --remote-optional` goes on without it"),
+        (CacheError, "`jitcache verify` lists what is wrong with the cache; `verify --repair` quarantines it"),
+        (CompileError, "the compiler's log is named above; `jitcache plan` shows what was being built"),
+        (ToolchainError, "name the serving toolkit with --nvcc (or CUDA_HOME) and DeepEP's headers with "
+                         "--deep-ep-include or `jitcache sources fetch`"),
+        (WarmupError, "`jitcache warmup --help` lists the options; " + debug),
+    ):
+        if isinstance(exc, kind):
+            return hint
+    return debug
+
+
 def _command_path(argv: list[str]) -> str:
     """``jitcache sources fetch`` for ``["sources", "fetch", "-x", ...]``: the (sub)command the user ran."""
     command: Any = typer.main.get_command(app)
@@ -88,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
         hint = exc.hint
         if hint is None and exc.exit_code == 2:
             hint = f"see `{_command_path(sys.argv[1:] if argv is None else argv)} --help`"
+        elif hint is None:
+            hint = _failure_hint(exc)
         Output().error(exc.message, hint)
         sys.exit(exc.exit_code)
     except click_errors.NoArgsIsHelpError as exc:       # `jitcache`, `jitcache sources`: the help, as asked

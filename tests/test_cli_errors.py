@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from cli_helpers import run_cli
+from store_fixtures import cubins, filled_root, test_profile, triton_cache  # noqa: F401  (fixtures)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -62,3 +63,64 @@ def test_stderr_is_not_hard_wrapped_in_a_log(tmp_path):
 def test_no_arguments_shows_the_help():
     r = run_cli("sources")
     assert r.code == 2 and "fetch" in r.stdout and "list" in r.stdout
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["verify"], ["export", "-o", "x.jcb"], ["warmup", "--aot"],
+                                     ["env"]], ids=lambda c: c[0])
+def test_a_cache_dir_that_is_a_file_is_a_usage_error(tmp_path, command):
+    afile = tmp_path / "afile"
+    afile.write_text("not a cache\n")
+    r = run_cli(*command, "--cache-dir", str(afile), cwd=tmp_path)
+    assert r.code == 2, r.stderr
+    assert r.stderr.startswith(f"Error: --cache-dir {afile}: {afile} exists and is not a directory"), r.stderr
+    assert "\nHint: give a directory" in r.stderr and r.stdout == ""
+    assert afile.read_text() == "not a cache\n" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_failure_without_its_own_hint_gets_one_by_kind(monkeypatch, capsys):
+    """Every rc 1 error ends with a Hint line: the error's own, else one for its kind, else JITCACHE_DEBUG."""
+    from jitcache import errors
+    from cli import app as cli_app
+
+    monkeypatch.delenv("JITCACHE_DEBUG", raising=False)
+    cases = {
+        errors.CacheLockTimeout("held"): "JITCACHE_LOCK_TIMEOUT",
+        errors.RemoteError("denied"): "--remote-optional",
+        errors.CacheError("broken"): "`jitcache verify`",
+        errors.CompileError("nvcc failed"): "compiler's log",
+        errors.ToolchainError("no nvcc"): "--nvcc",
+        errors.WarmupError("ranks disagree"): "JITCACHE_DEBUG=1",
+        errors.JitCacheError("anything else"): "JITCACHE_DEBUG=1 shows the traceback",
+    }
+    for exc, words in cases.items():
+        def boom(exc=exc):
+            raise exc
+        monkeypatch.setattr(cli_app, "app", lambda **_: boom())
+        with pytest.raises(SystemExit) as done:
+            cli_app.main([])
+        lines = capsys.readouterr().err.splitlines()
+        assert done.value.code == 1 and lines[0] == f"Error: {exc.message}", lines
+        assert len(lines) == 2 and lines[1].startswith("Hint: ") and words in lines[1], (type(exc), lines)
+
+
+def test_a_lock_held_by_a_live_process_fails_with_its_holder_and_a_hint(filled_root):  # noqa: F811
+    """A real second process holds the root lock; prune gives up at once (JITCACHE_LOCK_TIMEOUT=0), removing nothing."""
+    root = filled_root.path
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time; from jitcache.store.root import resolve_root\n"
+                               f"root = resolve_root({str(root)!r})\n"
+                               "with root.lock(command='test holder'):\n"
+                               "    print('held', flush=True); time.sleep(120)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+        r = run_cli("prune", "--max-size", "1B", "--cache-dir", str(root), env={"JITCACHE_LOCK_TIMEOUT": "0"})
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.code == 1, r.stderr
+    lines = r.stderr.splitlines()
+    assert lines[0].startswith("Error: ") and "held by" in lines[0] and str(holder.pid) in lines[0], lines
+    assert lines[1].startswith("Hint: ") and "JITCACHE_LOCK_TIMEOUT" in lines[1]
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == before

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from jitcache.errors import CacheError, CacheLockTimeout
+from jitcache.errors import CacheError, CacheLockTimeout, UsageError
 from jitcache.store.root import (
     CACHEDIR_TAG,
     LAYOUT_VERSION,
@@ -40,7 +40,7 @@ def test_resolve_order(tmp_path, monkeypatch):
 
 def test_resolve_rejects_file(tmp_path):
     (tmp_path / "f").write_text("x")
-    with pytest.raises(CacheError, match="not a directory"):
+    with pytest.raises(UsageError, match="not a directory"):
         resolve_root(tmp_path / "f")
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from jitcache.errors import CacheError, CacheLockTimeout
+from jitcache.errors import CacheError, CacheLockTimeout, UsageError
 
 __all__ = [
     "CACHEDIR_TAG",
@@ -307,15 +307,17 @@ def resolve_root(cache_dir: str | Path | None = None) -> CacheRoot:
     Touches nothing on disk; call :meth:`CacheRoot.ensure` before writing.
     """
     if cache_dir is not None and str(cache_dir) == "":
-        raise CacheError("--cache-dir must not be empty")
+        raise UsageError("--cache-dir must not be empty")
     path = Path(cache_dir).expanduser() if cache_dir is not None else default_root_path()
     path = path.absolute()
     try:
         exists, is_dir = path.exists(), path.is_dir()
     except OSError as exc:  # ENAMETOOLONG, EACCES on a parent, ELOOP...
         raise CacheError(f"{path}: cannot use this path as a cache root ({exc.strerror})", path=path) from None
-    if exists and not is_dir:
-        raise CacheError(f"{path}: cache root exists and is not a directory", path=path)
+    if exists and not is_dir:  # a wrong path given by the user (or by JITCACHE_HOME): usage, not a failure
+        given = f"--cache-dir {cache_dir}" if cache_dir is not None else "the default cache root"
+        raise UsageError(f"{given}: {path} exists and is not a directory",
+                         hint="give a directory (an empty or missing one is created by `warmup` and `import`)")
     return CacheRoot(path)
 
 
