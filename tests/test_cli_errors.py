@@ -80,7 +80,7 @@ def test_a_cache_dir_that_is_a_file_is_a_usage_error(tmp_path, command):
 def test_a_failure_without_its_own_hint_gets_one_by_kind(monkeypatch, capsys):
     """Every rc 1 error ends with a Hint line: the error's own, else one for its kind, else JITCACHE_DEBUG."""
     from jitcache import errors
-    from cli import app as cli_app
+    from jitcache.cli import app as cli_app
 
     monkeypatch.delenv("JITCACHE_DEBUG", raising=False)
     cases = {
