@@ -28,7 +28,7 @@ from _common import machine_label  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from jitcache.build.pool import warmup_aot  # noqa: E402
+from jitcache.warm.aot import warmup_aot  # noqa: E402
 from jitcache.planning.profiles import load_profile  # noqa: E402
 from jitcache.store.root import resolve_root  # noqa: E402
 from jitcache.build.toolchain import release_line, resolve_toolchain  # noqa: E402

@@ -151,7 +151,7 @@ def dispatch(buffer, x, idx, weights, nmax):
 def warm_variants(bench: Bench, root, torch, deep_ep, buffer) -> None:
     """Load or compile every DeepEP variant the cases use, before any timing."""
     from jitcache.planning.buckets import BucketPolicy
-    from jitcache.runtime.dispatcher import committed_entries
+    from jitcache.store.deepep_cache import committed_entries
 
     policy = BucketPolicy(CAPACITY)
     values = [None] + sorted({policy.bucket(n) for n in bench.args.sizes})

@@ -70,7 +70,7 @@ def _environment() -> dict:
 
 
 def phase_warmup(args: argparse.Namespace) -> dict:
-    from jitcache.runtime.dispatcher import committed_entries
+    from jitcache.store.deepep_cache import committed_entries
     from jitcache.warm.live import live_warmup_cli
     from jitcache.planning.profiles import load_profile
     from jitcache.store.root import resolve_root
@@ -134,7 +134,8 @@ def _inputs(n: int, step: int, profile):
 def phase_trace(args: argparse.Namespace) -> dict:
     import torch
 
-    from jitcache.runtime.dispatcher import BucketedDispatcher, committed_entries, warm_buckets_from_cache
+    from jitcache.runtime.dispatcher import BucketedDispatcher
+    from jitcache.store.deepep_cache import committed_entries, warm_buckets_from_cache
     from jitcache.warm.live import load_report
 
     root, profile, buffer = _setup(args.cache_dir)
@@ -199,7 +200,7 @@ def phase_trace(args: argparse.Namespace) -> dict:
 def phase_raw(args: argparse.Namespace) -> dict:
     import torch
 
-    from jitcache.runtime.dispatcher import committed_entries
+    from jitcache.store.deepep_cache import committed_entries
 
     root, profile, buffer = _setup(args.cache_dir)
     sizes = trace_sizes(args.steps, args.seed, profile.policy.max_num_batched_tokens)

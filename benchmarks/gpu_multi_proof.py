@@ -434,7 +434,7 @@ def _inputs(n: int, seed: int, profile):
 
 def _shared_cache_facts(root, profile) -> dict:
     """Rank 0 after the live warmup: entries in the shared cache, and how many each plan variant has."""
-    from jitcache.runtime.dispatcher import committed_entries
+    from jitcache.store.deepep_cache import committed_entries
     from jitcache.store.scan import coverage, scan_deep_ep
     from jitcache.planning.variants import plan
 
@@ -489,7 +489,7 @@ def child_live(args: argparse.Namespace, dog: Watchdog) -> dict:
 
 def child_lazy(args: argparse.Namespace, dog: Watchdog) -> dict:
     # The driver pointed EP_JIT_CACHE_DIR at this rank's own empty folder before this process started.
-    from jitcache.runtime.dispatcher import committed_entries
+    from jitcache.store.deepep_cache import committed_entries
     from jitcache.warm.live import init_torchrun_group, make_buffer
     from jitcache.planning.profiles import load_profile
     from jitcache.planning.variants import plan
@@ -541,7 +541,8 @@ def child_trace(args: argparse.Namespace, dog: Watchdog) -> dict:
     from jitcache.store.root import activate
 
     root = activate(work / choice)  # before deep_ep is imported
-    from jitcache.runtime.dispatcher import BucketedDispatcher, committed_entries, warm_buckets_from_cache
+    from jitcache.runtime.dispatcher import BucketedDispatcher
+    from jitcache.store.deepep_cache import committed_entries, warm_buckets_from_cache
     from jitcache.warm.live import init_torchrun_group, load_report, make_buffer
     from jitcache.errors import JitCacheError
     from jitcache.planning.profiles import load_profile

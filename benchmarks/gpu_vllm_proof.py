@@ -79,12 +79,13 @@ def run_trace(buffer: Any, profile: Any, sizes: list[int], make_inputs: Callable
               compare: Callable[..., dict], entries: Callable[[], frozenset], sync: Callable[[], None] = lambda: None,
               log_every: int = 250) -> dict:
     """The trace: each step as vLLM dispatches it (through the plugin's patch) and straight to DeepEP."""
-    from jitcache.runtime.dispatcher import _original_bound_dispatch, installed, installed_stats
+    from jitcache.adapters.base import original_dispatch
+    from jitcache.runtime.dispatcher import installed, installed_stats
 
     if installed() is None:
         raise RuntimeError("the plugin did not install: is JITCACHE_PROFILE set and deep_ep imported after "
                            "plugin.register()?")
-    direct_dispatch = _original_bound_dispatch(buffer)
+    direct_dispatch = original_dispatch(buffer)
     policy, experts = profile.policy, profile.model.num_experts
     before = entries()
     counts = {"steps": 0, "recv_equal": 0, "combined_equal": 0, "errors": 0, "refused": 0}
@@ -200,7 +201,7 @@ def phase_trace(args: argparse.Namespace) -> dict:
     import torch.distributed as dist
 
     from jitcache.planning.profiles import load_profile
-    from jitcache.runtime.dispatcher import committed_entries
+    from jitcache.store.deepep_cache import committed_entries
     from jitcache.warm.live import init_single_rank_group
     from _common import compare_with_direct
 

@@ -133,7 +133,7 @@ def _toolchain(args: argparse.Namespace, learn_root: str | None):
 
 
 def phase_aot(args: argparse.Namespace) -> dict:
-    from jitcache.build.pool import warmup_aot
+    from jitcache.warm.aot import warmup_aot
     from jitcache.planning.profiles import load_profile
     from jitcache.store.root import resolve_root
     from jitcache.planning.variants import plan

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jitcache.triton as jt  # noqa: E402
-from jitcache.build.pool import warmup_aot  # noqa: E402
+from jitcache.warm.aot import warmup_aot  # noqa: E402
 from jitcache.planning.profiles import load_profile  # noqa: E402
 from jitcache.store.root import resolve_root  # noqa: E402
 from jitcache.build.triton_aot import jobs_for_triton  # noqa: E402

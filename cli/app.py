@@ -11,7 +11,6 @@ hint; a traceback only with ``JITCACHE_DEBUG=1``.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
@@ -22,7 +21,7 @@ try:  # Typer 0.2x vendors Click as typer._click; older Typer uses Click itself
 except ImportError:  # pragma: no cover
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
-from jitcache import __version__
+from jitcache import __version__, settings
 from jitcache.errors import JitCacheError
 
 from . import _fast_params, cache_cmds, plan_cmds, remote_cmds, sources_cmds, stats_cmds, warmup_cmds
@@ -105,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=argv, prog_name="jitcache", standalone_mode=False)
     except JitCacheError as exc:
-        if os.environ.get("JITCACHE_DEBUG"):
+        if settings.debug():
             raise
         hint = exc.hint
         if hint is None and exc.exit_code == 2:

@@ -91,13 +91,14 @@ def render_precompile(o: Output, pre: dict, num_steps: int) -> None:
 
 def run_live_warmup(profile: str, modes: Optional[Sequence[str]], cache_dir: Optional[Path], out: Output, *,
                     jobs: Optional[int] = None, precompile: bool = True, relocate: bool = True) -> Any:
-    """Run :func:`jitcache.warm.live.live_warmup_cli` with a progress bar, render and return its report."""
-    from jitcache.warm.live import live_warmup_cli
+    """Run :func:`jitcache.warm.live.live_warmup` with a progress bar, render and return its report."""
+    from jitcache.warm.live import LiveOptions, live_warmup
 
+    options = LiveOptions(profile, None if modes is None else tuple(modes), cache_dir, jobs, precompile,
+                          relocate=relocate)
     # With --format json, DeepEP's own prints (C++ and Python, to fd 1) go to stderr: stdout holds only the JSON.
     with stdout_to_stderr(out.is_json), progress_bar(out) as on_event:
-        report = live_warmup_cli(profile, modes=modes, cache_dir=cache_dir, progress=on_event, jobs=jobs,
-                                 precompile=precompile, relocate=relocate)
+        report = live_warmup(options, progress=on_event)
     if report.rank == 0:
         render_report(out, report)
     return report

@@ -98,11 +98,11 @@ def warmup(
         run_live_warmup(profile, modes, cache_dir, out, jobs=jobs, precompile=precompile, relocate=relocate)
         return
 
-    from jitcache.build.pool import warmup_aot
-    from jitcache.adapters.learn import derive_jobs_from_entry
+    from jitcache.adapters.registry import adapter, derive_jobs_from_entry
+    from jitcache.warm.aot import warmup_aot
     from jitcache.planning.profiles import load_profile
     from jitcache.store.root import resolve_root
-    from jitcache.build.toolchain import learn_from_entry, resolve_toolchain
+    from jitcache.build.toolchain import resolve_toolchain
     from jitcache.planning.variants import plan
 
     prof = load_profile(profile)
@@ -140,8 +140,9 @@ def warmup(
                                   api=deep_ep or prof.deep_ep.api, sources_dir=sources_dir(root.path))
     build_jobs = None
     if learn_from is not None:
-        if toolchain.deep_ep_api == "2.5":
-            toolchain = learn_from_entry(toolchain, learn_from)
+        learned = adapter(toolchain.deep_ep_api).learn_toolchain(toolchain, Path(learn_from))
+        if learned is not None:
+            toolchain = learned
         else:
             build_jobs = derive_jobs_from_entry(the_plan, toolchain, learn_from)
     num_deep_ep = len(build_jobs) if build_jobs is not None else len(the_plan.kernels)

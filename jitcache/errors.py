@@ -4,11 +4,25 @@ Every error carries the thing at fault (a file, a profile field, a cache key, a
 value) so that the CLI can say exactly what to fix. The CLI maps
 :class:`JitCacheError` to ``Error: ...`` and an exit code; a traceback is only
 shown with ``JITCACHE_DEBUG=1``.
+
+Bad values given to the pure core (a bucket policy, a plan, a header that
+does not parse) are :class:`UsageError` / :class:`HeaderError`, which are also
+:class:`ValueError` s; a lock that is not released in time is also a
+:class:`TimeoutError`. Every error survives pickling with its fields (they
+cross process pools and rank exchanges).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+
+def _restore(cls: type[JitCacheError], args: tuple[Any, ...], state: dict[str, Any]) -> JitCacheError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class JitCacheError(Exception):
@@ -28,8 +42,12 @@ class JitCacheError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take other constructor arguments than ``args``: rebuild from the fields instead.
+        return _restore, (type(self), self.args, dict(self.__dict__))
 
-class UsageError(JitCacheError):
+
+class UsageError(JitCacheError, ValueError):
     """Bad input given by the user (an option, a value, a file that does not exist)."""
 
     exit_code = 2
@@ -58,7 +76,7 @@ class CacheError(JitCacheError):
         super().__init__(message, hint=hint)
 
 
-class CacheLockTimeout(CacheError):
+class CacheLockTimeout(CacheError, TimeoutError):
     """Another process holds the cache's root lock for longer than we wait."""
 
 
@@ -95,6 +113,10 @@ class ToolchainOptionError(ToolchainError, UsageError):
     """An option (``--nvcc``, ``--deep-ep-include``, ``--nccl-include``) names nothing usable: bad input, exit 2."""
 
 
+class HeaderError(ToolchainError, ValueError):
+    """DeepEP headers (or a kernel source) do not hold what a digest or a learned entry needs."""
+
+
 class ColdVariantError(JitCacheError):
     """A dispatch would make DeepEP JIT-compile a variant that was never warmed."""
 
@@ -117,6 +139,7 @@ __all__ = [
     "CacheLockTimeout",
     "ColdVariantError",
     "CompileError",
+    "HeaderError",
     "JitCacheError",
     "ProfileError",
     "RemoteError",

@@ -27,19 +27,23 @@ at its first dispatch, so every rank refuses the same buckets.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
-from .errors import JitCacheError
+from . import settings
+from .errors import JitCacheError, UsageError
 
 __all__ = ["register"]
 
 log = logging.getLogger("jitcache.plugin")
 
-_TRUE = ("1", "true", "yes", "on")
-#: The packages that hold DeepEP's buffer classes (``deep_ep_v25``: the sgl wheel of DeepEP 2.5).
-PACKAGES = ("deep_ep", "deep_ep_v25")
 _STATE: dict[str, Any] = {}
+
+
+def _packages() -> tuple[str, ...]:
+    """The packages that hold DeepEP's buffer classes (each DeepEP version's adapter names its own)."""
+    from .adapters.registry import ADAPTERS
+
+    return tuple(dict.fromkeys(p for a in ADAPTERS for p in a.packages))
 
 
 def _adopt_vllm_logging() -> None:
@@ -59,10 +63,14 @@ def register() -> None:
 
     Raises only with ``JITCACHE_STRICT=1``, for a profile that does not load.
     """
-    name = os.environ.get("JITCACHE_PROFILE", "").strip()
-    if not name:
+    name = settings.profile()
+    if name is None:
         return
-    strict = os.environ.get("JITCACHE_STRICT", "").strip().lower() in _TRUE
+    try:
+        strict = settings.strict()
+    except UsageError as exc:  # a typo must not take vLLM down: not strict, said once
+        log.error("jitcache: %s; running as JITCACHE_STRICT=0", exc)
+        strict = False
     try:
         _adopt_vllm_logging()
         from .planning.profiles import load_profile
@@ -84,10 +92,10 @@ def register() -> None:
         _STATE.update(profile=profile, strict=strict)
         if not _STATE.get("armed"):
             _STATE["armed"] = True
-            for package in PACKAGES:
+            for package in _packages():
                 wrapt.register_post_import_hook(_on_deep_ep_import, package)
         log.debug("jitcache: will install %s (strict=%s) when this process imports %s", profile.name, strict,
-                  " or ".join(PACKAGES))
+                  " or ".join(_packages()))
     except Exception as exc:  # noqa: BLE001
         log.error("jitcache: could not arm the plugin (%s: %s); vLLM runs without jitcache", type(exc).__name__, exc)
 
@@ -95,11 +103,13 @@ def register() -> None:
 def _on_deep_ep_import(module: Any) -> None:
     """Post-import hook: patch the buffer classes of the DeepEP package just imported. Never raises."""
     try:
-        from .runtime.dispatcher import _BUFFER_CLASSES, install
+        from .adapters.registry import ADAPTERS
+        from .runtime.dispatcher import install
 
-        classes = [cls for cls in (getattr(module, n, None) for n in _BUFFER_CLASSES) if isinstance(cls, type)]
+        names = [a.buffer_class for a in ADAPTERS]
+        classes = [cls for cls in (getattr(module, n, None) for n in names) if isinstance(cls, type)]
         if not classes:
-            log.warning("jitcache: %s has no %s: nothing installed", module.__name__, " or ".join(_BUFFER_CLASSES))
+            log.warning("jitcache: %s has no %s: nothing installed", module.__name__, " or ".join(names))
             return
         profile, strict = _STATE["profile"], _STATE["strict"]
         installation = install(profile, strict=strict, classes=classes)

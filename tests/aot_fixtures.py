@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jitcache.build.pool import BuildJob
+from jitcache.adapters.base import BuildJob
 from jitcache.errors import ToolchainError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,9 @@ import pytest
 
 from aot_fixtures import RIG_NCCL_INCLUDE, deep_ep25_include, nccl_include, nvcc, tiny_job  # noqa: F401
 from jitcache import load_profile, plan
-from jitcache.build.pool import COMPILE_LOG_ENV, jobs_for_plan, run_jobs, warmup_aot
+from jitcache.adapters.registry import jobs_for_plan
+from jitcache.build.pool import COMPILE_LOG_ENV, run_jobs
+from jitcache.warm.aot import warmup_aot
 from jitcache.store.root import resolve_root
 from jitcache.build.toolchain import resolve_toolchain
 
@@ -86,7 +88,7 @@ GLOO_WORKER = textwrap.dedent("""
     rank = int(sys.argv[1])
     dist.init_process_group("gloo", init_method="file://{rendezvous}", rank=rank, world_size=2)
     from aot_fixtures import tiny_job
-    from jitcache.build.pool import warmup_aot
+    from jitcache.warm.aot import warmup_aot
     from jitcache import load_profile, plan
     from jitcache.store.root import resolve_root
     jobs = [tiny_job(Path({nvcc!r}), n) for n in (1, 2, 3, 4)]

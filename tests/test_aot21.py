@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from aot_fixtures import nccl_include, nvcc  # noqa: F401
-from jitcache.build.pool import jobs_for_plan, warmup_aot
+from jitcache.adapters.registry import jobs_for_plan
+from jitcache.warm.aot import warmup_aot
 from jitcache.errors import ToolchainError
 from jitcache.planning.profiles import load_profile
 from jitcache.store.elf import entry_symbol_problem, read_cubin

@@ -35,15 +35,16 @@ CHILD = textwrap.dedent("""
             print("Failed to get NVLink connection speed: python print")
             return super().dispatch(x, *args, **kwargs)
 
-    def live_warmup_cli(profile, modes=None, cache_dir=None, progress=True, **kwargs):
+    def live_warmup(options, progress=True):
         libc.printf(b"NCCL host communicator created\\n")                      # at buffer creation
         buffer = NoisyBuffer(num_max_tokens_per_rank=16, hidden=256, num_topk=4)
         try:
-            return engine.warmup(buffer, profile, modes, progress, cache_dir=cache_dir, precompile=False)
+            return engine.warmup(buffer, options.profile, options.modes, progress, cache_dir=options.cache_dir,
+                                 precompile=False)
         finally:
             libc.printf(b"destroyed\\n")
 
-    engine.live_warmup_cli = live_warmup_cli
+    engine.live_warmup = live_warmup
     main(sys.argv[1:])
 """)
 

@@ -236,7 +236,7 @@ def test_target_facts_the_profile_leaves_unknown_come_from_the_gpu_and_buffer_it
     from dataclasses import replace
     from types import SimpleNamespace
 
-    from jitcache.build.pool import jobs_for_plan
+    from jitcache.adapters.registry import jobs_for_plan
     from jitcache.warm.prepass import live_target_facts, with_live_target
     from jitcache.planning.profiles import TargetSpec
     from jitcache.build.toolchain import Toolchain
@@ -289,7 +289,7 @@ def test_at_ep2_num_sms_zero_is_deep_eps_own_choice_asked_of_the_buffer(deep_ep2
     from dataclasses import replace
     from types import SimpleNamespace
 
-    from jitcache.build.pool import jobs_for_plan
+    from jitcache.adapters.registry import jobs_for_plan
     from jitcache.warm.prepass import with_live_num_sms
     from jitcache.planning.profiles import load_profile
     from jitcache.build.toolchain import Toolchain

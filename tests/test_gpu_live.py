@@ -53,7 +53,8 @@ def test_live_warmup_then_strict_bucketed_trace_is_exact_and_compiles_nothing(sm
     import torch
     import torch.distributed as dist
 
-    from jitcache.runtime.dispatcher import BucketedDispatcher, committed_entries
+    from jitcache.runtime.dispatcher import BucketedDispatcher
+    from jitcache.store.deepep_cache import committed_entries
     from jitcache.warm.live import init_single_rank_group, live_warmup_cli, load_report, make_buffer
     from jitcache.planning.profiles import load_profile
 

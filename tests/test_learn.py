@@ -9,7 +9,7 @@ import pytest
 from aot_fixtures import REPO, deep_ep25_include, nccl_include  # noqa: F401
 from jitcache import load_profile, plan
 from jitcache.errors import ToolchainError
-from jitcache.adapters.learn import derive_jobs_from_entry
+from jitcache.adapters.registry import derive_jobs_from_entry
 from jitcache.build.toolchain import resolve_toolchain
 
 DATA = REPO / "tests" / "data" / "deepep25-h200" / "cache"

@@ -13,7 +13,8 @@ import pytest
 
 import fake_deep_ep as fake
 from jitcache import BucketPolicy
-from jitcache.runtime.dispatcher import BucketedDispatcher, committed_entries, jit_cache_roots
+from jitcache.runtime.dispatcher import BucketedDispatcher
+from jitcache.store.deepep_cache import committed_entries, jit_cache_roots
 from jitcache.warm.live import warmup
 from jitcache.planning.profiles import load_profile, parse_profile
 

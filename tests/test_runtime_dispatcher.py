@@ -8,14 +8,9 @@ import pytest
 
 import fake_deep_ep as fake
 from jitcache import BucketPolicy, ColdVariantError, UsageError
-from jitcache.runtime.dispatcher import (
-    BucketedDispatcher,
-    buffer_api,
-    committed_entries,
-    jit_cache_roots,
-    local_num_tokens,
-    warm_buckets_from_cache,
-)
+from jitcache.adapters.registry import buffer_api
+from jitcache.runtime.dispatcher import BucketedDispatcher, local_num_tokens
+from jitcache.store.deepep_cache import committed_entries, jit_cache_roots, warm_buckets_from_cache
 from jitcache.planning.profiles import parse_profile
 
 Rows = fake.Rows

@@ -22,7 +22,8 @@ pytest.importorskip("triton")
 import triton_kernels  # noqa: E402  (registers scale_rows and topk_count)
 from cli_helpers import run_cli  # noqa: E402
 from jitcache import load_profile, plan  # noqa: E402
-from jitcache.build.pool import COMPILE_LOG_ENV, run_jobs, warmup_aot  # noqa: E402
+from jitcache.build.pool import COMPILE_LOG_ENV, run_jobs  # noqa: E402
+from jitcache.warm.aot import warmup_aot  # noqa: E402
 from jitcache.errors import UsageError  # noqa: E402
 from jitcache.store.root import resolve_root  # noqa: E402
 from jitcache.store.scan import scan  # noqa: E402

@@ -1,4 +1,7 @@
-"""Build jobs for DeepEP 2.1 entries: rendered source, its includes' hash, 2.1's digest and nvcc command.
+"""The DeepEP 2.1 adapter (``deep_ep.ElasticBuffer``, what vLLM 0.33 calls; PyPI ``tokenspeed-deepep``).
+
+Build jobs for DeepEP 2.1 entries: rendered source (:mod:`.render21`), its includes' hash, 2.1's
+digest and nvcc command (:mod:`.digest21`).
 
 An entry is ``<EP_JIT_CACHE_DIR>/cache/kernel.<name>.<digest>/`` holding
 ``kernel.cu`` and ``kernel.cubin`` and nothing else DeepEP needs (no marker,
@@ -10,19 +13,28 @@ the command run and the flags hashed differ only in those two paths.
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Sequence
 
-from jitcache.build.pool import BuildJob
-from jitcache.adapters.digest21 import IncludeHasher21, cache_key21, entry_name21, flags21, with_include_hash
-from jitcache.errors import ToolchainError
-from jitcache.adapters.render25 import RenderedKernel
+from jitcache.adapters.base import BuildJob, DeepEPAdapter, LearnedKernel, Toolchain, refuse_digest
+from jitcache.adapters.digest21 import (IncludeHasher21, cache_key21, entry_name21, flags21, nvcc_command21,
+                                        with_include_hash)
+from jitcache.adapters.learn import substitute_nmax
+from jitcache.adapters.live21 import live_toolchain_args21
 from jitcache.adapters.render21 import render_barrier21, render_plan21, target_facts21
-from jitcache.build.toolchain import Toolchain
-from jitcache.planning.variants import WarmupPlan
+from jitcache.adapters.render25 import RenderedKernel, TargetFacts
+from jitcache.errors import ToolchainError
 
-__all__ = ["build_jobs21", "jobs_for_plan21", "target_flags21"]
+if TYPE_CHECKING:
+    from jitcache.adapters.deepjit import CompilerOptions
+    from jitcache.planning.profiles import Profile
+    from jitcache.planning.variants import WarmupPlan
+
+__all__ = ["DeepEP21", "build_jobs21", "jobs_for_plan21", "target_flags21"]
+
+_INSTALL_HINT = "pip install tokenspeed-deepep, or pass --deep-ep-include with 2.1 headers"
 
 
 def target_flags21(toolchain: Toolchain, arch: str) -> str:
@@ -65,11 +77,66 @@ def build_jobs21(kernels: Iterable[RenderedKernel], toolchain: Toolchain, arch: 
 
 def jobs_for_plan21(the_plan: WarmupPlan, toolchain: Toolchain, *, with_barrier: bool = True) -> tuple[BuildJob, ...]:
     """One :class:`BuildJob` per variant of ``the_plan``, keyed by DeepEP 2.1's own digest."""
-    if toolchain.deep_ep_api != "2.1":
-        raise ToolchainError(f"the DeepEP headers in {toolchain.deep_ep_include} are DeepEP {toolchain.deep_ep_api}, "
-                             "not 2.1", hint="pip install tokenspeed-deepep, or pass --deep-ep-include with 2.1 headers")
-    profile = the_plan.profile
-    kernels = list(render_plan21(the_plan))
-    if with_barrier:
-        kernels.append(render_barrier21(profile, target_facts21(profile)))
-    return build_jobs21(kernels, toolchain, profile.target.arch)
+    return DeepEP21().jobs_for_plan(the_plan, toolchain, with_barrier=with_barrier)
+
+
+class DeepEP21(DeepEPAdapter):
+    version = "2.1"
+    layout = "deep_ep_2.1"
+    buffer_class = "ElasticBuffer"
+    cache_env = ("EP_JIT_CACHE_DIR",)
+    default_cache_dir = ".deep_ep"
+    commit_marker = None  # DeepEP 2.1 takes a directory holding kernel.cu and kernel.cubin as built
+    header_marker = "deep_ep/impls/dispatch.cuh"
+    install_hint = _INSTALL_HINT
+    live_install_hint = "install DeepEP 2.1 (`pip install tokenspeed-deepep`) in this environment"
+    _entry_pattern: ClassVar[re.Pattern[str]] = re.compile(
+        r"^kernel\.(?P<family>[A-Za-z0-9_]+)\.(?P<key>[0-9a-f]{32})$")
+
+    def entry_name(self, family: str, digest: str) -> str:
+        return entry_name21(family, digest)
+
+    def live_toolchain_args(self, buffer: Any, include: Path, package_dir: Path) -> dict[str, Any]:
+        return live_toolchain_args21(buffer, include, package_dir)
+
+    def target_facts(self, profile: Profile) -> TargetFacts:
+        return target_facts21(profile)
+
+    def render_plan(self, the_plan: WarmupPlan) -> tuple[RenderedKernel, ...]:
+        return render_plan21(the_plan)
+
+    def render_barrier(self, profile: Profile, facts: TargetFacts) -> RenderedKernel:
+        return render_barrier21(profile, facts)
+
+    def build_jobs(self, kernels: Iterable[RenderedKernel], toolchain: Toolchain, arch: str, *,
+                   options: CompilerOptions | None = None) -> tuple[BuildJob, ...]:
+        del options  # 2.1's flags are one fixed string (flags21), not DeepJIT's options
+        return build_jobs21(kernels, toolchain, arch)
+
+    def derive_jobs(self, known: LearnedKernel, toolchain: Toolchain, header: str, values: Sequence[int],
+                    arch: str) -> list[BuildJob]:
+        first, _, generated = known.source.partition("\n")
+        includes = IncludeHasher21(toolchain.deep_ep_include)
+        if with_include_hash(generated, includes) != known.source:
+            raise ToolchainError(f"{known.path}/kernel.cu: its includes' hash ({first}) differs from the local "
+                                 f"DeepEP headers' ({toolchain.deep_ep_include})",
+                                 hint="use the headers of the DeepEP version that wrote the entry (--deep-ep-include)")
+        nccl_root = str(Path(toolchain.target_nccl_include).parent)
+        library_include = str(Path(toolchain.python_library_root) / "include")
+        major, minor = toolchain.nvcc_release
+        flags = flags21(arch=arch, nccl_root=nccl_root, library_include=library_include)
+        computed = cache_key21(known.name, known.source, flags, major, minor)
+        if computed != known.digest:
+            raise refuse_digest(known, computed, f"flags tried: {flags!r}")
+        local_flags = flags.replace(f"-I{library_include} ", f"-I{toolchain.deep_ep_include} ") + \
+            f" -I {toolchain.nccl_include}"
+        jobs = []
+        for value in values:
+            new_generated, _ = substitute_nmax(generated, header, value)
+            code = with_include_hash(new_generated, includes)
+            digest = cache_key21(known.name, code, flags, major, minor)
+            jobs.append(BuildJob(entry=self.entry_name(known.name, digest),
+                                 label=f"{known.name} nmax={value} (learned 2.1)", files=(("kernel.cu", code),),
+                                 argv=("/bin/sh", "-c", nvcc_command21(toolchain.nvcc, "{dir}", local_flags)),
+                                 marker=None, num_max_tokens_per_rank=value, family=known.name))
+        return jobs

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+from jitcache.errors import HeaderError
+
 __all__ = [
     "DEEP_EP_INCLUDE_PREFIXES",
     "CompilerOptions",
@@ -98,7 +100,7 @@ def compiler_hash(nvcc_version_output: str) -> str:
     return hex_digest(nvcc_version_output)
 
 
-class NonStandardInclude(ValueError):
+class NonStandardInclude(HeaderError):
     """DeepJIT refuses (panics on) an include it cannot parse, e.g. ``#include "x.h"``."""
 
 

@@ -23,6 +23,8 @@ import re
 from pathlib import Path
 from typing import Callable
 
+from jitcache.errors import HeaderError
+
 __all__ = ["HEADER_PREFIX21", "IncludeHasher21", "cache_key21", "entry_name21", "flags21", "hex_digest21", "nvcc_command21",
            "with_include_hash"]
 
@@ -71,7 +73,7 @@ class IncludeHasher21:
                 if name.startswith(self.prefix):
                     names.append(name.decode("utf-8", errors="surrogateescape"))
             else:
-                raise ValueError(f"non-standard include: {text.decode(errors='replace')}")
+                raise HeaderError(f"non-standard include: {text.decode(errors='replace')}")
         return names
 
     def hash_value(self, code: str | bytes, exclude_code: bool = True) -> str:
@@ -85,7 +87,7 @@ class IncludeHasher21:
         if name in self._cache:
             value = self._cache[name]
             if value is None:
-                raise ValueError(f"circular include may occur: {name}")
+                raise HeaderError(f"circular include may occur: {name}")
             return value
         path = self.include_dir / name
         raw = self._read(path)

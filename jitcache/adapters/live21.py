@@ -16,12 +16,11 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from jitcache.build.toolchain import Toolchain, find_nccl_include, resolve_toolchain
 from jitcache.errors import ToolchainError
 
-__all__ = ["live_toolchain21"]
+__all__ = ["live_toolchain_args21"]
 
 
 def _call(function: Any) -> str | None:
@@ -34,9 +33,9 @@ def _call(function: Any) -> str | None:
     return str(value) if value else None
 
 
-def live_toolchain21(buffer: Any, include: Path, package_dir: Path,
-                     resolve: Callable[..., Toolchain] = resolve_toolchain) -> Toolchain:
-    """The 2.1 toolchain of the process ``buffer`` lives in: its package's headers, NCCL root and CUDA home."""
+def live_toolchain_args21(buffer: Any, include: Path, package_dir: Path) -> dict[str, Any]:
+    """``resolve_toolchain`` keywords for the 2.1 process ``buffer`` lives in: its package's headers, NCCL root
+    and CUDA home (NCCL as the AOT finds it when DeepEP's own finder is not there)."""
     top = type(buffer).__module__.split(".")[0]
     package = sys.modules.get(top)
     try:
@@ -44,18 +43,17 @@ def live_toolchain21(buffer: Any, include: Path, package_dir: Path,
     except Exception:  # noqa: BLE001 - not a DeepEP 2.1 layout: find NCCL as the AOT does
         finders = None
     nccl_root = _call(getattr(finders, "find_nccl_root", None))
+    local: Path | None = None
+    target_nccl_include: str | None = None
     if nccl_root is not None:
         target_nccl_include = f"{nccl_root.rstrip('/')}/include"
         local = Path(target_nccl_include)
         if not (local / "nccl.h").is_file():
             raise ToolchainError(f"{local}: DeepEP's NCCL root ({top}.utils.find_pkgs.find_nccl_root()) has no "
                                  "nccl.h, so its kernels cannot be compiled here")
-    else:
-        local = find_nccl_include()
-        target_nccl_include = str(local)
     nvcc = None
     cuda_home = _call(getattr(package, "find_cuda_home", None))
     if cuda_home is not None and (Path(cuda_home) / "bin" / "nvcc").is_file():
         nvcc = Path(cuda_home) / "bin" / "nvcc"
-    return resolve(nvcc=nvcc, deep_ep_include=include, nccl_include=local, target_nccl_include=target_nccl_include,
-                   python_library_root=str(package_dir), api="2.1")
+    return {"nvcc": nvcc, "deep_ep_include": include, "nccl_include": local,
+            "target_nccl_include": target_nccl_include, "python_library_root": str(package_dir), "api": "2.1"}

@@ -40,9 +40,10 @@ from __future__ import annotations
 from typing import Any
 
 from jitcache.adapters.num_sms import profile_num_sms
+from jitcache.errors import ProfileError, UsageError
+from jitcache.planning.profiles import Profile
 from jitcache.adapters.render25 import (_MAX_CHANNELS_PER_SM, _NUM_NOTIFY_WARPS, _SF_PACK_BYTES, RenderedKernel, TargetFacts, _align,
                      _fmt, _notify_smem_bytes, _require, token_layout_num_bytes)
-from jitcache.planning.profiles import Profile
 from jitcache.planning.variants import KernelVariant, WarmupPlan
 
 __all__ = ["SOURCE_TEMPLATE21", "render_barrier21", "render_plan21", "render_variant21", "target_facts21",
@@ -150,7 +151,7 @@ def render_variant21(variant: KernelVariant, profile: Profile, facts: TargetFact
                 scaleup, hidden, nmax, experts, topk]
         source, call = _source("combine_reduce_epilogue", "combine_reduce_epilogue_impl", args)
     else:
-        raise ValueError(f"unknown kernel family {family!r}")
+        raise UsageError(f"unknown kernel family {family!r}")
     return RenderedKernel(name=family, source=source, function=call, variant=variant)
 
 

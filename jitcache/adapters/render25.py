@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jitcache.adapters.num_sms import profile_num_sms
-from jitcache.errors import ProfileError
+from jitcache.errors import ProfileError, UsageError
 from jitcache.planning.profiles import Profile
 from jitcache.planning.variants import KernelVariant, WarmupPlan
 
@@ -52,7 +52,7 @@ def token_layout_num_bytes(num_hidden_bytes: int, num_sf_bytes: int, num_topk: i
     DeepEP 2.1's layout is the same without the 64-byte RDMA alignment (``rdma_alignment=1``).
     """
     if num_hidden_bytes % _TMA_ALIGNMENT:
-        raise ValueError(f"num_hidden_bytes={num_hidden_bytes} is not a multiple of {_TMA_ALIGNMENT} "
+        raise UsageError(f"num_hidden_bytes={num_hidden_bytes} is not a multiple of {_TMA_ALIGNMENT} "
                          "(DeepEP asserts it)")
     num_metadata_bytes = num_topk * 8 + ((1 + num_topk) * 4 if with_metadata else 0)
     data = _align(_align(num_hidden_bytes, _TMA_ALIGNMENT) + _align(num_sf_bytes, _TMA_ALIGNMENT)
@@ -207,7 +207,7 @@ def render_variant(variant: KernelVariant, profile: Profile, facts: TargetFacts 
                 scaleout, scaleup, hidden, nmax, experts, topk]
         source, call = _instantiation("ep", "ep/combine_reduce_epilogue", "combine_reduce_epilogue_impl", args)
     else:
-        raise ValueError(f"unknown kernel family {family!r}")
+        raise UsageError(f"unknown kernel family {family!r}")
     del m, p
     return RenderedKernel(name=family, source=source, function=call, variant=variant)
 

@@ -39,6 +39,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Callable
 
+from jitcache import settings
 from jitcache.errors import ToolchainError, UsageError
 from jitcache.store.publish import atomic_write_text, fsync_dir
 
@@ -49,7 +50,6 @@ __all__ = ["DEFAULT_REQUIREMENT", "FetchReport", "IndexFile", "SourceArchive", "
 DEFAULT_REQUIREMENT = "deepinfer-ep==2.5.0"
 _JSON = "application/vnd.pypi.simple.v1+json"
 _ACCEPT = f"{_JSON}, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1"
-_TIMEOUT = float(os.environ.get("JITCACHE_INDEX_TIMEOUT", 60))
 _CHUNK = 1 << 20
 
 
@@ -148,7 +148,8 @@ def _request(url: str, accept: str | None = None):
     headers = {"User-Agent": "jitcache (simple-api client)"}
     if accept:
         headers["Accept"] = accept
-    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=_TIMEOUT)
+    return urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                  timeout=settings.index_timeout())
 
 
 def index_files(name: str, index_url: str) -> tuple[IndexFile, ...]:

@@ -22,17 +22,18 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from jitcache.adapters.deepjit import LearnedEntry, options_from_meta
+from jitcache.adapters.base import Toolchain, nvcc_major_minor, release_line
+from jitcache.adapters.registry import ADAPTERS, adapter, adapter_for_headers, adapters_for
 from jitcache.errors import ToolchainError, ToolchainOptionError, UsageError
+from jitcache.types import DeepEPVersion
 
-__all__ = ["HeaderSource", "Toolchain", "deep_ep_api_of", "find_deep_ep_include", "find_nccl_include", "find_nvcc",
+__all__ = ["HeaderSource", "Toolchain", "deep_ep_api_of", "nvcc_major_minor", "release_line", "find_deep_ep_include", "find_nccl_include", "find_nvcc",
            "learn_from_entry", "locate_deep_ep_headers", "nvcc_version", "resolve_toolchain"]
 
 _INSTALL_HINT = "pip install 'jitcache[aot]'  (tokenspeed-deepep: DeepEP headers; nvidia-nccl-cu13: NCCL headers)"
@@ -76,26 +77,10 @@ def nvcc_version(nvcc: Path) -> str:
     return done.stdout
 
 
-def release_line(version_output: str) -> str:
-    match = re.search(r"release (\d+)\.(\d+)[^\n]*", version_output)
-    return match.group(0) if match else ""
-
-
-def nvcc_major_minor(version_output: str) -> tuple[int, int]:
-    match = re.search(r"release (\d+)\.(\d+)", version_output)
-    if not match:
-        raise ToolchainError(f"cannot read the nvcc release from: {version_output.strip()[:200]}")
-    return int(match.group(1)), int(match.group(2))
-
-
-def deep_ep_api_of(include_root: Path) -> str | None:
-    """``"2.5"`` or ``"2.1"`` from the header layout under ``include_root/deep_ep``, else None."""
-    base = include_root / "deep_ep" / "impls"
-    if (base / "ep" / "dispatch.cuh").is_file():
-        return "2.5"
-    if (base / "dispatch.cuh").is_file():
-        return "2.1"
-    return None
+def deep_ep_api_of(include_root: Path) -> DeepEPVersion | None:
+    """The DeepEP version of the headers under ``include_root/deep_ep`` (its adapter recognises them), else None."""
+    found = adapter_for_headers(include_root)
+    return None if found is None else found.version
 
 
 def extract_sdist_headers(tarball: Path, into: Path | None = None) -> Path:
@@ -153,7 +138,7 @@ def _normalise_include(path: Path) -> Path:
         if deep_ep_api_of(candidate):
             return candidate
     raise ToolchainOptionError(f"--deep-ep-include {path}: no DeepEP headers there "
-                               "(expected deep_ep/impls/ep/dispatch.cuh for 2.5 or deep_ep/impls/dispatch.cuh for 2.1)")
+                               f"(expected {' or '.join(f'{a.header_marker} for {a.version}' for a in ADAPTERS)})")
 
 
 @dataclass(frozen=True)
@@ -161,7 +146,7 @@ class HeaderSource:
     """Which DeepEP headers a compile uses, and where they came from."""
 
     include_root: Path     # the directory holding deep_ep/
-    api: str               # "2.5" or "2.1"
+    api: DeepEPVersion     # which DeepEP (its adapter renders and names the kernels)
     origin: str            # "--deep-ep-include" | "package" | "sources"
     location: Path         # what was found: the option's value, the package dir, or the sdist
 
@@ -200,11 +185,12 @@ def locate_deep_ep_headers(explicit: str | Path | None = None, *, api: str = "au
         return HeaderSource(include, found, "--deep-ep-include", Path(explicit))
     packages = [(Path(loc) / "include", Path(loc), deep_ep_api_of(Path(loc) / "include"))
                 for loc in _installed_packages()]
-    found_25: HeaderSource | None = None
-    found_21: HeaderSource | None = None
-    if api in ("auto", "2.5"):
-        found_25 = next((HeaderSource(inc, "2.5", "package", loc) for inc, loc, v in packages if v == "2.5"), None)
-        if found_25 is None:
+    wanted_versions = adapters_for(api)
+    found: list[HeaderSource] = []
+    for version in wanted_versions:
+        here = next((HeaderSource(inc, version.version, "package", loc) for inc, loc, v in packages
+                     if v == version.version), None)
+        if here is None and version.headers_from_sdist:
             from jitcache.build.sources import find_sdists  # noqa: PLC0415 - sources imports the store
 
             if sources_dir is None:
@@ -213,20 +199,20 @@ def locate_deep_ep_headers(explicit: str | Path | None = None, *, api: str = "au
                 sources_dir = default_root_path() / "sources"
             for sdist in find_sdists(sources_dir)[:1]:
                 include = extract_sdist_headers(sdist, into=Path(sources_dir) / "headers")
-                found_25 = HeaderSource(include, "2.5", "sources", sdist)
-    if api in ("auto", "2.1"):
-        found_21 = next((HeaderSource(inc, "2.1", "package", loc) for inc, loc, v in packages if v == "2.1"), None)
-    if found_25 is not None and found_21 is not None:
+                here = HeaderSource(include, version.version, "sources", sdist)
+        if here is not None:
+            found.append(here)
+    if len(found) > 1:
         # Either would compile a full set into the same cache, under other names: the user decides which DeepEP
         # serves, jitcache does not switch silently.
-        raise UsageError(f"headers of two DeepEP versions found: {found_25.describe()}; {found_21.describe()}",
-                         hint="say which DeepEP will serve: --deep-ep 2.5 or --deep-ep 2.1 (or [deep_ep] api in "
-                              "the profile)")
-    if found_25 is not None or found_21 is not None:
-        return found_25 or found_21  # type: ignore[return-value]
+        raise UsageError(f"headers of two DeepEP versions found: {'; '.join(f.describe() for f in found)}",
+                         hint="say which DeepEP will serve: "
+                              f"{' or '.join('--deep-ep ' + f.api for f in found)} (or [deep_ep] api in the profile)")
+    if found:
+        return found[0]
     wanted = "DeepEP headers" if api == "auto" else f"DeepEP {api} headers"
     looked = [f"installed deep_ep packages ({', '.join(str(loc) for _, loc, _ in packages) or 'none'})"]
-    if api in ("auto", "2.5"):
+    if any(v.headers_from_sdist for v in wanted_versions):
         looked.append(f"fetched sdists in {sources_dir}")
     raise ToolchainError(f"{wanted} not found: looked in {' and '.join(looked)}", hint=_NO_HEADERS_HINT)
 
@@ -254,33 +240,6 @@ def find_nccl_include(explicit: str | Path | None = None) -> Path:
                          hint=f"pip install nvidia-nccl-cu13, or pass --nccl-include DIR ({_INSTALL_HINT})")
 
 
-@dataclass(frozen=True)
-class Toolchain:
-    """Everything a compile of DeepEP kernels needs on this machine, and what the target's digest needs."""
-
-    nvcc: Path
-    nvcc_version_output: str
-    deep_ep_include: Path          # the include root holding deep_ep/
-    deep_ep_api: str               # "2.5" or "2.1"
-    nccl_include: Path             # local NCCL headers nvcc reads
-    target_nccl_include: str       # the -I path as the serving machine spells it (enters the 2.5 digest)
-    python_library_root: str       # deep_ep's package dir as the serving machine spells it (meta.json; 2.1 digest)
-    learned: LearnedEntry | None = None
-    deep_ep_headers_from: str = ""  # HeaderSource.describe(): which DeepEP, from where
-
-    @property
-    def nvcc_release(self) -> tuple[int, int]:
-        return nvcc_major_minor(self.nvcc_version_output)
-
-    def to_dict(self) -> dict:
-        return {"nvcc": str(self.nvcc), "nvcc_release": release_line(self.nvcc_version_output),
-                "deep_ep_include": str(self.deep_ep_include), "deep_ep_api": self.deep_ep_api,
-                "deep_ep_headers_from": self.deep_ep_headers_from,
-                "nccl_include": str(self.nccl_include), "target_nccl_include": self.target_nccl_include,
-                "python_library_root": self.python_library_root,
-                "learned_from_entry": self.learned is not None}
-
-
 def resolve_toolchain(*, nvcc: str | Path | None = None, deep_ep_include: str | Path | None = None,
                       nccl_include: str | Path | None = None, target_nccl_include: str | None = None,
                       python_library_root: str | None = None, api: str = "auto",
@@ -298,22 +257,10 @@ def resolve_toolchain(*, nvcc: str | Path | None = None, deep_ep_include: str | 
 
 
 def learn_from_entry(toolchain: Toolchain, entry_dir: str | Path) -> Toolchain:
-    """Adopt the target facts an existing DeepEP 2.5 entry recorded: its flags' NCCL path, its nvcc's
-    version text (which enters the digest) and its library root.
-
-    Refuses when the entry was built by another nvcc release than the local one: the digest would
-    match but the cubin would not be the compiler's DeepEP expects.
-    """
-    meta_path = Path(entry_dir) / "meta.json"
-    try:
-        learned = options_from_meta(meta_path.read_text())
-    except (OSError, ValueError, KeyError) as exc:
-        raise ToolchainError(f"{meta_path}: cannot learn the target toolchain: {exc}") from None
-    local, theirs = release_line(toolchain.nvcc_version_output), release_line(learned.nvcc_version_output)
-    if local != theirs:
-        raise ToolchainError(f"{meta_path}: written by nvcc '{theirs}', but the local nvcc ({toolchain.nvcc}) is "
-                             f"'{local}'", hint="use the same CUDA release as the serving machine (--nvcc PATH)")
-    return replace(toolchain, nvcc_version_output=learned.nvcc_version_output,
-                   target_nccl_include=learned.nccl_include_dir or toolchain.target_nccl_include,
-                   python_library_root=learned.python_library_root or toolchain.python_library_root,
-                   learned=learned)
+    """Adopt the target facts an existing entry recorded (its DeepEP adapter's rule: for 2.5, meta.json's
+    flags, nvcc version text and library root); refuses a layout that records none."""
+    learned = adapter(toolchain.deep_ep_api).learn_toolchain(toolchain, Path(entry_dir))
+    if learned is None:
+        raise ToolchainError(f"{entry_dir}: DeepEP {toolchain.deep_ep_api} entries record no toolchain to learn",
+                             hint="derive the buckets from the entry instead (jitcache warmup --aot --learn-from)")
+    return learned

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from jitcache.adapters.base import BuildJob
 from jitcache.errors import CacheError, ToolchainError, UsageError
 
 __all__ = ["Pointer", "TritonKernel", "TritonSpec", "clear_registry", "gpu_target", "import_kernel_modules",
@@ -259,8 +260,6 @@ def _kernel_location(fn: Any) -> dict[str, str]:
 
 def jobs_for_triton(kernels: Sequence[TritonKernel], buckets: Iterable[int], arch: str) -> tuple:
     """One :class:`jitcache.build.pool.BuildJob` per distinct Triton cache entry of ``kernels`` x ``buckets``."""
-    from jitcache.build.pool import BuildJob
-
     target = gpu_target(arch)
     by_key: dict[str, tuple[TritonSpec, TritonKernel, list[int]]] = {}
     for kernel in kernels:
@@ -411,6 +410,8 @@ def _load_kernel(location: dict[str, str]) -> Any:
         if exc.name != module_name or not os.path.isfile(location["file"]):
             raise
         spec = importlib.util.spec_from_file_location("_jitcache_user_kernels", location["file"])
+        if spec is None or spec.loader is None:
+            raise
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     obj: Any = module

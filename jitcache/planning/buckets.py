@@ -28,6 +28,8 @@ import operator
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+from jitcache.errors import UsageError
+
 __all__ = ["BucketPolicy"]
 
 
@@ -37,9 +39,9 @@ def _is_pow2(value: int) -> bool:
 
 def _check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise UsageError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise UsageError(f"{name} must be >= {minimum}, got {value}")
     return value
 
 
@@ -66,7 +68,7 @@ class BucketPolicy:
         _check_int("steps_per_octave", self.steps_per_octave, 1)
         _check_int("alignment", self.alignment, 1)
         if self.min_bucket > cap:
-            raise ValueError(f"min_bucket={self.min_bucket} exceeds max_num_batched_tokens={cap}")
+            raise UsageError(f"min_bucket={self.min_bucket} exceeds max_num_batched_tokens={cap}")
         object.__setattr__(self, "_buckets", self._enumerate())
         # Pure powers of two: bucket(n) is a bit trick, no search.
         fast = self.steps_per_octave == 1 and _is_pow2(self.min_bucket) and _is_pow2(self.alignment)
@@ -115,7 +117,7 @@ class BucketPolicy:
             num_tokens = self._coerce(num_tokens)
         cap = self.max_num_batched_tokens
         if num_tokens < 0 or num_tokens > cap:
-            raise ValueError(
+            raise UsageError(
                 f"num_tokens={num_tokens} is outside 0..max_num_batched_tokens={cap}"
             )
         if self._fast:
@@ -140,7 +142,7 @@ class BucketPolicy:
             values = values.tolist()
         values = list(values)
         if not values:
-            raise ValueError("num_tokens_across_dp is empty: need one token count per DP rank")
+            raise UsageError("num_tokens_across_dp is empty: need one token count per DP rank")
         return self.bucket(max(self._coerce(v) for v in values))
 
     def padding(self, num_tokens: int) -> int:
@@ -169,14 +171,14 @@ class BucketPolicy:
 
     def _coerce(self, value: object) -> int:
         if isinstance(value, bool) or isinstance(value, float):
-            raise ValueError(
+            raise UsageError(
                 f"num_tokens={value!r} is not an integer (max_num_batched_tokens={self.max_num_batched_tokens})"
             )
         if hasattr(value, "item") and not hasattr(value, "__index__"):
             value = value.item()  # a 0-d tensor
         try:
-            return operator.index(value)
+            return operator.index(value)  # type: ignore[arg-type]  # TypeError below for non-integers
         except TypeError:
-            raise ValueError(
+            raise UsageError(
                 f"num_tokens={value!r} is not an integer (max_num_batched_tokens={self.max_num_batched_tokens})"
             ) from None

@@ -11,6 +11,7 @@ value is a :class:`~jitcache.errors.ProfileError` naming the file and field.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from jitcache.errors import ProfileError
 from jitcache.planning import DEFAULT_PROFILE as _DEFAULT_PROFILE
 from jitcache.planning.buckets import BucketPolicy
 from jitcache.planning.gpus import GPU_DEFAULTS
+from jitcache.types import API_CHOICES, ApiChoice
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,7 +49,7 @@ MODES = ("decode", "prefill", "cached")
 #: The profile commands use when none is given (defined in :mod:`jitcache.planning`).
 DEFAULT_PROFILE = _DEFAULT_PROFILE
 DTYPES = ("bf16", "fp8")
-APIS = ("auto", "2.5", "2.1")
+APIS = API_CHOICES
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class ServingSpec:
 
 @dataclass(frozen=True)
 class DeepEPSettings:
-    api: str = "auto"
+    api: ApiChoice = "auto"
     num_sms: int = 0
     expert_alignment: int = 1
     allow_multiple_reduction: bool = True
@@ -265,7 +267,7 @@ def _validate_section(source: str, section: str, table: Any) -> dict[str, Any]:
             raise ProfileError(source, f"must be {_TYPE_NAMES[kind]}, got {value!r}", field=name)
         if check is not None and (problem := check(value)):
             raise ProfileError(source, problem, field=name)
-        out[key] = tuple(value) if kind is list else value
+        out[key] = tuple(value) if isinstance(value, list) else value
     return out
 
 
@@ -335,7 +337,7 @@ def builtin_profile_names() -> list[str]:
     return sorted(p.name[:-5] for p in _builtin_dir().iterdir() if p.name.endswith(".toml"))
 
 
-def load_profile(name_or_path: str | Path | Profile) -> Profile:
+def load_profile(name_or_path: str | os.PathLike[str] | Profile) -> Profile:
     """Load a built-in profile by name, or a profile file by path.
 
     A value containing a path separator or ending in ``.toml`` is a path;
@@ -343,8 +345,8 @@ def load_profile(name_or_path: str | Path | Profile) -> Profile:
     """
     if isinstance(name_or_path, Profile):
         return name_or_path
-    text_name = str(name_or_path)
-    looks_like_path = isinstance(name_or_path, Path) or "/" in text_name or text_name.endswith(".toml")
+    text_name = name_or_path if isinstance(name_or_path, str) else os.fspath(name_or_path)
+    looks_like_path = isinstance(name_or_path, os.PathLike) or "/" in text_name or text_name.endswith(".toml")
     if looks_like_path:
         path = Path(text_name).expanduser()
         if not path.is_file():

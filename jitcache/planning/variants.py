@@ -35,6 +35,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
+from jitcache.errors import UsageError
 from jitcache.planning.profiles import MODES, Profile
 
 __all__ = ["BUFFER_FAMILIES", "FAMILIES", "KernelVariant", "WarmupPlan", "plan"]
@@ -204,7 +205,7 @@ def plan(profile: Profile, modes: Iterable[str] | None = None) -> WarmupPlan:
     chosen = tuple(profile.serving.modes if modes is None else modes)
     for mode in chosen:
         if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; modes are {', '.join(MODES)}")
+            raise UsageError(f"unknown mode {mode!r}; modes are {', '.join(MODES)}")
     if modes is not None:
         profile = replace(profile, serving=replace(profile.serving, modes=chosen))
     buckets = profile.policy.buckets()

@@ -26,38 +26,28 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
-from jitcache.planning.buckets import BucketPolicy
+from jitcache.adapters.base import ORIGINAL_DISPATCH_ATTR, original_dispatch
+from jitcache.adapters.registry import ADAPTERS, buffer_api
 from jitcache.errors import ColdVariantError, UsageError
+from jitcache.planning.buckets import BucketPolicy
 from jitcache.planning.profiles import Profile, load_profile
+from jitcache.runtime.metrics import enable as enable_metrics
 from jitcache.runtime.stats import DispatchStats, register_for_flush
+from jitcache.store.deepep_cache import jit_cache_roots, warm_buckets_from_cache
 
 __all__ = [
-    "API_21",
-    "API_25",
     "BucketedDispatcher",
     "Installation",
-    "buffer_api",
-    "committed_entries",
     "install",
     "installed",
-    "jit_cache_roots",
     "local_num_tokens",
     "uninstall",
     "vllm_dp_num_tokens",
-    "warm_buckets_from_cache",
 ]
 
 log = logging.getLogger("jitcache.deepep")
-
-API_25 = "2.5"
-API_21 = "2.1"
-
-#: Buffer class name -> DeepEP API. Subclasses are recognised through their MRO.
-_BUFFER_CLASSES = {"EPBuffer": API_25, "ElasticBuffer": API_21}
-#: Importable packages that may hold those classes (``deep_ep_v25``: the sgl wheel of 2.5).
-_PACKAGES = ("deep_ep", "deep_ep_v25")
 
 #: The positional parameters both APIs share, in order, after ``x``.
 _SHARED_POSITIONAL = ("topk_idx", "topk_weights", "cumulative_local_expert_recv_stats", "num_experts",
@@ -71,127 +61,22 @@ _NUM_SMS_POSITION = _SHARED_POSITIONAL.index("num_sms")
 # -- detection --------------------------------------------------------------------------------
 
 
-def buffer_api(buffer: Any) -> str:
-    """``"2.5"`` for an ``EPBuffer`` (``deep_ep`` or ``deep_ep_v25``), ``"2.1"`` for an ``ElasticBuffer``.
-
-    Accepts an instance or a class. Raises :class:`UsageError` naming the type otherwise.
-    """
-    cls = buffer if isinstance(buffer, type) else type(buffer)
-    for klass in cls.__mro__:
-        api = _BUFFER_CLASSES.get(klass.__name__)
-        if api is not None:
-            return api
-    raise UsageError(
-        f"{cls.__module__}.{cls.__qualname__} is not a DeepEP buffer "
-        f"(expected {' or '.join(_BUFFER_CLASSES)} from {' or '.join(_PACKAGES)})")
-
-
 def _importable_buffer_classes() -> list[type]:
     """The DeepEP buffer classes importable in this process (importing deep_ep is heavy: only on demand)."""
     import importlib
 
     found: list[type] = []
-    for package in _PACKAGES:
+    packages = dict.fromkeys(p for a in ADAPTERS for p in a.packages)
+    for package in packages:
         try:
             module = importlib.import_module(package)
         except Exception:  # noqa: BLE001 - not installed, or built for another torch/CUDA
             continue
-        for name in _BUFFER_CLASSES:
-            cls = getattr(module, name, None)
+        for version in ADAPTERS:
+            cls = getattr(module, version.buffer_class, None)
             if isinstance(cls, type) and cls not in found:
                 found.append(cls)
     return found
-
-
-# -- DeepEP's JIT cache on disk ---------------------------------------------------------------
-
-
-def jit_cache_roots(api: str, environ: Mapping[str, str] | None = None) -> tuple[Path, ...]:
-    """DeepEP's JIT cache roots, the writable one first.
-
-    2.5 (DeepJIT): ``EP_JIT_CACHE_DIR``, else ``DJ_JIT_CACHE_DIR``, else ``$HOME/.dj``; the
-    value may be ``A:B:C`` (first writable, the others read-only lookups).
-    2.1: ``EP_JIT_CACHE_DIR``, else ``$HOME/.deep_ep`` (one root).
-    """
-    env = os.environ if environ is None else environ
-    home = Path(env.get("HOME") or Path.home())
-    if api == API_25:
-        value = env.get("EP_JIT_CACHE_DIR") or env.get("DJ_JIT_CACHE_DIR")
-        if not value:
-            return (home / ".dj",)
-        return tuple(Path(part) for part in value.split(":") if part)
-    value = env.get("EP_JIT_CACHE_DIR")
-    return (Path(value) if value else home / ".deep_ep",)
-
-
-def _entry_family(api: str, dirname: str) -> str | None:
-    # 2.5: "<name>.<32 hex>"; 2.1: "kernel.<name>.<32 hex>"
-    if api == API_21:
-        if not dirname.startswith("kernel."):
-            return None
-        dirname = dirname[len("kernel."):]
-    name, dot, digest = dirname.rpartition(".")
-    if not dot or not name or len(digest) != 32:
-        return None
-    return name
-
-
-def _is_committed(api: str, entry: Path) -> bool:
-    if api == API_25:
-        return (entry / ".committed").is_file()
-    # 2.1 has no marker: DeepEP itself requires kernel.cu and kernel.cubin.
-    return (entry / "kernel.cu").is_file() and (entry / "kernel.cubin").is_file()
-
-
-def committed_entries(api: str, roots: Iterable[str | Path]) -> frozenset[str]:
-    """Names of the complete kernel entries under ``<root>/cache/`` of every root (a missing root is empty)."""
-    names: set[str] = set()
-    for root in roots:
-        cache = Path(root) / "cache"
-        try:
-            children = list(os.scandir(cache))
-        except OSError:
-            continue
-        for child in children:
-            if child.is_dir() and _entry_family(api, child.name) and _is_committed(api, Path(child.path)):
-                names.add(child.name)
-    return frozenset(names)
-
-
-def warm_buckets_from_cache(api: str, roots: Iterable[str | Path], profile: Profile | None = None) -> frozenset[int]:
-    """Buckets whose decode-mode kernels are already in DeepEP's cache (a scan of ``roots``).
-
-    With a ``profile``: a bucket is warm when every decode variant the plan
-    names for it (dispatch, copy epilogue, combine, reduce epilogue) has a
-    usable entry (:func:`jitcache.store.scan.coverage`). Without one (a bare
-    policy does not know the model): when a ``dispatch`` entry for that
-    ``num_max_tokens_per_rank`` exists with ``do_cpu_sync=false`` and no slot
-    reuse (the decode path), whatever its model.
-    """
-    from jitcache.store.kernels import parse_source
-    from jitcache.store.scan import coverage, scan_deep_ep
-    from jitcache.planning.variants import plan
-
-    entries = []
-    for root in roots:
-        found, _ = scan_deep_ep(root, check_cubins=False)
-        entries.extend(e for e in found if e.status != "broken" and _is_committed(api, Path(e.path)))
-    if profile is not None:
-        the_plan = plan(profile, ["decode"])
-        missing = {v.num_max_tokens_per_rank for v in coverage(the_plan, entries).missing}
-        return frozenset(b for b in the_plan.buckets if b not in missing)
-    warm: set[int] = set()
-    for entry in entries:
-        params = entry.params if entry.family == "dispatch" else {}
-        if not params and entry.family == "dispatch":
-            try:
-                params = parse_source((Path(entry.path) / "kernel.cu").read_text(errors="replace")) or {}
-            except OSError:
-                params = {}
-        nmax = params.get("num_max_tokens_per_rank")
-        if isinstance(nmax, int) and params.get("do_cpu_sync") is False and params.get("reuse_slot_indices") is False:
-            warm.add(nmax)
-    return frozenset(warm)
 
 
 # -- the dispatcher ---------------------------------------------------------------------------
@@ -269,7 +154,7 @@ class BucketedDispatcher:
         self.policy, self.profile = _as_policy(policy)
         self.strict = bool(strict)
         self.num_sms = self.profile.deep_ep.num_sms if self.profile is not None else 0
-        self._dispatch = _target if _target is not None else _original_bound_dispatch(buffer)
+        self._dispatch = _target if _target is not None else original_dispatch(buffer)
         self._guard: Any = None            # NameGuard: warm buckets per call signature, by entry names
         self._by_signature: dict[tuple, set[int]] = {}
         self._relocate = relocate
@@ -286,6 +171,7 @@ class BucketedDispatcher:
         self._table = [self._bucket(n) for n in range(cap + 1)] if cap <= _TABLE_MAX else []
         self._table_cap = len(self._table) - 1  # -1: no table, every count goes to bucket()
         register_for_flush(self._stats)
+        enable_metrics()  # Prometheus metrics of the same counters, when prometheus_client is installed (once)
 
     def _resolve_warm(self, warm: Any) -> Iterable[int]:
         if warm is None and self.profile is not None:
@@ -591,22 +477,13 @@ class _Patch:
         self.cls = cls
         self.had_own = "dispatch" in cls.__dict__
         self.original = cls.__dict__.get("dispatch")
-        self.inherited = cls.dispatch  # what instances called before the patch
+        self.inherited = getattr(cls, "dispatch")  # what instances called before the patch
 
 
 _LOCK = threading.RLock()
 _PATCHES: dict[type, _Patch] = {}
 _STATE: dict[str, Any] = {}
 _INSTANCE_ATTR = "_jitcache_dispatcher"
-
-
-def _original_bound_dispatch(buffer: Any) -> Any:
-    """``buffer.dispatch`` as DeepEP wrote it, even while :func:`install` has patched the class."""
-    for klass in type(buffer).__mro__:
-        patch = _PATCHES.get(klass)
-        if patch is not None:
-            return patch.inherited.__get__(buffer, type(buffer))
-    return buffer.dispatch
 
 
 def _patched_dispatch(self: Any, x: Any, *args: Any, num_tokens_across_dp: Any = None, **kwargs: Any) -> Any:
@@ -656,7 +533,8 @@ def install(policy: BucketPolicy | Profile | str, strict: bool = False, *, class
             if cls in _PATCHES:
                 continue
             _PATCHES[cls] = _Patch(cls)
-            cls.dispatch = _patched_dispatch
+            setattr(cls, ORIGINAL_DISPATCH_ATTR, _PATCHES[cls].inherited)
+            setattr(cls, "dispatch", _patched_dispatch)
         return installed()  # type: ignore[return-value]
 
 
@@ -665,9 +543,11 @@ def uninstall() -> None:
     with _LOCK:
         for cls, patch in list(_PATCHES.items()):
             if patch.had_own:
-                cls.dispatch = patch.original
+                setattr(cls, "dispatch", patch.original)
             elif "dispatch" in cls.__dict__:
                 delattr(cls, "dispatch")
+            if ORIGINAL_DISPATCH_ATTR in cls.__dict__:
+                delattr(cls, ORIGINAL_DISPATCH_ATTR)
             del _PATCHES[cls]
         for key in ("policy", "profile", "strict", "warm", "relocate"):
             _STATE.pop(key, None)

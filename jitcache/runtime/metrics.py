@@ -33,6 +33,8 @@ import os
 import threading
 from typing import Any, Callable, Iterable
 
+from jitcache import settings
+from jitcache.errors import UsageError
 from jitcache.runtime.stats import StatsSnapshot
 
 __all__ = ["METRICS", "StatsCollector", "available", "enable", "render_text"]
@@ -40,7 +42,6 @@ __all__ = ["METRICS", "StatsCollector", "available", "enable", "render_text"]
 log = logging.getLogger("jitcache.metrics")
 
 DEFAULT_INTERVAL = 5.0
-_OFF = ("0", "false", "no", "off")
 
 #: name (without ``_total``), help, how to read it from a snapshot: per-bucket pairs, or one number.
 METRICS: tuple[tuple[str, str, Callable[[StatsSnapshot], Any]], ...] = (
@@ -150,7 +151,12 @@ def enable(snapshot: Callable[[], StatsSnapshot] | None = None, *, registry: Any
         if "mode" in _STATE:
             return _STATE["mode"]
         _STATE["mode"] = None
-        if os.environ.get("JITCACHE_METRICS", "1").strip().lower() in _OFF or not available():
+        try:
+            wanted = settings.metrics_enabled()
+        except UsageError as exc:  # never raises: a typo turns metrics off, said once
+            log.warning("jitcache: no Prometheus metrics: %s", exc)
+            return None
+        if not wanted or not available():
             return None
         from jitcache.runtime.stats import process_total
 
@@ -158,7 +164,7 @@ def enable(snapshot: Callable[[], StatsSnapshot] | None = None, *, registry: Any
         try:
             if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
                 counters = _MultiprocessCounters(read)
-                interval = float(os.environ.get("JITCACHE_METRICS_INTERVAL", DEFAULT_INTERVAL))
+                interval = settings.metrics_interval(DEFAULT_INTERVAL)
                 stop = threading.Event()
 
                 def loop() -> None:

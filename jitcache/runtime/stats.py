@@ -24,6 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jitcache import settings
+from jitcache.errors import UsageError
+from jitcache.store.publish import write_json_atomic
+
 __all__ = [
     "AggregateStats",
     "DispatchStats",
@@ -224,25 +228,6 @@ def process_file(directory: Path, host: str | None = None, pid: int | None = Non
     return Path(directory) / f"{host or socket.gethostname()}-{pid or os.getpid()}.json"
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON next to ``path``, fsync, then ``os.replace``: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-    try:
-        with open(tmp, "w") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-
-
 _STARTED = time.time()
 _REGISTRY: list[DispatchStats] = []
 _REGISTRY_LOCK = threading.Lock()
@@ -303,7 +288,7 @@ def register_for_flush(stats: DispatchStats) -> None:
     """Count ``stats`` in this process's file, flushed every ``JITCACHE_STATS_INTERVAL`` s and at exit.
 
     ``JITCACHE_STATS=0`` turns flushing off (the counters, and their Prometheus metrics
-    (:mod:`jitcache.runtime.metrics`, enabled here once per process), still work). The file
+    (:mod:`jitcache.runtime.metrics`, enabled by the dispatcher once per process), still work). The file
     goes to the default cache root's ``stats/`` (``JITCACHE_HOME``...), or to
     ``JITCACHE_STATS_DIR`` when set.
     """
@@ -311,21 +296,22 @@ def register_for_flush(stats: DispatchStats) -> None:
         if any(member is stats for member in _REGISTRY):
             return
         _REGISTRY.append(stats)
-    from jitcache.runtime.metrics import enable
-
-    enable()  # Prometheus metrics of the same counters, when prometheus_client is installed (once per process)
-    if os.environ.get("JITCACHE_STATS", "1").lower() in ("0", "false", "no", "off"):
+    try:
+        enabled = settings.stats_enabled()
+    except UsageError as exc:  # a typo in the environment must not stop serving: no flushing, said once
+        log.warning("jitcache: dispatch stats will not be flushed: %s", exc)
+        return
+    if not enabled:
         return
     with _REGISTRY_LOCK:
         if "thread" in _FLUSHER:
             return
         try:
-            if os.environ.get("JITCACHE_STATS_DIR"):
-                directory = Path(os.environ["JITCACHE_STATS_DIR"])
-            else:
+            directory = settings.stats_dir()
+            if directory is None:
                 from jitcache.store.root import resolve_root
                 directory = stats_dir(resolve_root(None))
-            interval = float(os.environ.get("JITCACHE_STATS_INTERVAL", DEFAULT_FLUSH_INTERVAL))
+            interval = settings.stats_interval(DEFAULT_FLUSH_INTERVAL)
         except Exception as exc:  # noqa: BLE001 - stats are best effort, serving is not
             log.warning("jitcache: dispatch stats will not be flushed: %s", exc)
             return

@@ -50,6 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
+from jitcache import settings
+from jitcache.adapters.registry import adapter_for_layout
 from jitcache.errors import BundleError, CacheError, UsageError
 
 from .elf import InvalidCubin, normalize_arch, read_cubin
@@ -359,7 +361,7 @@ _MANIFEST_MAX = 64 << 20
 
 
 def _max_bytes() -> int:
-    return int(os.environ.get(_MAX_BYTES_ENV, _MAX_BYTES_DEFAULT))
+    return settings.import_max_bytes(_MAX_BYTES_DEFAULT)
 
 
 @contextmanager
@@ -711,7 +713,8 @@ def import_bundles(root: CacheRoot, bundles: Sequence[str | Path], *, force: boo
                         continue
                     if tree == "triton":
                         _rewrite_triton_groups(staged, final)
-                    builds.append((staged, final, COMMIT_MARKER if entry.get("format") == "deepjit" else None))
+                    layout = adapter_for_layout(str(entry.get("format")))
+                    builds.append((staged, final, layout.commit_marker if layout is not None else None))
                     owner.append(index)
 
             def on_published(build: int, final: Path) -> None:

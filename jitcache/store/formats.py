@@ -23,6 +23,8 @@ import stat
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from jitcache.adapters.registry import adapter_for_layout, parse_entry_name
+
 from .elf import CubinInfo, InvalidCubin, arch_problem, entry_symbol_problem, normalize_arch, parse_cubin
 from .kernels import parse_source, symbol_problem
 from .model import CacheEntry, Problem
@@ -32,8 +34,6 @@ from .verdicts import VerdictCache
 
 __all__ = [
     "DEEP_EP_FAMILIES",
-    "DEEPEP21_NAME",
-    "DEEPJIT_NAME",
     "TRITON_KEY",
     "classify_deep_ep_name",
     "is_deep_ep_kernel",
@@ -42,8 +42,6 @@ __all__ = [
     "read_triton_entry",
 ]
 
-DEEPJIT_NAME = re.compile(r"^(?P<family>[A-Za-z0-9_]+)\.(?P<key>[0-9a-f]{32})$")
-DEEPEP21_NAME = re.compile(r"^kernel\.(?P<family>[A-Za-z0-9_]+)\.(?P<key>[0-9a-f]{32})$")
 TRITON_KEY = re.compile(r"^[A-Z2-7]{16,}=*$")
 _NVCC_RELEASE = re.compile(r"release (\d+\.\d+), V([\d.]+)")
 
@@ -75,11 +73,8 @@ def is_deep_ep_kernel(family: str, params: dict[str, Any], source: str = "") -> 
 
 def classify_deep_ep_name(name: str) -> tuple[str, str, str] | None:
     """``(format, family, key)`` for an entry directory name under ``cache/``, else ``None``."""
-    if match := DEEPEP21_NAME.match(name):
-        return "deep_ep_2.1", match["family"], match["key"]
-    if match := DEEPJIT_NAME.match(name):
-        return "deepjit", match["family"], match["key"]
-    return None
+    parsed = parse_entry_name(name)
+    return None if parsed is None else (parsed[0].layout, parsed[1], parsed[2])
 
 
 def _tree_stats(path: Path) -> tuple[int, list[tuple[Path, os.stat_result]]]:
@@ -283,6 +278,8 @@ def read_deep_ep_entry(path: Path, *, check_cubin: bool = True, expected_arch: s
         return CacheEntry("deep_ep", "unknown", name, "", top, size, _last_used(Path(top)),
                           problems=tuple(problems))
     fmt, family, key = kind
+    layout = adapter_for_layout(fmt)
+    meta_file = layout.meta_file if layout is not None else None
     params: dict[str, Any] = {}
     compiler = arch = None
     in_namespace = False
@@ -305,10 +302,10 @@ def read_deep_ep_entry(path: Path, *, check_cubin: bool = True, expected_arch: s
                           _stat_last_used(marker_st) or _stat_last_used(cubin_st), params=params,
                           problems=(foreign,), foreign=True,
                           files=tuple(sorted(n for n, st in files.items() if stat.S_ISREG(st.st_mode))))
-    meta_path = os.path.join(top, "meta.json")
-    meta_st = _followed(meta_path, files.get("meta.json"))
+    meta_path = os.path.join(top, meta_file or "meta.json")
+    meta_st = _followed(meta_path, files.get(meta_file or "meta.json"))
     meta_why = meta_nvcc = meta_arch = None
-    if fmt == "deepjit" and meta_st is not None:
+    if meta_file is not None and meta_st is not None:
         meta_why, meta_nvcc, meta_arch = _meta_facts(meta_path, verdicts, meta_st)
     cubin = os.path.join(top, "kernel.cubin")
     cubin_st = _followed(cubin, files.get("kernel.cubin"))
@@ -325,19 +322,20 @@ def read_deep_ep_entry(path: Path, *, check_cubin: bool = True, expected_arch: s
                 problems.append(Problem("entry_symbols", cubin, why, name))
             if (why := arch_problem(info, expected_arch, source="--arch")) is not None:
                 problems.append(Problem("wrong_arch", cubin, why, name))
-            elif fmt == "deepjit" and (why := arch_problem(info, meta_arch, source="meta.json")) is not None:
+            elif meta_file is not None and (why := arch_problem(info, meta_arch, source=meta_file)) is not None:
                 problems.append(Problem("wrong_arch", cubin, why, name))
 
     last_used = max(cubin_st.st_mtime, cubin_st.st_atime) if cubin_st is not None else None
-    if fmt == "deepjit":
-        marker = os.path.join(top, COMMIT_MARKER)
-        marker_st = _followed(marker, files.get(COMMIT_MARKER))
+    if layout is not None and layout.commit_marker is not None:
+        marker = os.path.join(top, layout.commit_marker)
+        marker_st = _followed(marker, files.get(layout.commit_marker))
         if marker_st is not None:
             last_used = marker_st.st_mtime
         else:
             problems.append(Problem("not_committed", marker,
-                                    "no .committed marker: DeepJIT treats it as absent, then fails to publish "
-                                    "over it and loads it anyway", name))
+                                    f"no {layout.commit_marker} marker: DeepJIT treats it as absent, then fails to "
+                                    "publish over it and loads it anyway", name))
+    if meta_file is not None:
         if meta_st is None:
             problems.append(Problem("missing_meta", meta_path, "meta.json is missing", name))
         elif meta_why is not None:

@@ -10,13 +10,15 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from jitcache.adapters.registry import ADAPTERS
+
 __all__ = ["BACKENDS", "SCHEMA_VERSION", "CacheEntry", "Problem", "iso_time"]
 
 #: Version of the JSON documents `inspect`, `verify` and `prune` print.
 SCHEMA_VERSION = 1
 
 #: backend -> the on-disk formats it can come in.
-BACKENDS = {"deep_ep": ("deepjit", "deep_ep_2.1"), "triton": ("triton",)}
+BACKENDS = {"deep_ep": tuple(a.layout for a in ADAPTERS), "triton": ("triton",)}
 
 #: Problem codes. "error": a runtime would crash, abort or load the wrong thing;
 #: "warning": worth knowing, harmless to serving.

@@ -22,12 +22,14 @@ directory rename is still atomic on the server, so this stays correct there.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from jitcache.errors import CacheError
 
@@ -42,6 +44,7 @@ __all__ = [
     "publish_entry",
     "remove_tree",
     "sync_filesystem",
+    "write_json_atomic",
 ]
 
 #: DeepJIT's marker: an entry exists for DeepEP 2.5 only if this file is in it.
@@ -293,3 +296,22 @@ def _existing_parent(path: Path) -> Path:
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent
     return probe
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON next to ``path``, fsync, then ``os.replace``: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        with open(tmp, "w") as handle:
+            json.dump(data, handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise

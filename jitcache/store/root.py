@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from jitcache import settings
 from jitcache.errors import CacheError, CacheLockTimeout, UsageError
 
 __all__ = [
@@ -183,7 +184,7 @@ class CacheRoot:
                 except OSError as exc:
                     raise filesystem_error(exc, tag, action="create the cache root's CACHEDIR.TAG") from None
         if not self.layout_file.exists():
-            from jitcache import __version__
+            from jitcache._version import __version__
 
             try:
                 atomic_write_text(self.layout_file, json.dumps(
@@ -222,7 +223,7 @@ class CacheRoot:
         # A read-only cache cannot be changed: say so now, not as a lock that never comes.
         require_writable(self.meta_dir, action=f"change the cache ({command or 'take its lock'})")
         if timeout is None:
-            timeout = float(os.environ.get("JITCACHE_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT))
+            timeout = settings.lock_timeout(DEFAULT_LOCK_TIMEOUT)
         lock = filelock.FileLock(str(self.lock_file), mode=FILE_MODE)
         start = time.monotonic()
         noticed = False
@@ -294,8 +295,8 @@ def make_private_dir(directory: Path) -> None:
 
 def default_root_path() -> Path:
     """``JITCACHE_HOME``, else ``$XDG_CACHE_HOME/jitcache``, else ``~/.cache/jitcache``."""
-    if home := os.environ.get("JITCACHE_HOME"):
-        return Path(home).expanduser()
+    if (home := settings.home()) is not None:
+        return home
     if xdg := os.environ.get("XDG_CACHE_HOME"):
         return Path(xdg).expanduser() / "jitcache"
     return Path.home() / ".cache" / "jitcache"

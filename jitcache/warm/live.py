@@ -31,23 +31,29 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from jitcache import settings
 from jitcache._version import __version__
-from jitcache.planning.buckets import BucketPolicy
-from jitcache.warm.collectives import all_gather_bytes, initialized_dist
-from jitcache.runtime.dispatcher import _original_bound_dispatch, buffer_api, committed_entries, jit_cache_roots
-from jitcache.errors import UsageError, WarmupError
-from jitcache.warm import prepass as _prepass
-from jitcache.warm.prepass import PrecompileResult, precompile
-from jitcache.planning.profiles import MODES, Profile, load_profile
-from jitcache.runtime.stats import write_json_atomic
+from jitcache.adapters.base import original_dispatch
+from jitcache.adapters.registry import adapters_for, buffer_api
 from jitcache.build.toolchain import Toolchain
+from jitcache.errors import UsageError, WarmupError
+from jitcache.planning.buckets import BucketPolicy
+from jitcache.planning.profiles import DEFAULT_PROFILE, MODES, Profile, load_profile
 from jitcache.planning.variants import plan
+from jitcache.store.deepep_cache import committed_entries, jit_cache_roots
+from jitcache.store.publish import write_json_atomic
+from jitcache.types import StepStatus
+from jitcache.warm import prepass as _prepass
+from jitcache.warm.collectives import all_gather_bytes, initialized_dist
+from jitcache.warm.prepass import PrecompileResult, precompile
 
 __all__ = [
     "PrecompileResult",
-    "VariantResult",
+    "StepResult",
     "WarmupProgress",
     "WarmupReport",
+    "LiveOptions",
+    "live_warmup",
     "live_warmup_cli",
     "load_report",
     "init_single_rank_group",
@@ -60,18 +66,18 @@ __all__ = [
 
 log = logging.getLogger("jitcache.engine")
 
-COMPILED = "compiled"
-CACHED = "cached"
+COMPILED: StepStatus = "compiled"
+CACHED: StepStatus = "cached"
 PRECOMPILE = "precompile"  # the mode of the progress event sent before the nvcc pass
 
 
 @dataclass(frozen=True)
-class VariantResult:
+class StepResult:
     """One warmup step: a mode and a ``num_max_tokens_per_rank``, and what DeepEP did for it."""
 
     mode: str
     num_max_tokens_per_rank: int
-    status: str  # "compiled": new cache entries appeared during the step; "cached": none did
+    status: StepStatus  # "compiled": new cache entries appeared during the step; "cached": none did
     seconds: float
     entries_written: tuple[str, ...] = ()
     num_tokens: int = 0
@@ -91,7 +97,7 @@ class WarmupProgress:
     num_max_tokens_per_rank: int
     elapsed: float
     eta: float | None
-    result: VariantResult | None = None
+    result: StepResult | None = None
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,7 @@ class WarmupReport:
     rank: int
     world_size: int
     cache_dirs: tuple[str, ...]
-    results: tuple[VariantResult, ...]
+    results: tuple[StepResult, ...]
     seconds: float
     created: float = field(default_factory=time.time)
     host: str = field(default_factory=socket.gethostname)
@@ -154,7 +160,7 @@ class WarmupReport:
         fields["modes"] = tuple(fields["modes"])
         fields["cache_dirs"] = tuple(fields["cache_dirs"])
         fields["relocated"] = tuple(fields.get("relocated") or ())
-        fields["results"] = tuple(VariantResult(**{**r, "entries_written": tuple(r["entries_written"])})
+        fields["results"] = tuple(StepResult(**{**r, "entries_written": tuple(r["entries_written"])})
                                   for r in fields["results"])
         return cls(**fields)
 
@@ -293,7 +299,7 @@ def synthetic_inputs(spec: _Spec, num_tokens: int, *, seed: int, device: Any) ->
     topk_idx = scores.topk(spec.num_topk, dim=1).indices.to(torch.int64)  # distinct experts per token
     topk_weights = torch.rand((num_tokens, spec.num_topk), generator=generator, device=device,
                               dtype=torch.float32)
-    x = torch.randn((num_tokens, spec.hidden), generator=generator, device=device,
+    x: Any = torch.randn((num_tokens, spec.hidden), generator=generator, device=device,
                     dtype=torch.float32).to(torch.bfloat16)
     if spec.fp8:
         scales = torch.ones((num_tokens, spec.hidden // 128), device=device, dtype=torch.float32)
@@ -385,9 +391,9 @@ def warmup(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, modes: 
     if device is None:
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     roots = jit_cache_roots(api)
-    dispatch = _original_bound_dispatch(buffer)  # an install()ed guard must not refuse the warmup itself
+    dispatch = original_dispatch(buffer)  # an install()ed guard must not refuse the warmup itself
 
-    results: list[VariantResult] = []
+    results: list[StepResult] = []
     start = time.perf_counter()
     total = len(spec.steps)
     for index, (mode, bucket) in enumerate(spec.steps):
@@ -405,7 +411,7 @@ def warmup(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, modes: 
                               f"{type(exc).__name__}: {exc}") from exc
         seconds = time.perf_counter() - t0
         written = tuple(sorted(committed_entries(api, roots) - before))
-        result = VariantResult(mode, bucket, COMPILED if written else CACHED, seconds, written, num_tokens)
+        result = StepResult(mode, bucket, COMPILED if written else CACHED, seconds, written, num_tokens)
         results.append(result)
         elapsed = time.perf_counter() - start
         remaining = total - index - 1
@@ -447,7 +453,7 @@ def _relocate_shipped(buffer: Any, profile: Profile, modes: Iterable[str] | None
     return tuple(name for name, _ in result.published)
 
 
-def _precompile_record(prepass: PrecompileResult, results: Sequence[VariantResult]) -> dict[str, Any]:
+def _precompile_record(prepass: PrecompileResult, results: Sequence[StepResult]) -> dict[str, Any]:
     # missed_by_live: live steps that still compiled after a complete precompile (None: it did not complete).
     missed = None
     if prepass.status == "done":
@@ -471,21 +477,21 @@ def _aot_hint(profile: Profile) -> str:
 def _buffer_class(profile: Profile) -> type:
     import importlib
 
-    wanted = {"2.5": ("EPBuffer",), "2.1": ("ElasticBuffer",), "auto": ("EPBuffer", "ElasticBuffer")}
+    wanted = adapters_for(profile.deep_ep.api)
     errors = []
-    for name in wanted[profile.deep_ep.api]:
-        for package in ("deep_ep", "deep_ep_v25"):
+    for version in wanted:
+        for package in version.packages:
             try:
                 module = importlib.import_module(package)
             except Exception as exc:  # noqa: BLE001 - ImportError, or a wheel built for another torch
                 errors.append(f"{package}: {type(exc).__name__}: {exc}")
                 continue
-            cls = getattr(module, name, None)
+            cls = getattr(module, version.buffer_class, None)
             if isinstance(cls, type):
                 return cls
     raise WarmupError(
         f"DeepEP is not importable, so a live warmup cannot run ({'; '.join(dict.fromkeys(errors)) or 'no buffer class'})",
-        hint=f"install DeepEP 2.5 (`pip install deepinfer-ep`) in this environment, or {_aot_hint(profile)}")
+        hint=f"{wanted[0].live_install_hint}, or {_aot_hint(profile)}")
 
 
 def _free_port() -> int:
@@ -547,10 +553,25 @@ def init_torchrun_group() -> int:
     return local_rank
 
 
-def live_warmup_cli(profile: Profile | str, modes: Sequence[str] | None = None, cache_dir: str | Path | None = None,
-                    progress: bool | Callable[[WarmupProgress], None] = True, *, seed: int = 0,
-                    read_only_roots: Sequence[str | Path] = (), jobs: int | None = None, precompile: bool = True,
-                    relocate: bool = True, **_cli_extras: Any) -> WarmupReport:
+@dataclass(frozen=True)
+class LiveOptions:
+    """What ``jitcache warmup`` (without ``--aot``) is asked to do; each field is the CLI option of that name."""
+
+    profile: str | Path | Profile = DEFAULT_PROFILE
+    modes: tuple[str, ...] | None = None
+    cache_dir: str | Path | None = None
+    jobs: int | None = None          # the precompile's nvcc processes per rank (None: cores / ranks of the node)
+    precompile: bool = True          # the nvcc pass before the live steps
+    seed: int = 0
+    read_only_roots: tuple[str | Path, ...] = ()
+    relocate: bool = True            # relocate a shipped cache under the serving DeepEP's names first
+
+    def __post_init__(self) -> None:
+        if self.jobs is not None and self.jobs < 1:
+            raise UsageError(f"--jobs {self.jobs}: must be at least 1")
+
+
+def live_warmup(options: LiveOptions, *, progress: bool | Callable[[WarmupProgress], None] = True) -> WarmupReport:
     """``jitcache warmup`` without ``--aot``: build a DeepEP buffer from the profile and warm it.
 
     Runs inside an initialised torch.distributed job (torchrun); for an EP1
@@ -559,11 +580,13 @@ def live_warmup_cli(profile: Profile | str, modes: Sequence[str] | None = None, 
     instead when torch, a GPU, DeepEP or the right number of ranks is missing.
     ``precompile`` and ``jobs`` go to :func:`warmup`: the nvcc pass before the
     live steps (on by default) and its nvcc processes per rank (default: the
-    cores divided by the ranks of the node). Other keywords the CLI may pass
-    (``out``, ``fmt``) are ignored: the caller renders the returned report
-    (only ``cli/`` prints).
+    cores divided by the ranks of the node). The caller renders the returned
+    report (only ``cli/`` prints).
     """
-    prof = load_profile(profile)
+    settings.entry_lock_timeout()  # a bad JITCACHE_* value is an error now, not a skipped precompile later
+    prof = load_profile(options.profile)
+    modes, cache_dir, read_only_roots = options.modes, options.cache_dir, options.read_only_roots
+    seed, precompile, jobs, relocate = options.seed, options.precompile, options.jobs, options.relocate
     try:
         import torch
         import torch.distributed as dist
@@ -608,3 +631,12 @@ def live_warmup_cli(profile: Profile | str, modes: Sequence[str] | None = None, 
     finally:
         if created_group:
             dist.destroy_process_group()
+
+
+def live_warmup_cli(profile: Profile | str, modes: Sequence[str] | None = None, cache_dir: str | Path | None = None,
+                    progress: bool | Callable[[WarmupProgress], None] = True, *, seed: int = 0,
+                    read_only_roots: Sequence[str | Path] = (), jobs: int | None = None,
+                    precompile: bool = True, relocate: bool = True) -> WarmupReport:
+    """:func:`live_warmup` with its options as keywords (the spelling scripts and the GPU proofs use)."""
+    return live_warmup(LiveOptions(profile, None if modes is None else tuple(modes), cache_dir, jobs, precompile,
+                                   seed, tuple(read_only_roots), relocate), progress=progress)

@@ -4,7 +4,7 @@ DeepEP's JIT compiles in-process, one kernel at a time, and on every rank (it
 has no cross-process lock). Before the live warmup dispatches anything,
 :func:`precompile` renders the exact sources and digests of the buffer's DeepEP
 (2.5 or 2.1) for the plan
-and runs nvcc through :func:`jitcache.build.pool.warmup_aot`: the ranks split the
+and runs nvcc through :func:`jitcache.warm.aot.warmup_aot`: the ranks split the
 jobs, per-entry locks make each entry compiled once per node, and the live
 pass then finds in its cache the entries DeepEP would have written. Where our
 digest disagrees with this DeepEP the live pass compiles as before; the
@@ -36,14 +36,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from jitcache.planning.buckets import BucketPolicy
-from jitcache.warm.collectives import all_gather_bytes, initialized_dist
-from jitcache.runtime.dispatcher import API_21, API_25, buffer_api, jit_cache_roots
-from jitcache.errors import JitCacheError
-from jitcache.planning.profiles import Profile, load_profile
-from jitcache.store.root import CacheRoot, resolve_root
+from jitcache.adapters.registry import adapter_for_buffer, jobs_for_plan
 from jitcache.build.toolchain import Toolchain
+from jitcache.errors import JitCacheError
+from jitcache.planning.buckets import BucketPolicy
+from jitcache.planning.profiles import Profile, load_profile
 from jitcache.planning.variants import plan
+from jitcache.store.root import CacheRoot, resolve_root
+from jitcache.warm.aot import warmup_aot
+from jitcache.warm.collectives import all_gather_bytes, initialized_dist
 
 __all__ = ["PrecompileResult", "buffer_headers", "live_target_facts", "precompile", "with_live_num_sms",
            "with_live_target"]
@@ -159,7 +160,8 @@ def with_live_target(profile: Profile, facts: dict[str, int]) -> tuple[Profile, 
     taken = {k: v for k, v in facts.items() if getattr(profile.target, k) <= 0}
     if not taken:
         return profile, {}
-    return replace(profile, target=replace(profile.target, **taken)), taken
+    target = replace(profile.target, **taken)  # type: ignore[arg-type]  # int fields of TargetSpec
+    return replace(profile, target=target), taken
 
 
 def with_live_num_sms(profile: Profile, buffer: Any) -> tuple[Profile, dict[str, int]]:
@@ -198,7 +200,7 @@ def _prepare(buffer: Any, target: Profile | BucketPolicy | str, modes: Iterable[
         return _Local("a bare BucketPolicy has no model shape or GPU target to render kernels from: "
                       "pass a profile to precompile")
     try:
-        api = buffer_api(buffer)
+        version = adapter_for_buffer(buffer)
         profile, filled = with_live_target(load_profile(target), live_target_facts(buffer))
         profile, sms = with_live_num_sms(profile, buffer)
         filled = {**filled, **sms}
@@ -211,25 +213,18 @@ def _prepare(buffer: Any, target: Profile | BucketPolicy | str, modes: Iterable[
             if not include.is_dir():
                 return _Local(f"{include}: no such folder, so there are no DeepEP headers beside "
                               f"{buffer_class} to compile against")
-            if api == API_21:
-                from jitcache.adapters.live21 import live_toolchain21
-
-                toolchain = live_toolchain21(buffer, include, package_dir)
-            else:
-                # The names DeepEP 2.5 looks up hold its NCCL path and its nvcc's text, found as it finds them.
+            toolchain = resolve_toolchain(**version.live_toolchain_args(buffer, include, package_dir))
+            if version.live_names_from_serving:
+                # The names DeepEP looks up hold its NCCL path and its nvcc's text, found as it finds them.
                 from jitcache.adapters.serving import locate_serving
 
                 serving = locate_serving(package_dir)
-                toolchain = resolve_toolchain(deep_ep_include=include, python_library_root=str(package_dir),
-                                              api=API_25)
                 toolchain = replace(toolchain, target_nccl_include=serving.nccl_include,
                                     nvcc_version_output=serving.nvcc_version_output)
             toolchain = replace(toolchain, deep_ep_headers_from=f"DeepEP {toolchain.deep_ep_api} headers of the "
                                                                 f"package of {buffer_class} ({package_dir})")
-        from jitcache.build.pool import jobs_for_plan
-
         jobs = jobs_for_plan(the_plan, toolchain)
-        root = _root_for(jit_cache_roots(api)[0], cache_dir).ensure()
+        root = _root_for(version.cache_roots()[0], cache_dir).ensure()
         (root.meta_dir / "locks").mkdir(parents=True, exist_ok=True)  # what run_jobs needs first
     except (JitCacheError, OSError, ValueError) as exc:
         return _Local(str(exc))
@@ -270,8 +265,7 @@ def _group_verdict(records: list[dict[str, Any]]) -> str | None:
 
 
 def _outcome(local: _Local, group: Any, num_workers: int | None) -> dict[str, Any]:
-    from jitcache.build.pool import warmup_aot
-
+    assert local.the_plan is not None and local.root is not None, "only a prepared rank compiles"
     try:
         report = warmup_aot(local.the_plan, local.toolchain, local.root, jobs=local.jobs, distributed=None,
                             group=group, num_workers=num_workers)
@@ -309,7 +303,7 @@ def precompile(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, mod
 
     Every rank of ``group`` must call it (as :func:`jitcache.warm.live.warmup`
     does, after the ranks agreed on the plan). The entries go to
-    ``jit_cache_roots(api)[0]``, the writable folder of ``EP_JIT_CACHE_DIR``
+    the adapter's ``cache_roots()[0]``, the writable folder of ``EP_JIT_CACHE_DIR``
     (the jitcache root of ``cache_dir`` when its ``deep_ep/`` is that folder).
     The headers are those of the package ``buffer``'s class comes from;
     ``toolchain`` overrides the whole toolchain. ``jobs``: nvcc processes per
@@ -332,5 +326,6 @@ def precompile(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, mod
     status, reason = _group_status(outcomes, counts, len(local.jobs))
     return PrecompileResult(status, reason, **counts, entries=tuple(j.entry for j in local.jobs),
                             wall_seconds=max(o["wall_seconds"] for o in outcomes), jobs=mine.get("jobs"),
-                            world_size=world, deep_ep_headers_from=local.toolchain.deep_ep_headers_from or None,
+                            world_size=world,
+                            deep_ep_headers_from=(local.toolchain.deep_ep_headers_from if local.toolchain else "") or None,
                             report_path=mine.get("report_path"), target_from_device=dict(local.target_from_device))

@@ -1,0 +1,1 @@
+"""Building: compile jobs, the parallel pool and its locks, the toolchain, header sources, Triton AOT."""
