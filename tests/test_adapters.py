@@ -112,7 +112,7 @@ def test_the_registry_and_the_adapter_build_the_same_jobs_and_refuse_the_wrong_h
 def test_an_adapter_is_the_whole_interface():
     # What a third version must provide: the abstract methods, nothing else (the rest has defaults).
     assert DeepEPAdapter.__abstractmethods__ == {"entry_name", "target_facts", "render_plan", "render_barrier",
-                                                 "build_jobs", "derive_jobs"}
+                                                 "kernel_entry_names", "build_jobs", "derive_jobs"}
 
 
 def test_the_aot_entry_point_takes_one_frozen_options_object(tmp_path):

@@ -32,9 +32,10 @@ if TYPE_CHECKING:
     from jitcache.adapters.deepjit import CompilerOptions, LearnedEntry
     from jitcache.adapters.render25 import RenderedKernel, TargetFacts
     from jitcache.planning.profiles import Profile
-    from jitcache.planning.variants import WarmupPlan
+    from jitcache.planning.variants import KernelVariant, WarmupPlan
 
-__all__ = ["ORIGINAL_DISPATCH_ATTR", "BuildJob", "DeepEPAdapter", "LearnedKernel", "Toolchain", "nvcc_major_minor",
+__all__ = ["ORIGINAL_DISPATCH_ATTR", "BuildJob", "DeepEPAdapter", "LearnedKernel", "Toolchain",
+           "nvcc_major_minor",
            "original_dispatch", "refuse_digest", "release_line"]
 
 
@@ -149,8 +150,16 @@ class DeepEPAdapter(ABC):
     meta_file: ClassVar[str | None] = None
     #: A header, relative to the include root, that only this version has.
     header_marker: ClassVar[str]
-    #: Whether ``jitcache sources fetch`` (an sdist's headers) can provide this version's headers.
-    headers_from_sdist: ClassVar[bool] = False
+    #: The sdist ``jitcache sources fetch`` gets this version's headers from (``NAME==VERSION``), or None.
+    sdist_requirement: ClassVar[str | None] = None
+
+    @property
+    def headers_from_sdist(self) -> bool:
+        return self.sdist_requirement is not None
+
+    @property
+    def sdist_project(self) -> str | None:
+        return None if self.sdist_requirement is None else self.sdist_requirement.partition("==")[0]
     #: How to get this version's headers, for error hints.
     install_hint: ClassVar[str]
     #: The DeepEP to install for a live warmup, for error hints.
@@ -219,6 +228,13 @@ class DeepEPAdapter(ABC):
     @abstractmethod
     def render_barrier(self, profile: Profile, facts: TargetFacts) -> RenderedKernel:
         """The barrier kernel every buffer compiles once."""
+
+    @abstractmethod
+    def kernel_entry_names(self, kernels: Sequence[RenderedKernel], toolchain: Toolchain, arch: str, *,
+                           options: CompilerOptions | None = None) -> tuple[str, ...]:
+        """The entry name this DeepEP computes for each kernel (same order): the digest rule, once.
+
+        :meth:`build_jobs` names its entries with it."""
 
     @abstractmethod
     def build_jobs(self, kernels: Iterable[RenderedKernel], toolchain: Toolchain, arch: str, *,

@@ -48,22 +48,30 @@ def _local_flags21(toolchain: Toolchain, arch: str) -> str:
                    library_include=str(toolchain.deep_ep_include))
 
 
-def build_jobs21(kernels: Iterable[RenderedKernel], toolchain: Toolchain, arch: str) -> tuple[BuildJob, ...]:
-    """One job per distinct 2.1 entry of ``kernels``."""
+def _named_sources21(kernels: Sequence[RenderedKernel], toolchain: Toolchain,
+                     arch: str) -> list[tuple[RenderedKernel, str, str]]:
+    """``(kernel, kernel.cu with its includes' hash, entry name)``: DeepEP 2.1's digest rule, once."""
     includes = IncludeHasher21(toolchain.deep_ep_include)
     major, minor = toolchain.nvcc_release
     flags = target_flags21(toolchain, arch)
-    argv = (str(toolchain.nvcc), "{dir}/kernel.cu", "-cubin", "-o", "{dir}/kernel.cubin",
-            *shlex.split(_local_flags21(toolchain, arch)))
-    jobs: list[BuildJob] = []
-    seen: set[str] = set()
+    named = []
     for kernel in kernels:
         try:
             code = with_include_hash(kernel.source, includes)
         except (OSError, ValueError) as exc:
             raise ToolchainError(f"{kernel.function}: cannot hash its DeepEP includes: {exc}",
                                  hint="the DeepEP 2.1 headers do not match this kernel: check --deep-ep-include") from None
-        entry = entry_name21(kernel.name, cache_key21(kernel.name, code, flags, major, minor))
+        named.append((kernel, code, entry_name21(kernel.name, cache_key21(kernel.name, code, flags, major, minor))))
+    return named
+
+
+def build_jobs21(kernels: Iterable[RenderedKernel], toolchain: Toolchain, arch: str) -> tuple[BuildJob, ...]:
+    """One job per distinct 2.1 entry of ``kernels``."""
+    argv = (str(toolchain.nvcc), "{dir}/kernel.cu", "-cubin", "-o", "{dir}/kernel.cubin",
+            *shlex.split(_local_flags21(toolchain, arch)))
+    jobs: list[BuildJob] = []
+    seen: set[str] = set()
+    for kernel, code, entry in _named_sources21(list(kernels), toolchain, arch):
         if entry in seen:
             continue
         seen.add(entry)
@@ -107,6 +115,12 @@ class DeepEP21(DeepEPAdapter):
 
     def render_barrier(self, profile: Profile, facts: TargetFacts) -> RenderedKernel:
         return render_barrier21(profile, facts)
+
+    def kernel_entry_names(self, kernels: Sequence[RenderedKernel], toolchain: Toolchain, arch: str, *,
+                           options: CompilerOptions | None = None) -> tuple[str, ...]:
+        """``kernel.<name>.<hex>`` of ``name$$NVCC<maj>.<min>$$flags$$code``: the serving paths are in the flags."""
+        del options
+        return tuple(name for _, _, name in _named_sources21(kernels, toolchain, arch))
 
     def build_jobs(self, kernels: Iterable[RenderedKernel], toolchain: Toolchain, arch: str, *,
                    options: CompilerOptions | None = None) -> tuple[BuildJob, ...]:

@@ -50,7 +50,7 @@ class DeepEP25(DeepEPAdapter):
     commit_marker = COMMIT_MARKER
     meta_file = "meta.json"
     header_marker = "deep_ep/impls/ep/dispatch.cuh"
-    headers_from_sdist = True
+    sdist_requirement = "deepinfer-ep==2.5.0"  # DeepEP 2.5's headers ship only in this sdist
     install_hint = "run `jitcache sources fetch` (the deepinfer-ep sdist's headers), or pass --deep-ep-include"
     live_install_hint = "install DeepEP 2.5 (`pip install deepinfer-ep`) in this environment"
     live_names_from_serving = True
@@ -68,14 +68,34 @@ class DeepEP25(DeepEPAdapter):
     def render_barrier(self, profile: Profile, facts: TargetFacts) -> RenderedKernel:
         return render_barrier(profile, facts)
 
+    def _options(self, toolchain: Toolchain, arch: str, options: CompilerOptions | None) -> CompilerOptions:
+        if options is not None:
+            return options
+        learned = toolchain.learned
+        return learned.options if learned is not None else deep_ep_compiler_options(arch, toolchain.target_nccl_include)
+
+    def kernel_entry_names(self, kernels: Sequence[RenderedKernel], toolchain: Toolchain, arch: str, *,
+                           options: CompilerOptions | None = None) -> tuple[str, ...]:
+        """``<name>.<DeepJIT cache_key>``: options (the target's NCCL ``-I``), nvcc's version text, source + includes."""
+        options = self._options(toolchain, arch, options)
+        includes = IncludeHasher([toolchain.deep_ep_include])
+        names = []
+        for kernel in kernels:
+            try:
+                digest = cache_key(kernel.source, options, toolchain.nvcc_version_output, includes)
+            except FileNotFoundError as exc:
+                raise ToolchainError(f"{kernel.function}: {exc}",
+                                     hint="the DeepEP headers do not match this kernel: check --deep-ep-include") from None
+            names.append(self.entry_name(kernel.name, digest))
+        return tuple(names)
+
     def build_jobs(self, kernels: Iterable[RenderedKernel], toolchain: Toolchain, arch: str, *,
                    options: CompilerOptions | None = None) -> tuple[BuildJob, ...]:
         """Jobs for rendered DeepEP 2.5 sources: digest, nvcc argv and meta.json for each."""
         learned = toolchain.learned
-        if options is None:
-            options = learned.options if learned is not None else deep_ep_compiler_options(
-                arch, toolchain.target_nccl_include)
-        includes = IncludeHasher([toolchain.deep_ep_include])
+        options = self._options(toolchain, arch, options)
+        kernels = list(kernels)
+        names = self.kernel_entry_names(kernels, toolchain, arch, options=options)
         target_include_dirs = list(learned.include_dirs) if learned and learned.include_dirs else [
             str(Path(toolchain.python_library_root) / "include")]
         nvcc_path = learned.nvcc_path if learned is not None else str(toolchain.nvcc)
@@ -85,13 +105,7 @@ class DeepEP25(DeepEPAdapter):
             local_includes.append(str(toolchain.nccl_include))
         jobs = []
         seen: set[str] = set()
-        for kernel in kernels:
-            try:
-                digest = cache_key(kernel.source, options, toolchain.nvcc_version_output, includes)
-            except FileNotFoundError as exc:
-                raise ToolchainError(f"{kernel.function}: {exc}",
-                                     hint="the DeepEP headers do not match this kernel: check --deep-ep-include") from None
-            entry = self.entry_name(kernel.name, digest)
+        for kernel, entry in zip(kernels, names):
             if entry in seen:
                 continue
             seen.add(entry)

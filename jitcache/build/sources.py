@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from jitcache import settings
+from jitcache.adapters.registry import ADAPTERS
 from jitcache.errors import ToolchainError, UsageError
 from jitcache.store.publish import atomic_write_text, fsync_dir
 
@@ -47,7 +48,7 @@ __all__ = ["DEFAULT_REQUIREMENT", "FetchReport", "IndexFile", "SourceArchive", "
            "index_files", "list_sources", "pip_index_url", "sources_dir"]
 
 #: What ``jitcache sources fetch`` fetches without an argument: the DeepEP whose rules jitcache carries.
-DEFAULT_REQUIREMENT = "deepinfer-ep==2.5.0"
+DEFAULT_REQUIREMENT = next(a.sdist_requirement for a in ADAPTERS if a.sdist_requirement)
 _JSON = "application/vnd.pypi.simple.v1+json"
 _ACCEPT = f"{_JSON}, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1"
 _CHUNK = 1 << 20
@@ -342,7 +343,7 @@ def list_sources(directory: str | Path) -> tuple[SourceArchive, ...]:
     return tuple(found)
 
 
-def find_sdists(directory: str | Path, project: str = "deepinfer-ep") -> tuple[Path, ...]:
+def find_sdists(directory: str | Path, project: str = DEFAULT_REQUIREMENT.partition("==")[0]) -> tuple[Path, ...]:
     """Archives of ``project`` in ``directory``, highest version first."""
     name = normalize_name(project)
     candidates = [(a.version or _version_of(a.filename, name), Path(a.path)) for a in list_sources(directory)

@@ -197,7 +197,7 @@ def locate_deep_ep_headers(explicit: str | Path | None = None, *, api: str = "au
                 from jitcache.store.root import default_root_path  # noqa: PLC0415
 
                 sources_dir = default_root_path() / "sources"
-            for sdist in find_sdists(sources_dir)[:1]:
+            for sdist in find_sdists(sources_dir, version.sdist_project or "")[:1]:
                 include = extract_sdist_headers(sdist, into=Path(sources_dir) / "headers")
                 here = HeaderSource(include, version.version, "sources", sdist)
         if here is not None:
@@ -264,3 +264,4 @@ def learn_from_entry(toolchain: Toolchain, entry_dir: str | Path) -> Toolchain:
         raise ToolchainError(f"{entry_dir}: DeepEP {toolchain.deep_ep_api} entries record no toolchain to learn",
                              hint="derive the buckets from the entry instead (jitcache warmup --aot --learn-from)")
     return learned
+
