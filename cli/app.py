@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         # still an Error naming the path and the free space, never a traceback.
         from jitcache.store.faults import filesystem_error, is_fault
 
-        if os.environ.get("JITCACHE_DEBUG") or not (is_fault(exc) or exc.filename):
+        if settings.debug() or not (is_fault(exc) or exc.filename):
             raise
         error = filesystem_error(exc, action="write" if is_fault(exc) else "use")
         Output().error(error.message, error.hint)

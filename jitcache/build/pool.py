@@ -51,9 +51,8 @@ from jitcache import settings
 from jitcache.adapters.base import BuildJob, Toolchain
 from jitcache.errors import CacheError, UsageError
 from jitcache.store.faults import filesystem_error, is_fault, require_writable
-from jitcache.store.owners import reclaim_orphans
 from jitcache.planning.variants import WarmupPlan
-from jitcache.store.publish import atomic_write_text, make_temp_dir, publish_entry, remove_tree
+from jitcache.store.publish import atomic_write_text, make_temp_dir, publish_entry, reclaim_orphans, remove_tree
 from jitcache.store.root import CacheRoot
 from jitcache.types import BUILD_STATUSES, Backend, BuildStatus
 

@@ -59,8 +59,7 @@ from .fingerprint import contents_fingerprint, fingerprint_mismatches
 from .formats import TRITON_KEY, classify_deep_ep_name, read_deep_ep_entry
 from .faults import describe_free_space, filesystem_error, free_bytes, is_fault, require_writable
 from .model import SCHEMA_VERSION, CacheEntry
-from .owners import reclaim_orphans
-from .publish import COMMIT_MARKER, fsync_dir, make_temp_dir, publish_entries, remove_tree
+from .publish import COMMIT_MARKER, fsync_dir, make_temp_dir, publish_entries, reclaim_orphans, remove_tree
 from .reading import O_NOATIME, read_bytes
 from .root import CacheRoot, LockHolder
 from .scan import coverage, scan

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["BuildOwner", "build_owner", "orphan_reason", "owner_tag", "pid_namespace", "process_start",
-           "reclaim_orphans", "this_host"]
+           "this_host"]
 
 _OURS = re.compile(r"^jitcache-(?P<kind>[a-z]+)-(?P<host>[A-Za-z0-9]{0,32})-(?P<ns>\d+)-(?P<pid>\d+)-(?P<start>\d+)"
                    r"-[0-9a-f]{6,32}$")
@@ -144,28 +144,3 @@ def orphan_reason(path: Path, now: float, min_age: float) -> tuple[str, bool] | 
     if age >= min_age:
         return f"build directory untouched for {age / 3600:.1f} h (a compile that died)", True
     return None
-
-
-def reclaim_orphans(tmp_dir: Path) -> list[Path]:
-    """Remove jitcache's own build directories under ``tmp_dir`` whose owner is certainly gone.
-
-    Only ours, only dead owners on this host: nothing another process or
-    another host might still be writing is touched. Each goes by a rename
-    first (see :func:`~jitcache.store.publish.remove_tree`).
-    """
-    from .publish import remove_tree
-
-    removed: list[Path] = []
-    try:
-        children = sorted(tmp_dir.iterdir())
-    except OSError:
-        return removed
-    for child in children:
-        owner = build_owner(child.name)
-        if owner is not None and owner.ours and owner.state() == "dead":
-            try:
-                remove_tree(child)
-            except OSError:
-                continue
-            removed.append(child)
-    return removed

@@ -33,6 +33,8 @@ from typing import Any, Callable
 
 from jitcache.errors import CacheError
 
+from .owners import build_owner, owner_tag
+
 __all__ = [
     "COMMIT_MARKER",
     "atomic_write_bytes",
@@ -42,6 +44,7 @@ __all__ = [
     "make_temp_dir",
     "publish_entries",
     "publish_entry",
+    "reclaim_orphans",
     "remove_tree",
     "sync_filesystem",
     "write_json_atomic",
@@ -121,8 +124,6 @@ def make_temp_dir(backend_dir: str | Path, kind: str = "build") -> Path:
     :mod:`jitcache.store.owners`), so that once this process is gone,
     ``verify`` reports the directory at once and the next run reclaims it.
     """
-    from .owners import owner_tag
-
     tmp_parent = Path(backend_dir) / "tmp"
     try:
         tmp_parent.mkdir(parents=True, exist_ok=True)
@@ -315,3 +316,26 @@ def write_json_atomic(path: Path, data: Any) -> None:
         except OSError:
             pass
         raise
+
+
+def reclaim_orphans(tmp_dir: Path) -> list[Path]:
+    """Remove jitcache's own build directories under ``tmp_dir`` whose owner is certainly gone.
+
+    Only ours, only dead owners on this host: nothing another process or
+    another host might still be writing is touched. Each goes by a rename
+    first (see :func:`~jitcache.store.publish.remove_tree`).
+    """
+    removed: list[Path] = []
+    try:
+        children = sorted(tmp_dir.iterdir())
+    except OSError:
+        return removed
+    for child in children:
+        owner = build_owner(child.name)
+        if owner is not None and owner.ours and owner.state() == "dead":
+            try:
+                remove_tree(child)
+            except OSError:
+                continue
+            removed.append(child)
+    return removed
