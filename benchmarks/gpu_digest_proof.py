@@ -109,7 +109,7 @@ def serve_phase(args: argparse.Namespace) -> dict:
     from jitcache import BucketedDispatcher
     from jitcache.errors import ColdVariantError
     from jitcache.planning.profiles import load_profile
-    from jitcache.runtime.dispatcher import _original_bound_dispatch
+    from jitcache.adapters.base import original_dispatch
 
     cache_dir = Path(args.cache_dir)
     before = _entries(cache_dir)
@@ -117,7 +117,7 @@ def serve_phase(args: argparse.Namespace) -> dict:
     after_buffer = _entries(cache_dir)
     profile = load_profile(PROFILE)
     dispatcher = BucketedDispatcher(buf, profile, strict=True)
-    direct = _original_bound_dispatch(buf)
+    direct = original_dispatch(buf)
     gen = torch.Generator(device="cuda").manual_seed(0)
     steps, refused, equal, errors = [], [], 0, []
     buckets = [int(b) for b in args.buckets.split(",")]

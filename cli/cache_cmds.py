@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from jitcache.adapters.registry import ADAPTERS
 from jitcache.errors import JitCacheError, UsageError
 from jitcache.store.model import SCHEMA_VERSION
 
@@ -162,11 +163,11 @@ def shell_export(name: str, value: str) -> str:
 
 
 #: The DeepEP version that reads each on-disk layout.
-_DEEP_EP_OF_FORMAT = {"deepjit": "2.5", "deep_ep_2.1": "2.1"}
+_DEEP_EP_OF_FORMAT = {a.layout: a.version for a in ADAPTERS}
 
 
 def _by_deep_ep(entries) -> dict[str, list]:
-    found: dict[str, list] = {"2.5": [], "2.1": []}
+    found: dict[str, list] = {a.version: [] for a in ADAPTERS}
     for e in entries:
         if e.format in _DEEP_EP_OF_FORMAT:
             found[_DEEP_EP_OF_FORMAT[e.format]].append(e)
@@ -219,7 +220,7 @@ def inspect_cmd(
         covs = {v: coverage(the_plan, es) for v, es in by_version.items()}
         present = [v for v, es in by_version.items() if es]
         chosen = deep_ep or (prof.deep_ep.api if prof.deep_ep.api != "auto" else None) or \
-            (present[0] if len(present) == 1 else "2.5")
+            (present[0] if len(present) == 1 else ADAPTERS[0].version)
         cov = covs[chosen]
         data["coverage"] = {"deep_ep": chosen, **cov.to_dict()}
         data["coverage_by_deep_ep"] = {v: {"deep_ep": v, **c.to_dict()} for v, c in covs.items()}
@@ -378,10 +379,10 @@ def prune_cmd(
     data["dry_run"] = dry_run
     if the_plan.max_size_reached is False:
         assert the_plan.max_size is not None
-        kept = ([f"{len(the_plan.protected)} entries kept profiles need ({human_bytes(the_plan.protected_size)}) "
-                 "are protected"] if the_plan.protected else [])
-        kept += [f"{len(the_plan.foreign)} foreign entries are never removed"] if the_plan.foreign else []
-        why = "; ".join(kept) or "the entries left are broken (`jitcache verify --repair`)"
+        reasons = ([f"{len(the_plan.protected)} entries kept profiles need ({human_bytes(the_plan.protected_size)}) "
+                    "are protected"] if the_plan.protected else [])
+        reasons += [f"{len(the_plan.foreign)} foreign entries are never removed"] if the_plan.foreign else []
+        why = "; ".join(reasons) or "the entries left are broken (`jitcache verify --repair`)"
         out.warn(f"--max-size {max_size} cannot be reached: {why}; the cache stays at "
                  f"{human_bytes(the_plan.size_after)}, {human_bytes(the_plan.size_after - the_plan.max_size)} over")
     result = None
@@ -439,7 +440,7 @@ def export_cmd(
                  f"tool's in a shared root): {', '.join(result.foreign[:5])}" + (" ..." if len(result.foreign) > 5 else ""))
 
     data = result.to_dict()
-    data["deep_ep_versions"] = {"2.5": 0, "2.1": 0}
+    data["deep_ep_versions"] = {a.version: 0 for a in ADAPTERS}
     for name in result.entries:
         found = classify_deep_ep_name(name)
         if found is not None:

@@ -15,6 +15,7 @@ import typer
 
 from jitcache.errors import CompileError, UsageError
 from jitcache.planning import DEFAULT_PROFILE
+from jitcache.types import DEEP_EP_VERSIONS
 
 from .aot_view import aot_progress, render_report
 from .output import Format, Output
@@ -83,8 +84,8 @@ def warmup(
     if aot and not precompile:
         raise UsageError("--no-precompile applies to the live warmup; --aot is the nvcc compile itself",
                          hint="drop --no-precompile, or drop --aot to warm through DeepEP alone")
-    if deep_ep is not None and deep_ep not in ("2.5", "2.1"):
-        raise UsageError(f"--deep-ep {deep_ep}: expected 2.5 or 2.1")
+    if deep_ep is not None and deep_ep not in DEEP_EP_VERSIONS:
+        raise UsageError(f"--deep-ep {deep_ep}: expected {' or '.join(DEEP_EP_VERSIONS)}")
     if deep_ep is not None and not aot:
         raise UsageError("--deep-ep applies to --aot", hint="the live warmup uses the DeepEP it runs")
     if learn_from is not None and not learn_from.is_dir():

@@ -186,7 +186,7 @@ def locate_deep_ep_headers(explicit: str | Path | None = None, *, api: str = "au
     packages = [(Path(loc) / "include", Path(loc), deep_ep_api_of(Path(loc) / "include"))
                 for loc in _installed_packages()]
     wanted_versions = adapters_for(api)
-    found: list[HeaderSource] = []
+    hits: list[HeaderSource] = []
     for version in wanted_versions:
         here = next((HeaderSource(inc, version.version, "package", loc) for inc, loc, v in packages
                      if v == version.version), None)
@@ -201,15 +201,15 @@ def locate_deep_ep_headers(explicit: str | Path | None = None, *, api: str = "au
                 include = extract_sdist_headers(sdist, into=Path(sources_dir) / "headers")
                 here = HeaderSource(include, version.version, "sources", sdist)
         if here is not None:
-            found.append(here)
-    if len(found) > 1:
+            hits.append(here)
+    if len(hits) > 1:
         # Either would compile a full set into the same cache, under other names: the user decides which DeepEP
         # serves, jitcache does not switch silently.
-        raise UsageError(f"headers of two DeepEP versions found: {'; '.join(f.describe() for f in found)}",
+        raise UsageError(f"headers of two DeepEP versions found: {'; '.join(f.describe() for f in hits)}",
                          hint="say which DeepEP will serve: "
-                              f"{' or '.join('--deep-ep ' + f.api for f in found)} (or [deep_ep] api in the profile)")
-    if found:
-        return found[0]
+                              f"{' or '.join('--deep-ep ' + f.api for f in hits)} (or [deep_ep] api in the profile)")
+    if hits:
+        return hits[0]
     wanted = "DeepEP headers" if api == "auto" else f"DeepEP {api} headers"
     looked = [f"installed deep_ep packages ({', '.join(str(loc) for _, loc, _ in packages) or 'none'})"]
     if any(v.headers_from_sdist for v in wanted_versions):
