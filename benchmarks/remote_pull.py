@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from jitcache.build.remote_warmup import remote_env, warmup_aot_remote  # noqa: E402
+from jitcache.warm.remote_warmup import remote_env, warmup_aot_remote  # noqa: E402
 from jitcache.build.toolchain import release_line, resolve_toolchain  # noqa: E402
 from jitcache.planning.profiles import load_profile  # noqa: E402
 from jitcache.planning.variants import plan  # noqa: E402

@@ -500,7 +500,7 @@ def import_cmd(
                 + (f", {len(result.conflicts)} conflicting kept" if result.conflicts else "")
                 + (f", {len(result.lost_race)} published meanwhile by another process" if result.lost_race else "")
                 + ".")
-        if moved is not None:
+        if moved is not None and serving is not None:
             o.print(f"Relocated {len(moved.published)} entries to the names {serving.describe()} looks up"
                     + (f" ({len(moved.present)} already there)" if moved.present else "") + ".", markup=False)
             for entry, why in moved.refused:

@@ -17,6 +17,7 @@ import typer
 
 from jitcache.errors import JitCacheError, RemoteError, UsageError
 from jitcache.planning.profiles import DEFAULT_PROFILE
+from jitcache.types import DEEP_EP_VERSIONS
 
 from .cache_cmds import DEEP_EP_ROOT, NCCL_INCLUDE
 from .output import Format, Output, human_bytes
@@ -49,14 +50,14 @@ def _setup(profile: str, remote: Optional[str], cache_dir: Optional[Path], api: 
            serving: Any = None, explicit: bool = False, out: Optional[Output] = None):
     """Profile, plan, root, store, the store's key, and ``serving`` if it is the DeepEP of that key (else None)."""
     from jitcache.planning.profiles import load_profile
-    from jitcache.build.remote_warmup import remote_env
+    from jitcache.warm.remote_warmup import remote_env
     from jitcache.build.sources import sources_dir
     from jitcache.store.remote import RemoteStore
     from jitcache.store.root import resolve_root
     from jitcache.planning.variants import plan
 
-    if api is not None and api not in ("2.5", "2.1"):
-        raise UsageError(f"--deep-ep-api {api!r}: must be 2.5 or 2.1")
+    if api is not None and api not in DEEP_EP_VERSIONS:
+        raise UsageError(f"--deep-ep-api {api!r}: must be {' or '.join(DEEP_EP_VERSIONS)}")
     prof = load_profile(profile)
     root = resolve_root(cache_dir)
     root.check_layout()
@@ -192,14 +193,14 @@ def pull_cmd(profile: str = PROFILE, remote: Optional[str] = REMOTE, cache_dir: 
 
 def run_remote_warmup(out: Output, the_plan: Any, toolchain: Any, root: Any, url: str, *, optional: bool,
                       render_aot: Callable[[Any], None], **aot_options: Any) -> Any:
-    """`warmup --aot --remote`: :func:`jitcache.build.remote_warmup.warmup_aot_remote`, then its report.
+    """`warmup --aot --remote`: :func:`jitcache.warm.remote_warmup.warmup_aot_remote`, then its report.
 
     ``render_aot(aot_report)`` renders the AOT part for people; with
     ``--format json`` stdout holds the one remote-warmup document. The
     compile's own progress bar is the only live display: pull and push say
     one line each when done.
     """
-    from jitcache.build.remote_warmup import warmup_aot_remote
+    from jitcache.warm.remote_warmup import warmup_aot_remote
 
     out.info(f"remote: {url} (pull what is there, compile the rest, push what was compiled)")
 

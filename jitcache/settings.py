@@ -33,6 +33,7 @@ __all__ = [
     "metrics_enabled",
     "metrics_interval",
     "profile",
+    "remote",
     "stats_dir",
     "stats_enabled",
     "stats_interval",
@@ -77,6 +78,9 @@ SETTINGS: tuple[Setting, ...] = (
             "The profile (built-in name or .toml path) whose bucket policy the plugin installs; unset: none."),
     Setting("JITCACHE_STRICT", "0", "jitcache.plugin (vLLM plugin)",
             "1/true/yes/on: a cold bucket raises ColdVariantError instead of logging a warning."),
+    Setting("JITCACHE_REMOTE", "unset", "jitcache.store.remote (warmup --aot, push, pull)",
+            "The remote store when --remote is not given: s3://bucket/prefix, gs://bucket/prefix, a directory, "
+            "or a read-only https:// URL."),
     Setting("JITCACHE_DEBUG", "unset", "jitcache.cli",
             "Set (to anything): the CLI shows the traceback of an error, not only its message."),
 )
@@ -124,6 +128,21 @@ def home() -> Path | None:
     """``JITCACHE_HOME``: the jitcache root, or None for the default."""
     value = _raw("JITCACHE_HOME")
     return None if value is None else Path(value).expanduser()
+
+
+def default_root() -> Path:
+    """The jitcache root when no ``--cache-dir`` is given: ``JITCACHE_HOME``, else ``$XDG_CACHE_HOME/jitcache``,
+    else ``~/.cache/jitcache``."""
+    if (value := home()) is not None:
+        return value
+    if xdg := os.environ.get("XDG_CACHE_HOME"):
+        return Path(xdg).expanduser() / "jitcache"
+    return Path.home() / ".cache" / "jitcache"
+
+
+def remote() -> str | None:
+    """``JITCACHE_REMOTE``: the remote store's URL when ``--remote`` is not given, else None."""
+    return _raw("JITCACHE_REMOTE")
 
 
 def lock_timeout(default: float) -> float:

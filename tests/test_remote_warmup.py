@@ -16,7 +16,7 @@ from aot_fixtures import nvcc  # noqa: F401 (fixtures)
 from cli_helpers import run_cli
 from jitcache.build.pool import COMPILE_LOG_ENV, BuildJob
 from jitcache.errors import RemoteError
-from jitcache.build.remote_warmup import nvcc_release, warmup_aot_remote
+from jitcache.warm.remote_warmup import nvcc_release, warmup_aot_remote
 from jitcache.store.remote import RemoteEnv, RemoteStore, entry_key
 from jitcache.store.root import resolve_root
 from jitcache.build.toolchain import Toolchain

@@ -38,7 +38,8 @@ from jitcache.adapters.digest21 import HEADER_PREFIX21, IncludeHasher21, cache_k
     with_include_hash
 from jitcache.adapters.render21 import render_barrier21, render_plan21, target_facts21
 from jitcache.adapters.render25 import RenderedKernel, render_barrier, render_plan, target_facts
-from jitcache.build.toolchain import deep_ep_api_of, find_nvcc, nvcc_major_minor, nvcc_version, release_line
+from jitcache.adapters.base import nvcc_major_minor, release_line
+from jitcache.adapters.headers import deep_ep_api_of, find_nvcc, nvcc_version
 from jitcache.errors import ToolchainError, UsageError
 from jitcache.planning.variants import KernelVariant, WarmupPlan
 

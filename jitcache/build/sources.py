@@ -40,28 +40,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from jitcache import settings
-from jitcache.adapters.registry import ADAPTERS
+from jitcache.adapters.headers import (DEFAULT_REQUIREMENT, SourceArchive, _version_key, _version_of, find_sdists,
+                                       list_sources, normalize_name, sources_dir)
 from jitcache.errors import ToolchainError, UsageError
 from jitcache.store.publish import atomic_write_text, fsync_dir
 
 __all__ = ["DEFAULT_REQUIREMENT", "FetchReport", "IndexFile", "SourceArchive", "fetch_sdist", "find_sdists",
            "index_files", "list_sources", "pip_index_url", "sources_dir"]
 
-#: What ``jitcache sources fetch`` fetches without an argument: the DeepEP whose rules jitcache carries.
-DEFAULT_REQUIREMENT = next(a.sdist_requirement for a in ADAPTERS if a.sdist_requirement)
 _JSON = "application/vnd.pypi.simple.v1+json"
 _ACCEPT = f"{_JSON}, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1"
 _CHUNK = 1 << 20
-
-
-def sources_dir(root_path: str | Path) -> Path:
-    """Where fetched archives live under a jitcache root."""
-    return Path(root_path) / "sources"
-
-
-def normalize_name(name: str) -> str:
-    """PEP 503 normalisation: ``Deepinfer_EP`` -> ``deepinfer-ep``."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def parse_requirement(requirement: str) -> tuple[str, str | None]:
@@ -135,16 +124,6 @@ class _Links(HTMLParser):
             self._href = None
 
 
-def _version_of(filename: str, name: str) -> str | None:
-    stem = re.sub(r"\.(tar\.gz|zip|whl|tar\.bz2)$", "", filename)
-    if filename.endswith(".whl"):
-        parts = stem.split("-")
-        return parts[1] if len(parts) > 1 else None
-    prefix = re.sub(r"[-_.]+", "[-_.]", re.escape(name).replace(r"\-", "-"))
-    match = re.match(rf"(?i){prefix}-(.+)$", stem)
-    return match.group(1) if match else None
-
-
 def _request(url: str, accept: str | None = None):
     headers = {"User-Agent": "jitcache (simple-api client)"}
     if accept:
@@ -189,10 +168,6 @@ def index_files(name: str, index_url: str) -> tuple[IndexFile, ...]:
             sha = fragment[len("sha256="):] if fragment.startswith("sha256=") else None
             files.append(IndexFile(filename, url, sha, _version_of(filename, project)))
     return tuple(files)
-
-
-def _version_key(version: str) -> tuple:
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.+-]", version))
 
 
 @dataclass(frozen=True)
@@ -306,47 +281,3 @@ def fetch_sdist(requirement: str = DEFAULT_REQUIREMENT, *, root_path: str | Path
     atomic_write_text(directory / f"{chosen.filename}.json", json.dumps({**meta, "fetched_at": time.time()},
                                                                         indent=2) + "\n")
     return report("fetched")
-
-
-@dataclass(frozen=True)
-class SourceArchive:
-    """One archive under ``<root>/sources/``."""
-
-    filename: str
-    path: str
-    size: int
-    project: str | None
-    version: str | None
-    sha256: str | None
-    url: str | None
-    fetched_at: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form; ``fetched_at`` as an ISO 8601 UTC string, like every time in jitcache's JSON."""
-        from jitcache.store.model import iso_time
-
-        return {**self.__dict__, "fetched_at": iso_time(self.fetched_at)}
-
-
-def list_sources(directory: str | Path) -> tuple[SourceArchive, ...]:
-    """Every archive in ``directory`` (a root's ``sources/``), by name; the sidecar's facts where it has one."""
-    directory = Path(directory)
-    found = []
-    for path in sorted(directory.glob("*.tar.gz")) if directory.is_dir() else []:
-        try:
-            meta = json.loads((directory / f"{path.name}.json").read_text())
-        except (OSError, ValueError):
-            meta = {}
-        found.append(SourceArchive(filename=path.name, path=str(path), size=path.stat().st_size,
-                                   project=meta.get("project"), version=meta.get("version"),
-                                   sha256=meta.get("sha256"), url=meta.get("url"), fetched_at=meta.get("fetched_at")))
-    return tuple(found)
-
-
-def find_sdists(directory: str | Path, project: str = DEFAULT_REQUIREMENT.partition("==")[0]) -> tuple[Path, ...]:
-    """Archives of ``project`` in ``directory``, highest version first."""
-    name = normalize_name(project)
-    candidates = [(a.version or _version_of(a.filename, name), Path(a.path)) for a in list_sources(directory)
-                  if normalize_name(a.project or a.filename.split("-")[0]) == name]
-    ranked = sorted(((v, p) for v, p in candidates if v), key=lambda vp: _version_key(vp[0]), reverse=True)
-    return tuple(p for _, p in ranked)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from jitcache.adapters.serving import api_of_layout
-from jitcache.build.toolchain import deep_ep_api_of
+from jitcache.adapters.headers import deep_ep_api_of, locate_deep_ep_headers
 
 from .model import CacheEntry
 
@@ -98,8 +98,6 @@ def deep_ep_facts(api: str) -> tuple[str | None, str | None]:
     package, include = _installed(api)
     if include is None:
         try:
-            from jitcache.build.toolchain import locate_deep_ep_headers
-
             found = locate_deep_ep_headers(api=api)
         except Exception:  # noqa: BLE001 - no headers here: the fact is unknown, not a mismatch
             return None, None
@@ -144,7 +142,7 @@ def contents_fingerprint(entries: Iterable[CacheEntry]) -> dict[str, Any]:
             package, headers = deep_ep_facts(api)
             backends["deep_ep"][api] = {
                 "layout": held[0].format, "entries": len(held),
-                "nvcc": recorded or ([local_nvcc()] if local_nvcc() else []),
+                "nvcc": recorded or ([here] if (here := local_nvcc()) else []),
                 "archs": sorted({e.arch for e in held if e.arch}), "package": package, "headers": headers}
     if triton:
         backends["triton"] = {"entries": len(triton), "version": _triton_version(),

@@ -121,7 +121,7 @@ def source_compatibility(serving: ServingDeepEP, entry: Path, arch: str) -> str 
             theirs_arch = str(meta["compiler_options"]["arch"])
         except (ValueError, KeyError, TypeError):
             return "its meta.json is unreadable"
-        from jitcache.build.toolchain import release_line
+        from jitcache.adapters.base import release_line
 
         if release_line(theirs_nvcc) != serving.nvcc_release:
             return f"it was built by nvcc '{release_line(theirs_nvcc)}', the serving one is '{serving.nvcc_release}'"
@@ -145,10 +145,10 @@ def name_coverage(the_plan: Any, serving: ServingDeepEP, roots: Sequence[str | P
 
     ``roots``: the DeepEP cache roots, the writable one first (each holding ``cache/``).
     """
-    roots = [Path(r) for r in roots]
+    paths = [Path(r) for r in roots]
     entries = tuple(planned) if planned is not None else planned_entries(the_plan, serving, with_barrier=with_barrier)
     arch = the_plan.profile.target.arch
-    listing = _listing(roots)
+    listing = _listing(paths)
     wanted = {e.name for e in entries}
     found: dict[str, str] = {}
     for cache, names in listing:
@@ -192,5 +192,5 @@ def name_coverage(the_plan: Any, serving: ServingDeepEP, roots: Sequence[str | P
             notes.append(f"{source.name}: {why}")
         else:
             verdicts.append(Verdict(entry, MISSING, None, "; ".join(notes)))
-    return NameCoverage(profile=the_plan.profile.name, serving=serving, roots=tuple(str(r) for r in roots),
+    return NameCoverage(profile=the_plan.profile.name, serving=serving, roots=tuple(str(r) for r in paths),
                         verdicts=tuple(verdicts), unplanned=tuple(sorted(unplanned)))

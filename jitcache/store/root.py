@@ -294,12 +294,8 @@ def make_private_dir(directory: Path) -> None:
 
 
 def default_root_path() -> Path:
-    """``JITCACHE_HOME``, else ``$XDG_CACHE_HOME/jitcache``, else ``~/.cache/jitcache``."""
-    if (home := settings.home()) is not None:
-        return home
-    if xdg := os.environ.get("XDG_CACHE_HOME"):
-        return Path(xdg).expanduser() / "jitcache"
-    return Path.home() / ".cache" / "jitcache"
+    """``JITCACHE_HOME``, else ``$XDG_CACHE_HOME/jitcache``, else ``~/.cache/jitcache`` (:func:`settings.default_root`)."""
+    return settings.default_root()
 
 
 def resolve_root(cache_dir: str | Path | None = None) -> CacheRoot:

@@ -29,6 +29,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from jitcache import settings
 from jitcache.errors import RemoteError, UsageError
 
 __all__ = ["RemoteStore", "open_remote", "remote_url_from_env"]
@@ -46,7 +47,7 @@ def remote_url_from_env(url: str | None) -> str | None:
     """``url`` (``--remote``), else ``JITCACHE_REMOTE``, else ``None``."""
     if url is not None and url.strip() == "":
         raise UsageError("--remote must not be empty")
-    return url or os.environ.get(REMOTE_ENV) or None
+    return url or settings.remote()
 
 
 def _normalise(url: str) -> str:

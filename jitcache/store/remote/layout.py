@@ -29,7 +29,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from jitcache.adapters.registry import adapter_for_layout
 from jitcache.errors import RemoteError
+from jitcache.types import DEEP_EP_VERSIONS
 
 from ..formats import classify_deep_ep_name
 from ..model import SCHEMA_VERSION
@@ -49,13 +51,14 @@ _ARCH = re.compile(r"^sm_\d+[af]?$")
 class RemoteEnv:
     """What an entry's usefulness depends on besides its name: DeepEP API, nvcc version, GPU arch."""
 
-    deep_ep_api: str        # "2.5" | "2.1"
+    deep_ep_api: str        # a DeepEPVersion (jitcache.types)
     nvcc: str               # "13.0.88", from `nvcc --version` (V13.0.88)
     arch: str               # "sm_90a"
 
     def __post_init__(self) -> None:
-        if self.deep_ep_api not in ("2.5", "2.1"):
-            raise RemoteError(f"remote key: DeepEP API must be 2.5 or 2.1, got {self.deep_ep_api!r}")
+        if self.deep_ep_api not in DEEP_EP_VERSIONS:
+            raise RemoteError(f"remote key: DeepEP API must be {' or '.join(DEEP_EP_VERSIONS)}, "
+                              f"got {self.deep_ep_api!r}")
         if not _NVCC.match(self.nvcc):
             raise RemoteError(f"remote key: nvcc version must look like 13.0.88, got {self.nvcc!r}")
         if not _ARCH.match(self.arch):
@@ -72,9 +75,8 @@ class RemoteEnv:
 def api_of_entry_name(name: str) -> str | None:
     """The DeepEP API an entry directory name belongs to (its layout says it)."""
     kind = classify_deep_ep_name(name)
-    if kind is None:
-        return None
-    return "2.5" if kind[0] == "deepjit" else "2.1"
+    found = None if kind is None else adapter_for_layout(kind[0])
+    return None if found is None else found.version
 
 
 def entry_key(env: RemoteEnv, name: str) -> str:

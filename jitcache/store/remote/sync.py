@@ -37,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from jitcache.adapters.registry import adapter
 from jitcache.errors import BundleError, RemoteError
 
 from ..bundle import import_bundles, write_bundle
@@ -58,10 +59,12 @@ _CAS_ATTEMPTS = 20
 
 
 def entry_is_local(root: CacheRoot, name: str) -> bool:
-    """Whether ``root`` holds a published entry ``name`` (DeepJIT: its marker; 2.1: both files)."""
+    """Whether ``root`` holds a published entry ``name`` (its DeepEP's commit rule: DeepJIT's marker, or both
+    files for 2.1)."""
     final = root.deep_ep_dir / "cache" / name
-    if api_of_entry_name(name) == "2.5":
-        return (final / COMMIT_MARKER).is_file()
+    version = api_of_entry_name(name)
+    if version is not None:
+        return adapter(version).is_committed(final)
     return (final / "kernel.cu").is_file() and (final / "kernel.cubin").is_file()
 
 

@@ -27,14 +27,16 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from jitcache.build.pool import AotReport, BuildJob, VariantResult, jobs_for_plan, warmup_aot
-from jitcache.build.toolchain import Toolchain
+from jitcache.adapters.base import BuildJob, Toolchain
+from jitcache.adapters.registry import jobs_for_plan
+from jitcache.build.pool import AotReport, VariantResult
 from jitcache.errors import RemoteError, ToolchainError, UsageError
 from jitcache.planning.variants import WarmupPlan
 from jitcache.store.model import SCHEMA_VERSION
 from jitcache.store.remote import PullReport, PushReport, RemoteEnv, RemoteProgress, RemoteStore, open_remote, pull, \
     push
 from jitcache.store.root import CacheRoot
+from jitcache.warm.aot import warmup_aot
 
 __all__ = ["RemoteWarmupReport", "nvcc_release", "remote_env", "serving_of_toolchain", "warmup_aot_remote"]
 
@@ -125,7 +127,7 @@ def warmup_aot_remote(the_plan: WarmupPlan, toolchain: Toolchain, root: CacheRoo
                       on_result: Callable[[VariantResult], None] | None = None,
                       on_remote: Callable[[RemoteProgress], None] | None = None,
                       relocate: bool = True, env: RemoteEnv | None = None) -> RemoteWarmupReport:
-    """:func:`jitcache.build.pool.warmup_aot` between a pull and a push (see the module docstring).
+    """:func:`jitcache.warm.aot.warmup_aot` between a pull and a push (see the module docstring).
 
     ``env`` (the store prefix) defaults to :func:`remote_env` of the profile
     and toolchain; ``relocate=False`` pulls exact names only.
