@@ -165,8 +165,9 @@ def test_the_aot_warmup_pulls_by_source_and_compiles_nothing_relocated(pushed25,
                                                                        h200_ep1, monkeypatch):
     """`warmup --aot --remote` for the rig's paths: its jobs' names are DeepEP's own; the store holds them under
     the build box's names only; they are pulled, relocated to the jobs' names, and nothing is compiled."""
-    from jitcache.build.pool import COMPILE_LOG_ENV, jobs_for_plan
-    from jitcache.build.remote_warmup import warmup_aot_remote
+    from jitcache.adapters.registry import jobs_for_plan
+    from jitcache.build.pool import COMPILE_LOG_ENV
+    from jitcache.warm.remote_warmup import warmup_aot_remote
     from jitcache.build.toolchain import Toolchain, find_nvcc
 
     log = tmp_path / "compiles.log"

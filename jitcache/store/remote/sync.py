@@ -43,7 +43,7 @@ from jitcache.errors import BundleError, RemoteError
 from ..bundle import import_bundles, write_bundle
 from ..fingerprint import contents_fingerprint
 from ..model import CacheEntry
-from ..publish import COMMIT_MARKER, make_temp_dir, remove_tree
+from ..publish import make_temp_dir, remove_tree
 from ..root import CacheRoot
 from ..scan import coverage, scan
 from .backend import RemoteStore
@@ -254,7 +254,8 @@ def pull(root: CacheRoot, remote: RemoteStore, env: RemoteEnv, *, plan: Any = No
     here = {o for o in chosen.values() if entry_is_local(root, o)}
     failed = dict(refused)
     missing = tuple(n for n, o in chosen.items() if o not in here and o not in failed)
-    relocated, not_relocated = (), ()
+    relocated: tuple[tuple[str, str], ...] = ()
+    not_relocated: tuple[tuple[str, str], ...] = ()
     foreign = sorted({o for n, o in chosen.items() if o != n and o in here})
     if serving is not None and relocate and foreign:
         from jitcache.store.relocate import relocate_entries
