@@ -1,23 +1,32 @@
-"""Fresh-node readiness from a remote store against an AOT compile, on the same machine, in one run.
+"""Fresh-node readiness from a remote store (pull + relocate) against an AOT compile, same machine, one run.
 
 Writes ``benchmarks/results/<machine>/remote_pull.json``. Starts moto's S3
-server on 127.0.0.1 (a free port) and, in this order:
+server on 127.0.0.1 (a free port), then:
 
-1. node A, empty cache: ``warmup_aot_remote`` (pull finds nothing, the AOT
-   pool compiles the whole profile, the push fills the store): the compile
-   is the baseline a node without a shared store pays;
-2. node B, empty cache: ``jitcache warmup --aot --remote s3://...`` as a
-   subprocess (process start, toolchain, render + digest of every variant,
-   pull by name, 0 compiles): fresh-node readiness from the store;
-3. node C, empty cache: the library ``pull`` by the profile's index alone;
-4. 8 nodes at once: 8 ``jitcache pull`` processes, each into its own empty
-   cache, started together;
-5. the same readiness from a directory store (NFS-like) for comparison.
+1. the build box, empty cache: ``warmup_aot_remote`` compiles the whole
+   profile with this machine's default paths (the pull finds nothing) and
+   pushes it: the compile is what a node without a shared store pays;
+2. a fresh serving node, whose DeepEP and NCCL live elsewhere (a ``deep_ep``
+   package dir with the same headers at another path, NCCL at
+   ``/srv/nccl/include``), so none of the pushed names is the one it looks
+   up: ``jitcache pull --deep-ep-root ... --nccl-include ...`` as a
+   subprocess into an empty cache, timed from process start to exit
+   (``--repeats`` times, each into a new empty cache): every entry found by
+   its source, verified as ``import`` verifies it, published, relocated to
+   the serving names. Each resulting cache is checked to be complete by name
+   for that DeepEP (what ``inspect --check`` gates on);
+3. the same from a directory store (NFS-like);
+4. ``jitcache warmup --aot --remote`` for the serving node's paths
+   (``--target-*``): pull + relocate, 0 compiled;
+5. ``--nodes`` ``jitcache pull`` processes started together, each into its
+   own empty cache;
+6. where the time goes: the interpreter alone, importing the CLI, the pull
+   report's own phase timings (index, download, verify + publish, relocate)
+   and the rest of the process (setup, serving names, output).
 
-Every pulled cache is checked to hold exactly node A's entry names, all
-healthy. Runs wherever nvcc runs (no GPU).
+The load average is recorded at the start and the end of each phase.
 
-    python benchmarks/remote_pull.py [--profile h200-ep1] [--jobs N] [--nodes 8]
+    python benchmarks/remote_pull.py [--profile h200-ep1] [--jobs N] [--nodes 8] [--repeats 5]
         [--deep-ep-include PATH] [--machine NAME] [--out FILE]
 """
 
@@ -27,6 +36,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,15 +48,24 @@ from _common import machine_facts, machine_label, say, write_result  # noqa: E40
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
+from jitcache.adapters.serving import locate_serving  # noqa: E402
 from jitcache.warm.remote_warmup import remote_env, warmup_aot_remote  # noqa: E402
 from jitcache.build.toolchain import release_line, resolve_toolchain  # noqa: E402
 from jitcache.planning.profiles import load_profile  # noqa: E402
 from jitcache.planning.variants import plan  # noqa: E402
-from jitcache.store.remote import RemoteStore, pull  # noqa: E402
+from jitcache.store.names import name_coverage  # noqa: E402
 from jitcache.store.root import resolve_root  # noqa: E402
-from jitcache.store.scan import scan  # noqa: E402
+
+SERVING_NCCL = "/srv/nccl/include"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _start_moto(port: int) -> tuple[subprocess.Popen, str]:
@@ -68,14 +87,27 @@ def _start_moto(port: int) -> tuple[subprocess.Popen, str]:
     return proc, endpoint
 
 
-def _names(root_dir: Path) -> list[str]:
-    cache = root_dir / "deep_ep" / "cache"
-    return sorted(p.name for p in cache.iterdir()) if cache.is_dir() else []
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
 
 
-def _healthy(root_dir: Path) -> bool:
-    report = scan(resolve_root(root_dir))
-    return bool(report.entries) and all(e.status == "ok" for e in report.entries)
+def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    return time.perf_counter() - start, done
+
+
+def _median_wall(argv: list[str], env: dict[str, str], repeats: int) -> float:
+    walls = []
+    for _ in range(repeats):
+        wall, done = _timed(argv, env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        walls.append(wall)
+    return round(statistics.median(walls), 4)
+
+
+def _complete(root_dir: Path, the_plan, serving) -> bool:
+    return name_coverage(the_plan, serving, [resolve_root(root_dir).deep_ep_dir]).complete
 
 
 def main() -> int:
@@ -83,20 +115,24 @@ def main() -> int:
     parser.add_argument("--profile", default="h200-ep1")
     parser.add_argument("--jobs", type=int, default=os.cpu_count())
     parser.add_argument("--nodes", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--machine", default=os.environ.get("JITCACHE_MACHINE") or machine_label())
     parser.add_argument("--deep-ep-include", default=str(REPO.parent / "shared" / "gpu" / "deepinfer_ep-2.5.0.tar.gz"))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    from remote_fixtures import free_port  # the tests' helper: a free port on 127.0.0.1
-
     profile = load_profile(args.profile)
     the_plan = plan(profile)
     toolchain = resolve_toolchain(deep_ep_include=args.deep_ep_include, api=profile.deep_ep.api)
     env = remote_env(profile, toolchain=toolchain)
-    load_start = os.getloadavg()
+    loads: dict[str, list[float]] = {}
     work = Path(tempfile.mkdtemp(prefix="jitcache-remote-bench-"))
-    proc, endpoint = _start_moto(free_port())
+    package = work / "serving" / "site-packages" / "deep_ep"   # the serving DeepEP: same headers, another path
+    shutil.copytree(toolchain.deep_ep_include, package / "include")
+    (package / "__init__.py").write_text("")
+    serving = locate_serving(package, SERVING_NCCL)
+    flags = ["--deep-ep-root", str(package), "--nccl-include", SERVING_NCCL]
+    proc, endpoint = _start_moto(_free_port())
     aws = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1",
            "AWS_ENDPOINT_URL": endpoint}
     os.environ.update(aws)
@@ -104,39 +140,72 @@ def main() -> int:
     child_env = {**os.environ, **aws, "NO_COLOR": "1"}
     cli = [sys.executable, "-m", "jitcache.cli"]
     try:
-        say(f"node A: AOT compile of {profile.name} ({len(the_plan)} variants, {args.jobs} jobs), then push")
+        loads["aot"] = [_load()]
+        say(f"build box: AOT compile of {profile.name} ({len(the_plan)} variants, {args.jobs} jobs), then push")
         a = warmup_aot_remote(the_plan, toolchain, resolve_root(work / "a"), remote=url, num_workers=args.jobs)
         assert a.ok and a.pulled == 0, a.to_dict()["aot"]["totals"]
-        names = _names(work / "a")
-        say(f"node A: compiled {a.compiled} in {a.aot.wall_seconds:.1f} s, pushed {a.pushed} "
+        loads["aot"].append(_load())
+        entries = a.pushed
+        say(f"build box: compiled {a.compiled} in {a.aot.wall_seconds:.1f} s, pushed {a.pushed} "
             f"({a.push.bytes_sent} B) in {a.push.seconds:.2f} s")
+        assert not _complete(work / "a", the_plan, serving)   # the serving node's names are not the build box's
 
-        say("node B: `jitcache warmup --aot --remote` into an empty cache")
-        start = time.perf_counter()
-        done = subprocess.run([*cli, "warmup", "--aot", "-p", args.profile, "--deep-ep-include", args.deep_ep_include,
-                               "--cache-dir", str(work / "b"), "--remote", url, "--format", "json"],
+        def fresh_pull(remote: str, tag: str) -> dict:
+            loads[tag] = [_load()]
+            walls, reports = [], []
+            for i in range(args.repeats):
+                target = work / f"{tag}{i}"
+                wall, done = _timed([*cli, "pull", "-p", args.profile, "--remote", remote, "--cache-dir", str(target),
+                                     *flags, "--format", "json"], child_env)
+                assert done.returncode == 0, done.stderr[-3000:]
+                report = json.loads(done.stdout)
+                assert len(report["pulled"]) == entries and len(report["relocated"]) == entries, report
+                assert _complete(target, the_plan, serving)
+                walls.append(wall)
+                reports.append(report)
+            loads[tag].append(_load())
+            best = min(range(len(walls)), key=walls.__getitem__)
+            median = sorted(range(len(walls)), key=walls.__getitem__)[len(walls) // 2]
+            say(f"{tag}: fresh node ready (pull + relocate {entries}) in {walls[median]:.3f} s median "
+                f"(best {walls[best]:.3f} s)")
+            med = reports[median]
+            return {"wall_seconds_median": round(walls[median], 4), "wall_seconds_best": round(walls[best], 4),
+                    "wall_seconds": [round(w, 4) for w in walls], "pulled": len(med["pulled"]),
+                    "relocated": len(med["relocated"]), "bytes_received": med["bytes_received"],
+                    "pull_seconds": med["seconds"], "pull_timings": med.get("timings"),
+                    "process_minus_pull_seconds": round(walls[median] - med["seconds"], 4),
+                    "complete_by_name_for_serving": True}
+
+        say("fresh serving node: `jitcache pull` + relocation from S3")
+        s3 = fresh_pull(url, "s3-")
+        say("directory store: the build box pushes there too, then the same fresh pull")
+        directory = work / "nfs"
+        done = subprocess.run([*cli, "push", "-p", args.profile, "--deep-ep-api", env.deep_ep_api, "--cache-dir",
+                               str(work / "a"), "--remote", str(directory), "--format", "json"],
                               capture_output=True, text=True, env=child_env)
-        b_wall = time.perf_counter() - start
-        assert done.returncode == 0, done.stderr[-3000:]
-        b = json.loads(done.stdout)
-        assert b["compiled"] == 0 and b["pulled"] == len(names) and _names(work / "b") == names
-        assert _healthy(work / "b")
-        say(f"node B: ready in {b_wall:.2f} s (pull {b['pull']['seconds']:.2f} s, {b['pulled']} entries)")
+        assert done.returncode == 0, done.stderr[-2000:]
+        nfs = fresh_pull(str(directory), "dir-")
 
-        say("node C: library pull by the profile's index")
-        c = pull(resolve_root(work / "c"), RemoteStore(url), env, plan=the_plan)
-        assert _names(work / "c") == sorted(c.pulled) and set(c.pulled) <= set(names) and _healthy(work / "c")
-        say(f"node C: {len(c.pulled)} entries in {c.seconds:.2f} s")
+        say("`jitcache warmup --aot --remote` for the serving node's paths: pull + relocate, 0 compiled")
+        loads["warmup"] = [_load()]
+        wall, done = _timed([*cli, "warmup", "--aot", "-p", args.profile, "--deep-ep-include", args.deep_ep_include,
+                             "--target-deep-ep-root", str(package), "--target-nccl-include", SERVING_NCCL,
+                             "--cache-dir", str(work / "w"), "--remote", url, "--format", "json"], child_env)
+        loads["warmup"].append(_load())
+        assert done.returncode == 0, done.stderr[-3000:]
+        w = json.loads(done.stdout)
+        assert w["compiled"] == 0 and len(w["pull"]["relocated"]) == entries, w["aot"]["totals"]
+        say(f"warmup --aot --remote: ready in {wall:.2f} s ({w['pulled']} pulled, {w['compiled']} compiled)")
 
         say(f"{args.nodes} nodes: `jitcache pull` at once, each into its own empty cache")
+        loads["nodes"] = [_load()]
         go = work / "go"
-        waiter = ("import os, sys, time, subprocess; "
-                  "exec('while not os.path.exists(sys.argv[1]): time.sleep(0.005)'); "
-                  "t = time.perf_counter(); r = subprocess.run(sys.argv[2:], capture_output=True, text=True); "
+        waiter = ("import os, sys, time, subprocess\n"
+                  "while not os.path.exists(sys.argv[1]): time.sleep(0.005)\n"
+                  "t = time.perf_counter(); r = subprocess.run(sys.argv[2:], capture_output=True, text=True)\n"
                   "print(f'{time.perf_counter() - t:.4f}'); sys.stderr.write(r.stderr); sys.exit(r.returncode)")
         procs = [subprocess.Popen([sys.executable, "-c", waiter, str(go), *cli, "pull", "-p", args.profile,
-                                   "--deep-ep-api", env.deep_ep_api, "--cache-dir", str(work / f"n{i}"),
-                                   "--remote", url, "--format", "json"],
+                                   "--cache-dir", str(work / f"n{i}"), "--remote", url, *flags, "--format", "json"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env)
                  for i in range(args.nodes)]
         time.sleep(1.0)   # let every waiter start before the gun
@@ -144,27 +213,19 @@ def main() -> int:
         go.touch()
         outs = [p.communicate() for p in procs]
         many_wall = time.perf_counter() - start
+        loads["nodes"].append(_load())
         assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
         per_node = sorted(float(o.strip()) for o, _ in outs)
-        for i in range(args.nodes):
-            assert _names(work / f"n{i}") == _names(work / "c") and _healthy(work / f"n{i}")
+        assert all(_complete(work / f"n{i}", the_plan, serving) for i in range(args.nodes))
         say(f"{args.nodes} nodes: all ready in {many_wall:.2f} s (slowest {per_node[-1]:.2f} s)")
 
-        say("directory store: node A's warmup --aot --remote DIR fills it (all cached, all pushed), then a fresh node")
-        directory = work / "nfs"
-        done = subprocess.run([*cli, "warmup", "--aot", "-p", args.profile, "--deep-ep-include", args.deep_ep_include,
-                               "--cache-dir", str(work / "a"), "--remote", str(directory), "--format", "json"],
-                              capture_output=True, text=True, env=child_env)
-        assert done.returncode == 0 and json.loads(done.stdout)["pushed"] == len(names), done.stderr[-3000:]
-        start = time.perf_counter()
-        done = subprocess.run([*cli, "warmup", "--aot", "-p", args.profile, "--deep-ep-include", args.deep_ep_include,
-                               "--cache-dir", str(work / "d"), "--remote", str(directory), "--format", "json"],
-                              capture_output=True, text=True, env=child_env)
-        d_wall = time.perf_counter() - start
-        assert done.returncode == 0, done.stderr[-3000:]
-        d = json.loads(done.stdout)
-        assert d["compiled"] == 0 and _names(work / "d") == names
-        say(f"directory: ready in {d_wall:.2f} s ({d['pulled']} pulled, {d['compiled']} compiled)")
+        say("start-up floors: the interpreter alone, importing the CLI, `jitcache --version`")
+        loads["startup"] = [_load()]
+        startup = {"python_bare": _median_wall([sys.executable, "-c", "pass"], child_env, args.repeats),
+                   "import_cli": _median_wall([sys.executable, "-c", "import jitcache.cli.app"], child_env,
+                                              args.repeats),
+                   "jitcache_version": _median_wall([*cli, "--version"], child_env, args.repeats)}
+        loads["startup"].append(_load())
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -175,32 +236,35 @@ def main() -> int:
         "profile": profile.name,
         "machine": args.machine,
         "facts": machine_facts(),
-        "load_average_1m_start_end": [round(load_start[0], 1), round(os.getloadavg()[0], 1)],
-        "note": "a shared machine: the AOT baseline and the pulls ran in the same run, under the same load",
+        "load_average_1m": loads,
+        "note": "a shared machine: the AOT baseline and the pulls ran in the same run; load_average_1m gives each "
+                "phase's 1-minute load average at its start and end",
         "nvcc": release_line(toolchain.nvcc_version_output),
         "deep_ep_api": toolchain.deep_ep_api,
-        "store": "moto S3 server on 127.0.0.1 (python -m moto.server)",
+        "store": "moto S3 server on 127.0.0.1 (python -m moto.server); a local directory",
         "remote_prefix": env.prefix,
-        "num_entries": len(names),
+        "serving": {"package_dir": serving.package_dir, "nccl_include": serving.nccl_include,
+                    "what": "the fresh node's DeepEP: the build box's headers at another path, NCCL elsewhere, so "
+                            "every pulled entry must be relocated to be found"},
+        "num_entries": entries,
         "store_bytes": a.push.bytes_sent,
         "aot_compile": {"jobs": a.aot.jobs, "compiled": a.compiled, "wall_seconds": round(a.aot.wall_seconds, 2),
                         "push_seconds": round(a.push.seconds, 3), "pushed": a.pushed},
+        "fresh_node_pull_s3_cli": {**s3, "what": "`jitcache pull -p P --remote s3://... --deep-ep-root D "
+                                                 "--nccl-include N` into an empty cache, process start to exit"},
+        "fresh_node_pull_directory_cli": {**nfs, "what": "the same from a directory store"},
         "fresh_node_warmup_remote_cli": {
-            "wall_seconds": round(b_wall, 3), "pulled": b["pulled"], "compiled": b["compiled"],
-            "pull_seconds": b["pull"]["seconds"], "bytes_received": b["bytes_received"],
-            "what": "`jitcache warmup --aot --remote` subprocess into an empty cache: process start, toolchain, "
-                    "render + digest of every variant, pull by name, verify, publish"},
-        "fresh_node_pull_library": {"seconds": round(c.seconds, 3), "pulled": len(c.pulled),
-                                    "bytes_received": c.bytes_received,
-                                    "what": "jitcache.store.remote.pull by the profile's index (the plan's variants; "
-                                            "the barrier entry is not a plan variant)"},
+            "wall_seconds": round(wall, 3), "pulled": w["pulled"], "relocated": len(w["pull"]["relocated"]),
+            "compiled": w["compiled"], "pull_seconds": w["pull"]["seconds"],
+            "what": "`jitcache warmup --aot --remote` with the serving node's --target-* paths into an empty cache: "
+                    "process start, toolchain, render + digest of every variant, pull, relocate, 0 compiles"},
         "concurrent_pull_cli": {"nodes": args.nodes, "wall_seconds": round(many_wall, 3),
                                 "per_node_seconds": [round(t, 3) for t in per_node],
-                                "what": f"{args.nodes} `jitcache pull` processes started together, each into its own "
-                                        "empty cache (one machine: they share its cores and the one moto server)"},
-        "directory_store_warmup_remote_cli": {"wall_seconds": round(d_wall, 3), "pulled": d["pulled"],
-                                              "compiled": d["compiled"]},
-        "speedup_fresh_node_vs_aot": round(a.aot.wall_seconds / b_wall, 1),
+                                "what": f"{args.nodes} `jitcache pull` processes (with relocation) started together, "
+                                        "each into its own empty cache (one machine: they share its cores and the "
+                                        "one moto server)"},
+        "startup_seconds_median": startup,
+        "speedup_fresh_node_vs_aot": round(a.aot.wall_seconds / s3["wall_seconds_median"], 1),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -256,17 +256,38 @@ def remote_rows() -> list[list[str]]:
         data = _load(path)
         if not data:
             continue
-        fresh, aot, many = data["fresh_node_warmup_remote_cli"], data["aot_compile"], data["concurrent_pull_cli"]
-        rows.append([f"Fresh node from a remote store: `warmup --aot --remote` into an empty cache "
-                     f"({fresh['pulled']} entries, {data['store_bytes'] / 1024:.0f} KiB, moto S3 on 127.0.0.1)",
-                     f"{fresh['wall_seconds']:.2f} s wall, {fresh['compiled']} compiled",
+        aot, many = data["aot_compile"], data["concurrent_pull_cli"]
+        loads = data.get("load_average_1m") or {}
+        where = f"{folder.name} (shared; 1-min load {_load_range(loads) or data.get('load_average_1m_start_end', '?')})"
+        fresh = data.get("fresh_node_pull_s3_cli")
+        if fresh is None:   # the first run's layout (warmup --aot --remote, no relocation)
+            fresh = data["fresh_node_warmup_remote_cli"]
+            rows.append([f"Fresh node from a remote store: `warmup --aot --remote` into an empty cache "
+                         f"({fresh['pulled']} entries, {data['store_bytes'] / 1024:.0f} KiB, moto S3 on 127.0.0.1)",
+                         f"{fresh['wall_seconds']:.2f} s wall, {fresh['compiled']} compiled",
+                         f"AOT compile of the same entries in the same run: {aot['wall_seconds']:.1f} s "
+                         f"(--jobs {aot['jobs']}); {many['nodes']} nodes pulling at once: all ready in "
+                         f"{many['wall_seconds']:.2f} s", where, data.get("deep_ep_api", "?"),
+                         data.get("profile", "?"), _src(path)])
+            continue
+        nfs, warm = data["fresh_node_pull_directory_cli"], data["fresh_node_warmup_remote_cli"]
+        rows.append([f"Fresh node from a remote store: `jitcache pull` (+ relocation to another install's names) into "
+                     f"an empty cache, process start to exit ({fresh['pulled']} entries, "
+                     f"{data['store_bytes'] / 1024:.0f} KiB, moto S3 on 127.0.0.1)",
+                     f"{fresh['wall_seconds_median']:.2f} s median of {len(fresh['wall_seconds'])} "
+                     f"({fresh['relocated']} relocated; the pull itself {fresh['pull_seconds']:.2f} s); "
+                     f"from a directory {nfs['wall_seconds_median']:.2f} s",
                      f"AOT compile of the same entries in the same run: {aot['wall_seconds']:.1f} s "
                      f"(--jobs {aot['jobs']}); {many['nodes']} nodes pulling at once: all ready in "
-                     f"{many['wall_seconds']:.2f} s",
-                     f"{folder.name} (shared: load average {data.get('load_average_1m_start_end', '?')})",
-                     data.get("deep_ep_api", "?"),
+                     f"{many['wall_seconds']:.2f} s; `warmup --aot --remote`: {warm['wall_seconds']:.2f} s, "
+                     f"{warm['compiled']} compiled", where, data.get("deep_ep_api", "?"),
                      data.get("profile", "?"), _src(path)])
     return rows
+
+
+def _load_range(loads: dict) -> str:
+    values = [v for pair in loads.values() for v in pair]
+    return f"{min(values):.1f}-{max(values):.1f}" if values else ""
 
 
 def h200_session3_rows() -> list[list[str]]:

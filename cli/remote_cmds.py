@@ -64,7 +64,8 @@ def _setup(profile: str, remote: Optional[str], cache_dir: Optional[Path], api: 
     if api is None and serving is not None and prof.deep_ep.api in ("auto", serving.version):
         api = serving.version
     env = remote_env(prof, nvcc=None if nvcc is None else str(nvcc), deep_ep_api=api,
-                     sources_dir=sources_dir(root.path))
+                     sources_dir=sources_dir(root.path),
+                     nvcc_version_output=None if serving is None else serving.nvcc_version_output)
     if serving is not None and serving.version != env.deep_ep_api:
         why = f"the serving DeepEP found is {serving.version} ({serving.package_dir}), the store key {env.prefix}"
         if explicit:

@@ -145,3 +145,17 @@ def test_a_pull_refuses_and_accepts_exactly_what_import_does(change, refused, pu
         return
     forced = pull(resolve_root(tmp_path / "forced"), other, ENV, names=[entry.name], force=True)
     assert forced.pulled == (entry.name,) and forced.refused == ()
+
+
+def test_the_package_owner_found_by_name_is_the_one_packages_distributions_names():
+    """deep_ep_facts asks the known DeepEP distributions first (a pull's fingerprint check runs at every start):
+    the answer must be packages_distributions()' own."""
+    import importlib.metadata
+
+    from jitcache.store.fingerprint import _owner
+
+    owners = importlib.metadata.packages_distributions()
+    for package in ("deep_ep", "deep_ep_v25"):
+        expected = next((f"{d} {importlib.metadata.version(d)}" for d in owners.get(package, ())), None)
+        assert _owner(package) == expected
+    assert _owner("no_such_package_here") is None

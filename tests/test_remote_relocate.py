@@ -72,6 +72,7 @@ def test_a_pull_ends_under_the_names_the_serving_deepep_computes(pushed25, tmp_p
     assert len(own) == 16 and {n for n, _ in got.relocated} == own and not got.not_relocated
     assert len(got.pulled) == 16 and got.refused == () and set(got.missing) == planned - own
     assert got.requested == 57 and got.to_dict()["deep_ep"]["package_dir"] == RIG_PACKAGE
+    assert set(got.to_dict()["timings"]) == {"index", "names", "download", "verify_publish", "relocate"}
     cov = name_coverage(h200_ep1, serving, [node.deep_ep_dir])
     assert len(cov.found) == 16 and not cov.relocatable
     for name in own:   # kernel.cu and cubin are DeepEP's own, byte for byte

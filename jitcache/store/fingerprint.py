@@ -65,12 +65,35 @@ def headers_digest(include_root: Path) -> str:
     return digest.hexdigest()
 
 
-def _installed(api: str) -> tuple[str | None, Path | None]:
-    """``(distribution and version, include root)`` of an importable DeepEP package of ``api``."""
+#: Distributions known to ship a ``deep_ep`` / ``deep_ep_v25`` package: asked first, one lookup each, because
+#: ``packages_distributions()`` reads the metadata of every installed distribution (~0.5 s with a few hundred).
+_KNOWN_DISTRIBUTIONS = ("tokenspeed-deepep", "deepinfer-ep", "sgl-deep-ep-v25", "deep-ep", "deep_ep")
+
+
+def _owner(package: str) -> str | None:
+    """``"<distribution> <version>"`` of the installed distribution providing ``package``, else None."""
+    for name in _KNOWN_DISTRIBUTIONS:
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        tops = (dist.read_text("top_level.txt") or "").split()
+        if package in tops or any(str(f).split("/", 1)[0] == package for f in (dist.files or ()) if not tops):
+            return f"{dist.metadata['Name']} {dist.version}"
     try:
         owners = importlib.metadata.packages_distributions()
     except Exception:  # noqa: BLE001 - a broken distribution must not break an import
         owners = {}
+    for dist_name in owners.get(package, ()):
+        try:
+            return f"{dist_name} {importlib.metadata.version(dist_name)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _installed(api: str) -> tuple[str | None, Path | None]:
+    """``(distribution and version, include root)`` of an importable DeepEP package of ``api``."""
     for package in ("deep_ep", "deep_ep_v25"):
         try:
             spec = importlib.util.find_spec(package)
@@ -80,14 +103,7 @@ def _installed(api: str) -> tuple[str | None, Path | None]:
             include = Path(location) / "include"
             if deep_ep_api_of(include) != api:
                 continue
-            version = None
-            for dist in owners.get(package, ()):
-                try:
-                    version = f"{dist} {importlib.metadata.version(dist)}"
-                    break
-                except importlib.metadata.PackageNotFoundError:
-                    continue
-            return version, include
+            return _owner(package), include
     return None, None
 
 

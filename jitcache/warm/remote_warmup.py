@@ -50,12 +50,14 @@ def nvcc_release(version_output: str) -> str:
 
 
 def remote_env(profile: Any, *, toolchain: Toolchain | None = None, nvcc: str | None = None,
-               deep_ep_api: str | None = None, sources_dir: Any = None) -> RemoteEnv:
+               deep_ep_api: str | None = None, sources_dir: Any = None,
+               nvcc_version_output: str | None = None) -> RemoteEnv:
     """The store prefix this machine reads and writes: DeepEP API, nvcc version, the profile's arch.
 
     Without a ``toolchain``: the API is ``deep_ep_api``, else the profile's
     ``[deep_ep] api``, else that of the DeepEP headers found here (installed
-    package or fetched sdist); the nvcc is ``nvcc`` or the one on the PATH.
+    package or fetched sdist); the nvcc is ``nvcc_version_output``'s (the
+    serving DeepEP's, already run), else ``nvcc``'s or the one on the PATH.
     """
     from jitcache.build.toolchain import find_nvcc, locate_deep_ep_headers, nvcc_version
 
@@ -68,7 +70,8 @@ def remote_env(profile: Any, *, toolchain: Toolchain | None = None, nvcc: str | 
         except ToolchainError as exc:
             raise UsageError(f"{profile.name}: [deep_ep] api is auto and no DeepEP is found here to tell 2.5 from "
                              f"2.1 ({exc.message})", hint="pass --deep-ep-api 2.5 (or 2.1)") from None
-    return RemoteEnv(api, nvcc_release(nvcc_version(find_nvcc(nvcc))), profile.target.arch)
+    text = nvcc_version_output if nvcc_version_output is not None else nvcc_version(find_nvcc(nvcc))
+    return RemoteEnv(api, nvcc_release(text), profile.target.arch)
 
 
 def serving_of_toolchain(toolchain: Toolchain) -> Any:

@@ -59,6 +59,7 @@ class PullReport:
     relocated: tuple[tuple[str, str], ...] = ()      # (serving name, the pulled entry it was copied from)
     not_relocated: tuple[tuple[str, str], ...] = ()  # (entry, why): relocation refused it
     serving: dict[str, Any] | None = None            # the DeepEP whose names were looked for (None: not known)
+    timings: dict[str, float] | None = None          # seconds: index, names, download, verify_publish, relocate
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA_VERSION, "remote": self.remote, "env": self.env.to_dict(), "profile": self.profile,
@@ -67,4 +68,4 @@ class PullReport:
                 "bytes_received": self.bytes_received, "seconds": round(self.seconds, 3), "index": self.index,
                 "index_found": self.index_found, "relocated": [{"name": n, "from": f} for n, f in self.relocated],
                 "not_relocated": [{"entry": n, "reason": r} for n, r in self.not_relocated],
-                "deep_ep": self.serving}
+                "deep_ep": self.serving, "timings": self.timings or {}}

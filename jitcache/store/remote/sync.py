@@ -210,13 +210,16 @@ def pull(root: CacheRoot, remote: RemoteStore, env: RemoteEnv, *, plan: Any = No
     publishes what is pulled under the names it was pushed with only.
     """
     start = time.perf_counter()
+    timings: dict[str, float] = {}
     ikey, listing, found = None, {}, True
     if plan is not None:
         ikey = index_key(env, plan.profile.name, plan.fingerprint())
         data = remote.get(ikey)
         found = data is not None
         listing = {} if data is None else decode_index(data, remote.where(ikey))
+    timings["index"] = time.perf_counter() - start
     wanted = _wanted(env, plan, names, sources, serving, listing)
+    timings["names"] = time.perf_counter() - start - timings["index"]
     local = tuple(n for n in wanted if entry_is_local(root, n))
     chosen, unlisted = resolve_objects({n: s for n, s in wanted.items() if n not in local}, listing)
     chosen.update((n, n) for n in unlisted)       # not in the index: the exact name may still be stored
@@ -244,11 +247,15 @@ def pull(root: CacheRoot, remote: RemoteStore, env: RemoteEnv, *, plan: Any = No
             return name, path, None, len(blob)
 
         try:
+            mark = time.perf_counter()
             with ThreadPoolExecutor(max_workers=TRANSFER_THREADS, thread_name_prefix="jitcache-pull") as pool:
                 fetched = list(pool.map(fetch, todo))
+            timings["download"] = time.perf_counter() - mark
             refused = [(n, why) for n, _, why, _ in fetched if why is not None]
             bundles = {p: n for n, p, _, _ in fetched if p is not None}
+            mark = time.perf_counter()
             published = _import_checked(root, remote, env, bundles, refused, force, on_progress)
+            timings["verify_publish"] = time.perf_counter() - mark
         finally:
             remove_tree(downloads)
     here = {o for o in chosen.values() if entry_is_local(root, o)}
@@ -260,13 +267,16 @@ def pull(root: CacheRoot, remote: RemoteStore, env: RemoteEnv, *, plan: Any = No
     if serving is not None and relocate and foreign:
         from jitcache.store.relocate import relocate_entries
 
+        mark = time.perf_counter()
         moved = relocate_entries(root.deep_ep_dir, serving, sources=[root.deep_ep_dir / "cache" / o for o in foreign],
                                  arch=env.arch)
         relocated = tuple((n, Path(f).name) for n, f in moved.published)
         not_relocated = tuple((Path(e).name, why) for e, why in moved.refused)
+        timings["relocate"] = time.perf_counter() - mark
     return PullReport(remote.url, env, profile, len(wanted), tuple(published), local, missing, tuple(refused),
                       sum(b for _, _, _, b in fetched), time.perf_counter() - start, ikey, found, relocated,
-                      not_relocated, None if serving is None else serving.to_dict())
+                      not_relocated, None if serving is None else serving.to_dict(),
+                      {k: round(v, 4) for k, v in timings.items()})
 
 
 def _import_checked(root: CacheRoot, remote: RemoteStore, env: RemoteEnv, bundles: dict[Path, str],
