@@ -192,25 +192,23 @@ def pull_cmd(profile: str = PROFILE, remote: Optional[str] = REMOTE, cache_dir: 
                           "delete them there and push again")
 
 
-def run_remote_warmup(out: Output, the_plan: Any, toolchain: Any, root: Any, url: str, *, optional: bool,
-                      render_aot: Callable[[Any], None], **aot_options: Any) -> Any:
-    """`warmup --aot --remote`: :func:`jitcache.warm.remote_warmup.warmup_aot_remote`, then its report.
-
-    ``render_aot(aot_report)`` renders the AOT part for people; with
-    ``--format json`` stdout holds the one remote-warmup document. The
-    compile's own progress bar is the only live display: pull and push say
-    one line each when done.
-    """
-    from jitcache.warm.remote_warmup import warmup_aot_remote
-
-    out.info(f"remote: {url} (pull what is there, compile the rest, push what was compiled)")
+def remote_progress(out: Output) -> Callable[[Any], None]:
+    """`warmup --aot --remote`'s store progress: pull and push say one line each when done (the compile's
+    progress bar is the only live display)."""
 
     def on_remote(event: Any) -> None:
         if event.done == event.total and event.phase in ("pull", "push"):
             out.info(f"remote {event.phase}: {event.total} objects")
 
-    report = warmup_aot_remote(the_plan, toolchain, root, remote=url, optional=optional, on_remote=on_remote,
-                               **aot_options)
+    return on_remote
+
+
+def render_remote_warmup(out: Output, report: Any, *, render_aot: Callable[[Any], None]) -> None:
+    """`warmup --aot --remote`'s report (:func:`jitcache.warm.remote_warmup.warmup_aot_remote`'s).
+
+    ``render_aot(aot_report)`` renders the AOT part for people; with
+    ``--format json`` stdout holds the one remote-warmup document.
+    """
     for message in report.remote_errors:
         out.warn(f"remote store: {message}; warmed locally (--remote-optional)")
     if report.pull is not None:
@@ -218,7 +216,7 @@ def run_remote_warmup(out: Output, the_plan: Any, toolchain: Any, root: Any, url
             out.warn(f"{name}: refused from the store ({why}); compiled here instead")
     if out.is_json:
         out.result(report.to_dict())
-        return report
+        return
     render_aot(report.aot)
     if report.pull is not None:
         for line in pull_lines(report.pull):
@@ -232,7 +230,6 @@ def run_remote_warmup(out: Output, the_plan: Any, toolchain: Any, root: Any, url
     out.print(f"Remote warmup: {report.pulled} pulled, {report.compiled} compiled, {report.pushed} pushed, "
               f"{human_bytes(data['bytes_received'])} in, {human_bytes(data['bytes_sent'])} out, "
               f"{report.seconds:.1f} s.")
-    return report
 
 
 def register(app: typer.Typer) -> None:

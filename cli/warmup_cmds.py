@@ -8,8 +8,9 @@ over its ranks (``--no-precompile`` leaves all compiling to DeepEP).
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
 
@@ -99,94 +100,40 @@ def warmup(
         run_live_warmup(profile, modes, cache_dir, out, jobs=jobs, precompile=precompile, relocate=relocate)
         return
 
-    from jitcache.adapters.registry import adapter, derive_jobs_from_entry
-    from jitcache.warm.aot import warmup_aot
-    from jitcache.planning.profiles import load_profile
-    from jitcache.store.root import resolve_root
-    from jitcache.build.toolchain import resolve_toolchain
-    from jitcache.planning.variants import plan
+    from jitcache.build.pool import AotReport
+    from jitcache.warm.aot_entry import AotOptions, aot_warmup
 
-    prof = load_profile(profile)
-    try:
-        the_plan = plan(prof, modes)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if distributed:
-        _init_distributed()
-    root = resolve_root(cache_dir)
-    triton_jobs: tuple = ()
-    if triton_modules:
-        from jitcache.build.triton_aot import import_kernel_modules, jobs_for_triton
+    from .remote_cmds import remote_progress, render_remote_warmup
 
-        kernels = import_kernel_modules(triton_modules)
-        if not kernels:
-            raise UsageError(f"--triton-module {', '.join(triton_modules)}: no kernel was registered",
-                             hint="the module must call jitcache.triton.register(kernel, args_for_bucket) on import")
-        buckets = sorted({nmax for _, nmax in the_plan.steps()})
-        triton_jobs = jobs_for_triton(kernels, buckets, prof.target.arch)
-        out.info(f"triton: {len(kernels)} kernels x {len(buckets)} buckets -> {len(triton_jobs)} cache entries "
-                 f"for {prof.target.arch} -> {root.triton_dir}")
-    if triton_only:
-        out.info(f"{prof.name}: {len(triton_jobs)} kernels (Triton), "
-                 f"{jobs or ('cores / ranks of the node' if distributed else 'all')} jobs -> {root.triton_dir}")
-        with aot_progress(out, _share(len(triton_jobs), distributed)) as on_result:
-            report = warmup_aot(the_plan, None, root, jobs=(), extra_jobs=triton_jobs, num_workers=jobs,
-                                distributed=True if distributed else None, on_result=on_result)
-        _render(out, prof, report)
+    options = AotOptions(profile=profile, modes=None if modes is None else tuple(modes), cache_dir=cache_dir,
+                         jobs=jobs, deep_ep=deep_ep, nvcc=nvcc, deep_ep_include=deep_ep_include,
+                         nccl_include=nccl_include, target_nccl_include=target_nccl_include,
+                         target_deep_ep_root=target_deep_ep_root, learn_from=learn_from, distributed=distributed,
+                         triton_modules=tuple(triton_modules or ()), triton_only=triton_only, remote=remote,
+                         remote_optional=remote_optional, relocate=relocate)
+    with ExitStack() as stack:
+        bar: list[Callable[[Any], None]] = []
+
+        def on_start(total: int) -> None:
+            bar.append(stack.enter_context(aot_progress(out, total)))
+
+        def on_result(result: Any) -> None:
+            if bar:
+                bar[-1](result)
+
+        report = aot_warmup(options, on_note=out.info, on_start=on_start, on_result=on_result,
+                            on_remote=remote_progress(out))
+    if not isinstance(report, AotReport):  # a RemoteWarmupReport: the compile's report, then the store's
+        render_remote_warmup(out, report, render_aot=lambda aot: render_report(out, _title(aot), aot))
+        _check_ok(report.aot)
         return
-    from jitcache.build.sources import sources_dir
-
-    toolchain = resolve_toolchain(nvcc=nvcc, deep_ep_include=deep_ep_include, nccl_include=nccl_include,
-                                  target_nccl_include=target_nccl_include, python_library_root=target_deep_ep_root,
-                                  api=deep_ep or prof.deep_ep.api, sources_dir=sources_dir(root.path))
-    build_jobs = None
-    if learn_from is not None:
-        learned = adapter(toolchain.deep_ep_api).learn_toolchain(toolchain, Path(learn_from))
-        if learned is not None:
-            toolchain = learned
-        else:
-            build_jobs = derive_jobs_from_entry(the_plan, toolchain, learn_from)
-    num_deep_ep = len(build_jobs) if build_jobs is not None else len(the_plan.kernels)
-    out.info(f"{prof.name}: {num_deep_ep + len(triton_jobs)} kernels ({len(the_plan)} variants + the buffer's "
-             f"barrier" + (f" + {len(triton_jobs)} Triton" if triton_jobs else "") + f"), DeepEP "
-             f"{toolchain.deep_ep_api} rules, nvcc {'.'.join(map(str, toolchain.nvcc_release))}, "
-             f"{jobs or ('cores / ranks of the node' if distributed else 'all')} jobs -> {root.deep_ep_dir}")
-    out.info(toolchain.deep_ep_headers_from)
-
-    from jitcache.store.remote import remote_url_from_env
-
-    if (remote_url := remote_url_from_env(remote)) is not None:
-        from .remote_cmds import run_remote_warmup
-
-        api = f"DeepEP {toolchain.deep_ep_api}"
-        with aot_progress(out, _share(num_deep_ep + len(triton_jobs), distributed)) as on_result:
-            remote_report = run_remote_warmup(
-                out, the_plan, toolchain, root, remote_url, optional=remote_optional, jobs=build_jobs,
-                relocate=relocate,
-                extra_jobs=triton_jobs, num_workers=jobs, distributed=True if distributed else None,
-                on_result=on_result, render_aot=lambda aot: render_report(out, f"{prof.name}: AOT warmup, {api}", aot))
-        _check_ok(remote_report.aot)
-        return
-    with aot_progress(out, _share(num_deep_ep + len(triton_jobs), distributed)) as on_result:
-        report = warmup_aot(the_plan, toolchain, root, jobs=build_jobs, extra_jobs=triton_jobs, num_workers=jobs,
-                            distributed=True if distributed else None, on_result=on_result)
-    _render(out, prof, report)
-
-
-def _share(total: int, distributed: bool) -> int:
-    """How many of ``total`` jobs this rank compiles (``warmup_aot`` deals them out round-robin)."""
-    if not distributed:
-        return total
-    import torch.distributed as dist
-
-    rank, world = dist.get_rank(), dist.get_world_size()
-    return len(range(rank, total, world))
-
-
-def _render(out: Output, prof, report) -> None:
-    api = "Triton" if report.deep_ep_api == "n/a" else f"DeepEP {report.deep_ep_api}"
-    render_report(out, f"{prof.name}: AOT warmup, {api}", report)
+    render_report(out, _title(report), report)
     _check_ok(report)
+
+
+def _title(report: Any) -> str:
+    api = "Triton" if report.deep_ep_api == "n/a" else f"DeepEP {report.deep_ep_api}"
+    return f"{report.profile}: AOT warmup, {api}"
 
 
 def _check_ok(report) -> None:
@@ -195,15 +142,6 @@ def _check_ok(report) -> None:
         raise CompileError(f"{len(report.failed)} of {len(report.results)} kernels failed to compile "
                            f"(first: {first.label}: {first.message})", log_path=first.log_path,
                            hint=f"compiler output is saved next to {report.report_path}")
-
-
-def _init_distributed() -> None:
-    try:
-        import torch.distributed as dist
-    except ImportError:
-        raise UsageError("--distributed needs torch", hint="pip install 'jitcache[torch]' or drop --distributed") from None
-    if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")  # CPU work: no GPU needed to share entries
 
 
 def register(app: typer.Typer) -> None:
