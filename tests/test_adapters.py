@@ -112,7 +112,12 @@ def test_the_registry_and_the_adapter_build_the_same_jobs_and_refuse_the_wrong_h
 def test_an_adapter_is_the_whole_interface():
     # What a third version must provide: the abstract methods, nothing else (the rest has defaults).
     assert DeepEPAdapter.__abstractmethods__ == {"entry_name", "target_facts", "render_plan", "render_barrier",
-                                                 "kernel_entry_names", "build_jobs", "derive_jobs"}
+                                                 "kernel_entry_names", "build_jobs", "derive_jobs",
+                                                 "serving_names", "local_entry_name"}
+    # ... and the facts each version states (no defaults: a new version must say them).
+    for name in ("version", "layout", "buffer_class", "cache_env", "default_cache_dir", "header_marker",
+                 "install_hint", "jit_seconds_per_bucket", "num_sms_rule"):
+        assert all(hasattr(a, name) for a in ADAPTERS), name
 
 
 def test_the_aot_entry_point_takes_one_frozen_options_object(tmp_path):

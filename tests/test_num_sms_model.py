@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 
 from jitcache.errors import ProfileError
 from jitcache.adapters.num_sms import profile_num_sms, rank_domain, theoretical_num_sms
+from jitcache.adapters.registry import adapter
 from jitcache.planning.gpus import GPU_DEFAULTS
 from jitcache.planning.profiles import builtin_profile_names, load_profile, parse_profile
 from jitcache.adapters.render25 import target_facts
@@ -111,10 +112,10 @@ def test_every_builtin_profile_gets_deepeps_own_choice(name, overlap, hybrid, de
                                   num_device_sms=t.num_device_sms,
                                   domain=rank_domain(p.ep_size, p.ranks_per_node, hybrid),
                                   nvlink_gbs=t.nvlink_gbs, rdma_gbs=t.rdma_gbs, prefer_overlap_with_compute=overlap)
-        assert profile_num_sms(profile, api) == expected, (name, api)
+        assert profile_num_sms(profile, adapter(api).num_sms_rule) == expected, (name, api)
     # ... and that is what the renderers put in the kernels.
-    assert target_facts21(profile).num_sms == profile_num_sms(profile, "2.1")
-    assert target_facts(profile).num_sms == profile_num_sms(profile, "2.5")
+    assert target_facts21(profile).num_sms == profile_num_sms(profile, adapter("2.1").num_sms_rule)
+    assert target_facts(profile).num_sms == profile_num_sms(profile, adapter("2.5").num_sms_rule)
 
 
 @settings(max_examples=300, deadline=None)
@@ -132,20 +133,21 @@ def test_the_model_equals_deepeps_over_topologies_and_bandwidths(deepep21, deepe
     facts = dict(num_experts=num_experts, num_topk=num_topk, num_device_sms=num_device_sms, domain=domain,
                  nvlink_gbs=nvlink_gbs, rdma_gbs=rdma_gbs, prefer_overlap_with_compute=overlap)
     for api, namespace in both(deepep21, deepep25).items():
-        assert theoretical_num_sms(api, **facts) == deepep_num_sms(namespace, **facts), api
+        assert theoretical_num_sms(adapter(api).num_sms_rule, **facts) == deepep_num_sms(namespace, **facts), api
 
 
 def test_the_readme_profile_at_ep8_and_vllms_defaults():
     # DeepSeek-V3 on 8 x H200: NVLink-bound, 2.1 and 2.5 round differently.
     profile = load_profile("deepseek-v3-ep8")
-    assert (profile_num_sms(profile, "2.1"), profile_num_sms(profile, "2.5")) == (14, 16)
+    assert (profile_num_sms(profile, adapter("2.1").num_sms_rule),
+            profile_num_sms(profile, adapter("2.5").num_sms_rule)) == (14, 16)
     # vLLM 0.33 builds the buffer with prefer_overlap_with_compute=False unless VLLM_DEEPEP_V2_PREFER_OVERLAP=1.
     vllm = replace(profile, deep_ep=replace(profile.deep_ep, prefer_overlap_with_compute=False))
-    assert profile_num_sms(vllm, "2.1") == 64
+    assert profile_num_sms(vllm, adapter("2.1").num_sms_rule) == 64
     # The pinned multi-GPU rig profiles hold what the 2.5 model gives.
     for name in ("h200x2-ep2", "h200x4-ep4"):
         pinned = load_profile(name)
-        assert profile_num_sms(pinned, "2.5") == pinned.deep_ep.num_sms
+        assert profile_num_sms(pinned, adapter("2.5").num_sms_rule) == pinned.deep_ep.num_sms
 
 
 def profile_data(**target):
@@ -198,7 +200,7 @@ def test_every_builtin_profile_renders_its_whole_plan_for_both_versions(name):
     the_plan = plan(load_profile(name))
     for kernels, api in ((render_plan(the_plan), "2.5"), (render_plan21(the_plan), "2.1")):
         assert len(kernels) == len(the_plan)
-        num_sms = load_profile(name).deep_ep.num_sms or profile_num_sms(the_plan.profile, api)
+        num_sms = load_profile(name).deep_ep.num_sms or profile_num_sms(the_plan.profile, adapter(api).num_sms_rule)
         dispatch = next(k for k in kernels if k.name.startswith(("dispatch", "hybrid_dispatch")))
         assert f", {num_sms + num_sms % 2}, " in dispatch.source, (api, dispatch.source)
 

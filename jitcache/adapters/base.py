@@ -30,11 +30,13 @@ from jitcache.types import Backend, DeepEPVersion
 
 if TYPE_CHECKING:
     from jitcache.adapters.deepjit import CompilerOptions, LearnedEntry
+    from jitcache.adapters.num_sms import NumSmsRule
     from jitcache.adapters.render25 import RenderedKernel, TargetFacts
     from jitcache.planning.profiles import Profile
     from jitcache.planning.variants import KernelVariant, WarmupPlan
 
-__all__ = ["ORIGINAL_DISPATCH_ATTR", "BuildJob", "DeepEPAdapter", "LearnedKernel", "Toolchain",
+__all__ = ["ORIGINAL_DISPATCH_ATTR", "BuildJob", "DeepEPAdapter", "LearnedKernel", "PlannedEntry", "ServingDeepEP",
+           "Toolchain", "headers_stamp",
            "nvcc_major_minor",
            "original_dispatch", "refuse_digest", "release_line"]
 
@@ -76,6 +78,74 @@ class Toolchain:
                 "nccl_include": str(self.nccl_include), "target_nccl_include": self.target_nccl_include,
                 "python_library_root": self.python_library_root,
                 "learned_from_entry": self.learned is not None}
+
+
+@dataclass(frozen=True)
+class ServingDeepEP:
+    """The facts of the serving DeepEP that enter its entry names.
+
+    ``package_dir`` and ``nccl_root`` are spelled as that DeepEP spells them
+    (they are hashed as text); ``headers`` is where jitcache reads the headers
+    whose *contents* are hashed (``<package_dir>/include`` unless the serving
+    package is not on this machine).
+    """
+
+    version: str                  # a DeepEPVersion: which adapter names its entries
+    package_dir: str
+    nccl_root: str
+    nvcc_version_output: str
+    headers: Path
+    origin: str                   # how it was found: "importable deep_ep", "--deep-ep-root", "meta.json of ..."
+    nvcc_path: str = ""
+
+    @property
+    def nccl_include(self) -> str:
+        """``<nccl root>/include``: what DeepEP 2.5 puts in its ``-I`` flag (``std::filesystem::absolute``)."""
+        return os.path.join(os.path.abspath(self.nccl_root), "include")
+
+    @property
+    def nvcc_release(self) -> str:
+        return release_line(self.nvcc_version_output)
+
+    def describe(self) -> str:
+        return (f"DeepEP {self.version} at {self.package_dir} (NCCL {self.nccl_include}, "
+                f"nvcc {self.nvcc_release or '?'}; {self.origin})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "package_dir": self.package_dir, "nccl_root": self.nccl_root,
+                "nccl_include": self.nccl_include, "nvcc": self.nvcc_release, "nvcc_path": self.nvcc_path,
+                "headers": str(self.headers), "origin": self.origin}
+
+
+@dataclass(frozen=True)
+class PlannedEntry:
+    """One entry the serving DeepEP will look up: its directory name and the exact ``kernel.cu`` under it."""
+
+    name: str
+    family: str
+    kernel_cu: str
+    function: str
+    variant: KernelVariant | None = None   # None: the buffer's barrier
+
+    @property
+    def num_max_tokens_per_rank(self) -> int | None:
+        return None if self.variant is None else self.variant.num_max_tokens_per_rank
+
+    @property
+    def mode(self) -> str:
+        return "buffer" if self.variant is None else self.variant.mode
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "family": self.family, "function": self.function, "mode": self.mode,
+                "num_max_tokens_per_rank": self.num_max_tokens_per_rank}
+
+
+def headers_stamp(headers: Path) -> float:
+    """The mtime of ``headers/deep_ep``: a changed header tree is hashed again (the adapters' memoised hashers)."""
+    try:
+        return (headers / "deep_ep").stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 @dataclass(frozen=True)
@@ -167,6 +237,12 @@ class DeepEPAdapter(ABC):
     #: Whether a live process's digest facts (NCCL path, nvcc text) are found as :func:`.serving.locate_serving`
     #: finds them (2.5: DeepJIT's own lookup); False: the live package's own finders (2.1, :mod:`.live21`).
     live_names_from_serving: ClassVar[bool] = False
+    #: What every entry directory name of this layout starts with ("" when names are bare ``<name>.<key>``).
+    entry_prefix: ClassVar[str] = ""
+    #: What one cold bucket (four kernels) costs this DeepEP's JIT on the serving path (H200 measurements).
+    jit_seconds_per_bucket: ClassVar[float]
+    #: This DeepEP's ``get_theoretical_num_sms`` (:mod:`.num_sms`).
+    num_sms_rule: ClassVar[NumSmsRule]
 
     _entry_pattern: ClassVar[re.Pattern[str]]
 
@@ -235,6 +311,21 @@ class DeepEPAdapter(ABC):
         """The entry name this DeepEP computes for each kernel (same order): the digest rule, once.
 
         :meth:`build_jobs` names its entries with it."""
+
+    @abstractmethod
+    def serving_names(self, kernels: Sequence[RenderedKernel], serving: ServingDeepEP,
+                      arch: str) -> list[PlannedEntry]:
+        """Each kernel as the DeepEP ``serving`` describes will look it up: its entry name and exact ``kernel.cu``."""
+
+    @abstractmethod
+    def local_entry_name(self, serving: ServingDeepEP, family: str, kernel_cu: str, arch: str) -> str | None:
+        """The name ``serving`` gives an entry whose ``kernel.cu`` is ``kernel_cu`` (relocation); None when that
+        DeepEP would never write this ``kernel.cu``."""
+
+    def serving_meta_json(self, serving: ServingDeepEP, arch: str) -> str | None:
+        """The compile metadata ``serving`` writes beside an entry (None: this layout has none)."""
+        del serving, arch
+        return None
 
     @abstractmethod
     def build_jobs(self, kernels: Iterable[RenderedKernel], toolchain: Toolchain, arch: str, *,

@@ -13,17 +13,20 @@ the command run and the flags hashed differ only in those two paths.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Sequence
 
-from jitcache.adapters.base import BuildJob, DeepEPAdapter, LearnedKernel, Toolchain, refuse_digest
-from jitcache.adapters.digest21 import (IncludeHasher21, cache_key21, entry_name21, flags21, nvcc_command21,
-                                        with_include_hash)
+from jitcache.adapters.base import (BuildJob, DeepEPAdapter, LearnedKernel, PlannedEntry, ServingDeepEP, Toolchain,
+                                    headers_stamp, nvcc_major_minor, refuse_digest)
+from jitcache.adapters.digest21 import (HEADER_PREFIX21, IncludeHasher21, cache_key21, entry_name21, flags21,
+                                        nvcc_command21, with_include_hash)
 from jitcache.adapters.learn import substitute_nmax
 from jitcache.adapters.live21 import live_toolchain_args21
-from jitcache.adapters.render21 import render_barrier21, render_plan21, target_facts21
+from jitcache.adapters.render21 import NUM_SMS_RULE21, render_barrier21, render_plan21, target_facts21
 from jitcache.adapters.render25 import RenderedKernel, TargetFacts
 from jitcache.errors import ToolchainError
 
@@ -88,6 +91,27 @@ def jobs_for_plan21(the_plan: WarmupPlan, toolchain: Toolchain, *, with_barrier:
     return DeepEP21().jobs_for_plan(the_plan, toolchain, with_barrier=with_barrier)
 
 
+@functools.lru_cache(maxsize=16)
+def _hasher21(headers: str, stamp: float) -> IncludeHasher21:
+    return IncludeHasher21(headers)
+
+
+class _ServingNames21:
+    """DeepEP 2.1's key for the serving DeepEP: its flags (NCCL root, ``<package dir>/include``) and nvcc release."""
+
+    def __init__(self, serving: ServingDeepEP, arch: str) -> None:
+        self.flags = flags21(arch=arch, nccl_root=serving.nccl_root,
+                             library_include=os.path.join(serving.package_dir, "include"))
+        self.release = nvcc_major_minor(serving.nvcc_version_output)
+        self.includes = _hasher21(str(serving.headers), headers_stamp(serving.headers))
+
+    def kernel_cu(self, generated: str) -> str:
+        return with_include_hash(generated, self.includes)
+
+    def name(self, family: str, kernel_cu: str) -> str:
+        return entry_name21(family, cache_key21(family, kernel_cu, self.flags, *self.release))
+
+
 class DeepEP21(DeepEPAdapter):
     version = "2.1"
     layout = "deep_ep_2.1"
@@ -98,6 +122,9 @@ class DeepEP21(DeepEPAdapter):
     header_marker = "deep_ep/impls/dispatch.cuh"
     install_hint = _INSTALL_HINT
     live_install_hint = "install DeepEP 2.1 (`pip install tokenspeed-deepep`) in this environment"
+    entry_prefix = "kernel."
+    jit_seconds_per_bucket = 8.2    # H200, EP1, hidden 7168 (DESIGN.md)
+    num_sms_rule = NUM_SMS_RULE21
     _entry_pattern: ClassVar[re.Pattern[str]] = re.compile(
         r"^kernel\.(?P<family>[A-Za-z0-9_]+)\.(?P<key>[0-9a-f]{32})$")
 
@@ -115,6 +142,22 @@ class DeepEP21(DeepEPAdapter):
 
     def render_barrier(self, profile: Profile, facts: TargetFacts) -> RenderedKernel:
         return render_barrier21(profile, facts)
+
+    def serving_names(self, kernels: Sequence[RenderedKernel], serving: ServingDeepEP,
+                      arch: str) -> list[PlannedEntry]:
+        names = _ServingNames21(serving, arch)
+        out = []
+        for k in kernels:
+            code = names.kernel_cu(k.source)
+            out.append(PlannedEntry(names.name(k.name, code), k.name, code, k.function, k.variant))
+        return out
+
+    def local_entry_name(self, serving: ServingDeepEP, family: str, kernel_cu: str, arch: str) -> str | None:
+        names = _ServingNames21(serving, arch)
+        first, _, generated = kernel_cu.partition("\n")
+        if not first.startswith(HEADER_PREFIX21) or names.kernel_cu(generated) != kernel_cu:
+            return None
+        return names.name(family, kernel_cu)
 
     def kernel_entry_names(self, kernels: Sequence[RenderedKernel], toolchain: Toolchain, arch: str, *,
                            options: CompilerOptions | None = None) -> tuple[str, ...]:

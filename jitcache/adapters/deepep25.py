@@ -13,16 +13,20 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Iterable, Sequence
 
-from jitcache.adapters.base import BuildJob, DeepEPAdapter, LearnedKernel, Toolchain, refuse_digest, release_line
-from jitcache.adapters.deepjit import (CompilerOptions, IncludeHasher, cache_key, deep_ep_compiler_options, entry_name,
-                                       meta_json, nvcc_command, options_from_meta)
+from jitcache.adapters.base import (BuildJob, DeepEPAdapter, LearnedKernel, PlannedEntry, ServingDeepEP, Toolchain,
+                                    headers_stamp, refuse_digest, release_line)
+from jitcache.adapters.deepjit import (FNV1a, CompilerOptions, IncludeHasher, cache_key, compiler_hash,
+                                       deep_ep_compiler_options, entry_name, meta_json, nvcc_command, options_from_meta)
 from jitcache.adapters.learn import substitute_nmax
-from jitcache.adapters.render25 import RenderedKernel, TargetFacts, render_barrier, render_plan, target_facts
+from jitcache.adapters.render25 import (NUM_SMS_RULE25, RenderedKernel, TargetFacts, render_barrier, render_plan,
+                                        target_facts)
 from jitcache.errors import ToolchainError
 
 if TYPE_CHECKING:
@@ -40,6 +44,24 @@ def _label(kernel: RenderedKernel) -> str:
     return kernel.name if variant is None else f"{kernel.name} nmax={variant.num_max_tokens_per_rank} ({variant.mode})"
 
 
+@functools.lru_cache(maxsize=16)
+def _hasher25(headers: str, stamp: float) -> IncludeHasher:
+    return IncludeHasher([headers])
+
+
+class _ServingNames25:
+    """DeepJIT's ``cache_key`` for the serving DeepEP, with the part every kernel shares hashed once."""
+
+    def __init__(self, serving: ServingDeepEP, arch: str) -> None:
+        self.options = deep_ep_compiler_options(arch, serving.nccl_include)
+        self.includes = _hasher25(str(serving.headers), headers_stamp(serving.headers))
+        self.prefix = FNV1a().update("").update(compiler_hash(serving.nvcc_version_output))
+        self.prefix.update(self.options.flags_string()).update("")
+
+    def name(self, family: str, kernel_cu: str | bytes) -> str:
+        return entry_name(family, self.prefix.copy().update(self.includes.hash_source(kernel_cu)).hexdigest())
+
+
 class DeepEP25(DeepEPAdapter):
     version = "2.5"
     layout = "deepjit"
@@ -54,6 +76,8 @@ class DeepEP25(DeepEPAdapter):
     install_hint = "run `jitcache sources fetch` (the deepinfer-ep sdist's headers), or pass --deep-ep-include"
     live_install_hint = "install DeepEP 2.5 (`pip install deepinfer-ep`) in this environment"
     live_names_from_serving = True
+    jit_seconds_per_bucket = 12.0   # H200, EP1, hidden 7168 (DESIGN.md)
+    num_sms_rule = NUM_SMS_RULE25
     _entry_pattern: ClassVar[re.Pattern[str]] = re.compile(r"^(?P<family>[A-Za-z0-9_]+)\.(?P<key>[0-9a-f]{32})$")
 
     def entry_name(self, family: str, digest: str) -> str:
@@ -67,6 +91,22 @@ class DeepEP25(DeepEPAdapter):
 
     def render_barrier(self, profile: Profile, facts: TargetFacts) -> RenderedKernel:
         return render_barrier(profile, facts)
+
+    def serving_names(self, kernels: Sequence[RenderedKernel], serving: ServingDeepEP,
+                      arch: str) -> list[PlannedEntry]:
+        names = _ServingNames25(serving, arch)
+        return [PlannedEntry(names.name(k.name, k.source), k.name, k.source, k.function, k.variant) for k in kernels]
+
+    def local_entry_name(self, serving: ServingDeepEP, family: str, kernel_cu: str, arch: str) -> str | None:
+        return _ServingNames25(serving, arch).name(family, kernel_cu)
+
+    def serving_meta_json(self, serving: ServingDeepEP, arch: str) -> str | None:
+        options = deep_ep_compiler_options(arch, serving.nccl_include)
+        include_dirs = [os.path.join(serving.package_dir, "include")]
+        nvcc_path = serving.nvcc_path or "nvcc"
+        command = nvcc_command(nvcc_path, "{dir}", options, include_dirs)
+        return meta_json(command, python_library_root=serving.package_dir, include_dirs=include_dirs,
+                         nvcc_path=nvcc_path, nvcc_version_output=serving.nvcc_version_output, options=options)
 
     def _options(self, toolchain: Toolchain, arch: str, options: CompilerOptions | None) -> CompilerOptions:
         if options is not None:

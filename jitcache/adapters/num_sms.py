@@ -49,10 +49,7 @@ from dataclasses import dataclass
 from jitcache.errors import ProfileError
 from jitcache.planning.gpus import GPU_DEFAULTS
 
-__all__ = ["RankDomain", "profile_num_sms", "rank_domain", "theoretical_num_sms"]
-
-API_21 = "2.1"
-API_25 = "2.5"
+__all__ = ["NumSmsRule", "RankDomain", "profile_num_sms", "rank_domain", "theoretical_num_sms"]
 
 
 @dataclass(frozen=True)
@@ -77,7 +74,10 @@ def rank_domain(num_ranks: int, ranks_per_node: int, allow_hybrid_mode: bool = T
 
 
 @dataclass(frozen=True)
-class _Rule:
+class NumSmsRule:
+    """What one DeepEP version's ``get_theoretical_num_sms`` does differently (each adapter holds its own:
+    ``DeepEPAdapter.num_sms_rule``): per-SM bandwidths, combine's terms, the rounding and the cap."""
+
     sm_read_gbs: float
     sm_write_gbs: float
     with_combine_terms: bool
@@ -85,13 +85,6 @@ class _Rule:
     alignment: int
     even_cap: bool
 
-
-_RULES = {
-    API_21: _Rule(sm_read_gbs=200, sm_write_gbs=50, with_combine_terms=False, factor=1.25, alignment=2,
-                  even_cap=False),
-    API_25: _Rule(sm_read_gbs=180, sm_write_gbs=45, with_combine_terms=True, factor=1.3, alignment=4,
-                  even_cap=True),
-}
 
 
 def _expected_groups(num_experts: int, num_topk: int, num_groups: int) -> float:
@@ -102,14 +95,13 @@ def _expected_groups(num_experts: int, num_topk: int, num_groups: int) -> float:
     return num_groups * (1 - missed)
 
 
-def theoretical_num_sms(api: str, *, num_experts: int, num_topk: int, num_device_sms: int, domain: RankDomain,
+def theoretical_num_sms(rule: NumSmsRule, *, num_experts: int, num_topk: int, num_device_sms: int, domain: RankDomain,
                         nvlink_gbs: float, rdma_gbs: float = 0.0, prefer_overlap_with_compute: bool = True) -> int:
-    """The ``num_sms`` DeepEP ``api`` ("2.1" or "2.5") picks from these facts (bandwidths in GB/s).
+    """The ``num_sms`` the DeepEP whose ``rule`` it is picks from these facts (bandwidths in GB/s).
 
     Raises :class:`ValueError` where DeepEP itself would divide by zero (a
     scale-out domain with a zero bandwidth).
     """
-    rule = _RULES[api]
     d = domain
     topk = _expected_groups(num_experts, num_topk, d.num_ranks)
     scaleout_topk = _expected_groups(num_experts, num_topk, d.num_scaleout_ranks) if d.num_scaleout_ranks > 1 else 0.0
@@ -156,8 +148,8 @@ def _gpu_names() -> str:
                      for g in GPU_DEFAULTS.values())
 
 
-def profile_num_sms(profile, api: str) -> int:
-    """DeepEP ``api``'s choice for ``profile`` when it leaves ``[deep_ep] num_sms`` at 0.
+def profile_num_sms(profile, rule: NumSmsRule) -> int:
+    """The choice of the DeepEP whose ``rule`` it is for ``profile`` when it leaves ``[deep_ep] num_sms`` at 0.
 
     Reads the model shape, the EP topology, ``[deep_ep] allow_hybrid_mode`` and
     ``prefer_overlap_with_compute``, and ``[target]`` ``num_device_sms``,
@@ -184,6 +176,6 @@ def profile_num_sms(profile, api: str) -> int:
                 "serving host", field=f"target.{name}",
                 hint=f"set [target] {name} in GB/s ({measured}), or [target] gpu to one of: {_gpu_names()}; "
                      "or pin [deep_ep] num_sms")
-    return theoretical_num_sms(api, num_experts=m.num_experts, num_topk=m.num_topk,
+    return theoretical_num_sms(rule, num_experts=m.num_experts, num_topk=m.num_topk,
                                num_device_sms=t.num_device_sms, domain=domain, nvlink_gbs=t.nvlink_gbs,
                                rdma_gbs=t.rdma_gbs, prefer_overlap_with_compute=d.prefer_overlap_with_compute)

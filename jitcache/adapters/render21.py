@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jitcache.adapters.num_sms import profile_num_sms
+from jitcache.adapters.num_sms import NumSmsRule, profile_num_sms
 from jitcache.errors import ProfileError, UsageError
 from jitcache.planning.profiles import Profile
 from jitcache.adapters.render25 import (_MAX_CHANNELS_PER_SM, _NUM_NOTIFY_WARPS, _SF_PACK_BYTES, RenderedKernel, TargetFacts, _align,
@@ -67,6 +67,12 @@ def _dispatch_layout(hidden_bytes: int, sf_packs: int, topk: int) -> int:
     return token_layout_num_bytes21(hidden_bytes, sf_packs * _SF_PACK_BYTES, topk, True, True)
 
 
+#: ``ElasticBuffer.get_theoretical_num_sms`` (deep_ep/buffers/elastic.py): 200 / 50 GB/s per SM, dispatch's terms
+#: only, ``align(max(4, ceil(n * 1.25)), 2)`` capped by the device's SMs.
+NUM_SMS_RULE21 = NumSmsRule(sm_read_gbs=200, sm_write_gbs=50, with_combine_terms=False, factor=1.25, alignment=2,
+                            even_cap=False)
+
+
 def target_facts21(profile: Profile) -> TargetFacts:
     """The per-GPU template arguments DeepEP 2.1 computes for ``profile`` on ``profile.target``."""
     t, m, p = profile.target, profile.model, profile.parallel
@@ -77,7 +83,7 @@ def target_facts21(profile: Profile) -> TargetFacts:
     clock_rate_khz = _require(profile, "clock_rate_khz", t.clock_rate_khz)
     num_allocated_qps = _require(profile, "num_allocated_qps", t.num_allocated_qps)
     requested = profile.deep_ep.num_sms
-    num_sms = requested if requested else profile_num_sms(profile, "2.1")
+    num_sms = requested if requested else profile_num_sms(profile, NUM_SMS_RULE21)
     num_qps = num_sms * 16 + 1 if allow_hybrid_mode else min(num_sms, 8 + 1)
     num_qps = min(num_qps, num_allocated_qps)
     channels = 1

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from jitcache.adapters.num_sms import profile_num_sms
+from jitcache.adapters.num_sms import NumSmsRule, profile_num_sms
 from jitcache.errors import ProfileError, UsageError
 from jitcache.planning.profiles import Profile
 from jitcache.planning.variants import KernelVariant, WarmupPlan
@@ -88,9 +88,15 @@ def _require(profile: Profile, field: str, value: int) -> int:
     return value
 
 
+#: ``EPBuffer.get_theoretical_num_sms`` (deep_ep/buffers/ep.py): 180 / 45 GB/s per SM, combine's terms counted,
+#: ``align(max(4, ceil(n * 1.3)), 4)`` capped by the device's SMs rounded down to even.
+NUM_SMS_RULE25 = NumSmsRule(sm_read_gbs=180, sm_write_gbs=45, with_combine_terms=True, factor=1.3, alignment=4,
+                            even_cap=True)
+
+
 def _theoretical_num_sms(profile: Profile) -> int:
     """``EPBuffer.get_theoretical_num_sms`` for the profile's facts (:mod:`jitcache.adapters.num_sms`)."""
-    return profile_num_sms(profile, "2.5")
+    return profile_num_sms(profile, NUM_SMS_RULE25)
 
 
 def target_facts(profile: Profile) -> TargetFacts:

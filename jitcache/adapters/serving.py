@@ -17,8 +17,9 @@ package's ``persistent_envs``, then the ``nvidia-nccl-*`` distribution holding
 ``libnccl.so``), without importing ``deep_ep`` (it needs a GPU driver).
 :func:`planned_entries` names every planned variant and the buffer's barrier;
 :func:`local_entry_name` names any entry's own ``kernel.cu`` (relocation).
-Each has one implementation per DeepEP version below; nothing outside
-:mod:`jitcache.adapters` compares version strings.
+Each asks the serving version's adapter (``serving_names``,
+``local_entry_name``, ``serving_meta_json``, the commit rule, the entry
+prefix): this module compares no version strings.
 """
 
 from __future__ import annotations
@@ -28,50 +29,48 @@ import functools
 import importlib.metadata
 import importlib.util
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
-from jitcache.adapters.deepjit import (FNV1a, IncludeHasher, compiler_hash, deep_ep_compiler_options, entry_name,
-                                       meta_json, nvcc_command, options_from_meta)
-from jitcache.adapters.digest21 import HEADER_PREFIX21, IncludeHasher21, cache_key21, entry_name21, flags21, \
-    with_include_hash
-from jitcache.adapters.render21 import render_barrier21, render_plan21, target_facts21
-from jitcache.adapters.render25 import RenderedKernel, render_barrier, render_plan, target_facts
-from jitcache.adapters.base import nvcc_major_minor, release_line
+from jitcache.adapters.base import DeepEPAdapter, PlannedEntry, ServingDeepEP
+from jitcache.adapters.deepep25 import COMMIT_MARKER, DeepEP25
+from jitcache.adapters.deepjit import options_from_meta
 from jitcache.adapters.headers import deep_ep_api_of, find_nvcc, nvcc_version
+from jitcache.adapters.registry import ADAPTERS, adapter, adapter_for_layout
 from jitcache.errors import ToolchainError, UsageError
 from jitcache.planning.variants import KernelVariant, WarmupPlan
+from jitcache.types import DEEP_EP_VERSIONS
 
 __all__ = ["COMMIT_MARKER", "PlannedEntry", "ServingDeepEP", "api_of_layout", "entry_family", "is_committed", "jit_seconds_per_bucket", "local_entry_name", "locate_serving",
            "planned_entries", "serving_from_meta", "serving_meta_json"]
 
-#: Measured on the H200 (DESIGN.md): JIT time of one new bucket (four kernels) on the serving path.
-_JIT_SECONDS = {"2.5": 12.0, "2.1": 8.2}
-_PACKAGES = ("deep_ep", "deep_ep_v25")
-
-
-#: The store's name of each DeepEP version's on-disk layout (``CacheEntry.format``).
-_LAYOUTS = {"deepjit": "2.5", "deep_ep_2.1": "2.1"}
+#: The packages a serving DeepEP is importable as, in the order they are tried.
+_PACKAGES = tuple(dict.fromkeys(p for a in ADAPTERS for p in a.packages))
 
 
 def api_of_layout(layout: str) -> str | None:
     """The DeepEP version whose entries have ``layout`` (``"deepjit"`` -> ``"2.5"``), else None."""
-    return _LAYOUTS.get(layout)
+    found = adapter_for_layout(layout)
+    return None if found is None else found.version
 
 
-#: DeepJIT's marker (2.5): an entry exists once this empty file does. 2.1 has none: both files must be there.
-COMMIT_MARKER = ".committed"
-_ENTRY_FILES = ("kernel.cu", "kernel.cubin")
+def _rules(version: str) -> DeepEPAdapter:
+    try:
+        return adapter(version)
+    except UsageError:
+        raise UsageError(f"DeepEP {version!r}: jitcache knows the naming rules of "
+                         f"{', '.join(DEEP_EP_VERSIONS)}") from None
 
 
 def entry_family(version: str, dirname: str) -> str | None:
     """The kernel family of a ``cache/`` directory name in this DeepEP's layout, else None."""
-    if version == "2.1":
-        if not dirname.startswith("kernel."):
+    prefix = _rules(version).entry_prefix
+    if prefix:
+        if not dirname.startswith(prefix):
             return None
-        dirname = dirname[len("kernel."):]
-    elif dirname.startswith("kernel."):
+        dirname = dirname[len(prefix):]
+    elif any(a.entry_prefix and dirname.startswith(a.entry_prefix) for a in ADAPTERS):
         return None
     family, dot, digest = dirname.rpartition(".")
     if not dot or not family or len(digest) != 32 or not family.replace("_", "").isalnum():
@@ -85,74 +84,15 @@ def entry_family(version: str, dirname: str) -> str | None:
 
 def is_committed(version: str, entry: Path) -> bool:
     """Whether this DeepEP would use ``entry`` (its commit rule)."""
-    if version == "2.5":
-        return (entry / COMMIT_MARKER).is_file()
-    return all((entry / name).is_file() for name in _ENTRY_FILES)
+    return _rules(version).is_committed(entry)
 
 
 def jit_seconds_per_bucket(version: str) -> float:
     """What a cold bucket costs this DeepEP on the serving path (H200 measurements)."""
-    return _JIT_SECONDS.get(version, 12.0)
-
-
-@dataclass(frozen=True)
-class ServingDeepEP:
-    """The facts of the serving DeepEP that enter its entry names.
-
-    ``package_dir`` and ``nccl_root`` are spelled as that DeepEP spells them
-    (they are hashed as text); ``headers`` is where jitcache reads the headers
-    whose *contents* are hashed (``<package_dir>/include`` unless the serving
-    package is not on this machine).
-    """
-
-    version: str                  # "2.5" or "2.1"
-    package_dir: str
-    nccl_root: str
-    nvcc_version_output: str
-    headers: Path
-    origin: str                   # how it was found: "importable deep_ep", "--deep-ep-root", "meta.json of ..."
-    nvcc_path: str = ""
-
-    @property
-    def nccl_include(self) -> str:
-        """``<nccl root>/include``: what DeepEP 2.5 puts in its ``-I`` flag (``std::filesystem::absolute``)."""
-        return os.path.join(os.path.abspath(self.nccl_root), "include")
-
-    @property
-    def nvcc_release(self) -> str:
-        return release_line(self.nvcc_version_output)
-
-    def describe(self) -> str:
-        return (f"DeepEP {self.version} at {self.package_dir} (NCCL {self.nccl_include}, "
-                f"nvcc {self.nvcc_release or '?'}; {self.origin})")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "package_dir": self.package_dir, "nccl_root": self.nccl_root,
-                "nccl_include": self.nccl_include, "nvcc": self.nvcc_release, "nvcc_path": self.nvcc_path,
-                "headers": str(self.headers), "origin": self.origin}
-
-
-@dataclass(frozen=True)
-class PlannedEntry:
-    """One entry the serving DeepEP will look up: its directory name and the exact ``kernel.cu`` under it."""
-
-    name: str
-    family: str
-    kernel_cu: str
-    function: str
-    variant: KernelVariant | None = None   # None: the buffer's barrier
-
-    @property
-    def num_max_tokens_per_rank(self) -> int | None:
-        return None if self.variant is None else self.variant.num_max_tokens_per_rank
-
-    @property
-    def mode(self) -> str:
-        return "buffer" if self.variant is None else self.variant.mode
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "family": self.family, "function": self.function, "mode": self.mode,
-                "num_max_tokens_per_rank": self.num_max_tokens_per_rank}
+    try:
+        return adapter(version).jit_seconds_per_bucket
+    except UsageError:
+        return DeepEP25.jit_seconds_per_bucket
 
 
 # -- finding the serving DeepEP ----------------------------------------------------------------
@@ -291,87 +231,19 @@ def locate_serving(deep_ep_root: str | Path | None = None, nccl_include: str | P
 
 
 def serving_from_meta(meta: Mapping | str | bytes, headers: str | Path, *, origin: str = "meta.json") -> ServingDeepEP:
-    """The DeepEP 2.5 that wrote an entry, from its ``meta.json`` (paths and nvcc text as it recorded them)."""
+    """The DeepEP 2.5 that wrote an entry, from its ``meta.json`` (paths and nvcc text as it recorded them):
+    DeepJIT's layout is the one that records them (:class:`~jitcache.adapters.deepep25.DeepEP25`)."""
     learned = options_from_meta(meta)
     nccl_include = learned.nccl_include_dir
     if nccl_include is None:
         raise UsageError(f"{origin}: its flags hold no -I<nccl>/include")
-    return ServingDeepEP(version="2.5", package_dir=learned.python_library_root,
+    return ServingDeepEP(version=DeepEP25.version, package_dir=learned.python_library_root,
                          nccl_root=os.path.dirname(nccl_include.rstrip("/")),
                          nvcc_version_output=learned.nvcc_version_output, headers=Path(headers), origin=origin,
                          nvcc_path=learned.nvcc_path)
 
 
-# -- names, per DeepEP version -------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=16)
-def _hasher25(headers: str, stamp: float) -> IncludeHasher:
-    return IncludeHasher([headers])
-
-
-@functools.lru_cache(maxsize=16)
-def _hasher21(headers: str, stamp: float) -> IncludeHasher21:
-    return IncludeHasher21(headers)
-
-
-def _stamp(headers: Path) -> float:
-    try:
-        return (headers / "deep_ep").stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-class _Names25:
-    """DeepJIT's ``cache_key`` with the part every kernel shares hashed once."""
-
-    def __init__(self, serving: ServingDeepEP, arch: str) -> None:
-        self.options = deep_ep_compiler_options(arch, serving.nccl_include)
-        self.includes = _hasher25(str(serving.headers), _stamp(serving.headers))
-        self.prefix = FNV1a().update("").update(compiler_hash(serving.nvcc_version_output))
-        self.prefix.update(self.options.flags_string()).update("")
-
-    def name(self, family: str, kernel_cu: str | bytes) -> str:
-        return entry_name(family, self.prefix.copy().update(self.includes.hash_source(kernel_cu)).hexdigest())
-
-
-class _Names21:
-    def __init__(self, serving: ServingDeepEP, arch: str) -> None:
-        self.flags = flags21(arch=arch, nccl_root=serving.nccl_root,
-                             library_include=os.path.join(serving.package_dir, "include"))
-        self.release = nvcc_major_minor(serving.nvcc_version_output)
-        self.includes = _hasher21(str(serving.headers), _stamp(serving.headers))
-
-    def kernel_cu(self, generated: str) -> str:
-        return with_include_hash(generated, self.includes)
-
-    def name(self, family: str, kernel_cu: str) -> str:
-        return entry_name21(family, cache_key21(family, kernel_cu, self.flags, *self.release))
-
-
-def _planned25(kernels: list[RenderedKernel], serving: ServingDeepEP, arch: str) -> list[PlannedEntry]:
-    names = _Names25(serving, arch)
-    return [PlannedEntry(names.name(k.name, k.source), k.name, k.source, k.function, k.variant) for k in kernels]
-
-
-def _planned21(kernels: list[RenderedKernel], serving: ServingDeepEP, arch: str) -> list[PlannedEntry]:
-    names = _Names21(serving, arch)
-    out = []
-    for k in kernels:
-        code = names.kernel_cu(k.source)
-        out.append(PlannedEntry(names.name(k.name, code), k.name, code, k.function, k.variant))
-    return out
-
-
-_RENDER = {"2.5": (render_plan, render_barrier, target_facts, _planned25),
-           "2.1": (render_plan21, render_barrier21, target_facts21, _planned21)}
-
-
-def _rules(version: str):
-    try:
-        return _RENDER[version]
-    except KeyError:
-        raise UsageError(f"DeepEP {version!r}: jitcache knows the naming rules of {', '.join(_RENDER)}") from None
+# -- names, by the serving version's adapter -------------------------------------------------------
 
 
 def planned_entries(the_plan: WarmupPlan, serving: ServingDeepEP, *, with_barrier: bool = True,
@@ -385,15 +257,12 @@ def planned_entries(the_plan: WarmupPlan, serving: ServingDeepEP, *, with_barrie
     if profile.deep_ep.api not in ("auto", serving.version):
         raise UsageError(f"{profile.source}: [deep_ep] api = {profile.deep_ep.api!r}, but the serving DeepEP is "
                          f"{serving.version} ({serving.package_dir})")
-    render, barrier, facts_of, name = _rules(serving.version)
-    if variants is None:
-        kernels = list(render(the_plan))
-    else:
-        kernels = list(render(replace(the_plan, variants=tuple(variants))))
+    rules = _rules(serving.version)
+    kernels = list(rules.render_plan(the_plan if variants is None else replace(the_plan, variants=tuple(variants))))
     if with_barrier:
-        kernels.append(barrier(profile, facts_of(profile)))
+        kernels.append(rules.render_barrier(profile, rules.target_facts(profile)))
     seen: dict[str, PlannedEntry] = {}
-    for entry in name(kernels, serving, profile.target.arch):
+    for entry in rules.serving_names(kernels, serving, profile.target.arch):
         seen.setdefault(entry.name, entry)
     return tuple(seen.values())
 
@@ -404,23 +273,9 @@ def local_entry_name(serving: ServingDeepEP, family: str, kernel_cu: str, arch: 
     ``None`` when that DeepEP would never write this ``kernel.cu`` (2.1: its
     includes' hash line is not the one of the serving headers).
     """
-    if serving.version == "2.5":
-        return _Names25(serving, arch).name(family, kernel_cu)
-    _rules(serving.version)
-    names = _Names21(serving, arch)
-    first, _, generated = kernel_cu.partition("\n")
-    if not first.startswith(HEADER_PREFIX21) or names.kernel_cu(generated) != kernel_cu:
-        return None
-    return names.name(family, kernel_cu)
+    return _rules(serving.version).local_entry_name(serving, family, kernel_cu, arch)
 
 
 def serving_meta_json(serving: ServingDeepEP, arch: str) -> str | None:
     """The ``meta.json`` the serving DeepEP 2.5 writes beside an entry (None for a layout without one)."""
-    if serving.version != "2.5":
-        return None
-    options = deep_ep_compiler_options(arch, serving.nccl_include)
-    include_dirs = [os.path.join(serving.package_dir, "include")]
-    nvcc_path = serving.nvcc_path or "nvcc"
-    command = nvcc_command(nvcc_path, "{dir}", options, include_dirs)
-    return meta_json(command, python_library_root=serving.package_dir, include_dirs=include_dirs,
-                     nvcc_path=nvcc_path, nvcc_version_output=serving.nvcc_version_output, options=options)
+    return _rules(serving.version).serving_meta_json(serving, arch)
