@@ -21,22 +21,30 @@ try:  # Typer 0.2x vendors Click as typer._click; older Typer uses Click itself
 except ImportError:  # pragma: no cover
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
+from importlib import import_module
+
 from jitcache import __version__, settings
 from jitcache.errors import JitCacheError
 
-from . import _fast_params, cache_cmds, plan_cmds, remote_cmds, sources_cmds, stats_cmds, warmup_cmds
+from . import _fast_params
 from .output import Output
 
 _fast_params.install()  # option values without pydantic (typer >= 0.2x): ~50 ms less start-up
 
-app = typer.Typer(
-    name="jitcache",
-    help="Warm DeepEP's JIT before serving: bucket policy, warmup, and a persistent, shippable kernel cache.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+#: Top-level command -> the module whose ``register(app)`` adds it. ``main`` imports only the module of the
+#: command it runs (start-up: a probe such as ``jitcache env`` loads no warmup, remote or stats code);
+#: help, no command or an unknown one get them all. tests/test_fast_paths.py holds this table to the modules.
+COMMAND_MODULES = {
+    "buckets": "plan_cmds", "plan": "plan_cmds", "profiles": "plan_cmds",
+    "warmup": "warmup_cmds",
+    "stats": "stats_cmds",
+    "env": "cache_cmds", "inspect": "cache_cmds", "verify": "cache_cmds", "prune": "cache_cmds",
+    "export": "cache_cmds", "import": "cache_cmds", "relocate": "cache_cmds",
+    "push": "remote_cmds", "pull": "remote_cmds",
+    "sources": "sources_cmds",
+}
+#: Every command module, in the order the help lists them.
+GROUPS = ("plan_cmds", "warmup_cmds", "stats_cmds", "cache_cmds", "remote_cmds", "sources_cmds")
 
 
 def _version(value: bool) -> None:
@@ -45,7 +53,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
@@ -53,9 +60,45 @@ def _root(
     """jitcache: no JIT compile on the serving path."""
 
 
-# One module per command group; each adds its commands to `app`.
-for _group in (plan_cmds, warmup_cmds, stats_cmds, cache_cmds, remote_cmds, sources_cmds):
-    _group.register(app)
+def build_app(groups: tuple[str, ...] = GROUPS) -> typer.Typer:
+    """The Typer application with the commands of ``groups`` (module names of :data:`GROUPS`)."""
+    application = typer.Typer(
+        name="jitcache",
+        help="Warm DeepEP's JIT before serving: bucket policy, warmup, and a persistent, shippable kernel cache.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    application.callback()(_root)
+    for group in groups:  # one module per command group; each adds its commands
+        import_module(f"{__package__}.{group}").register(application)
+    return application
+
+
+def _groups_for(argv: list[str]) -> tuple[str, ...]:
+    """The command modules ``argv`` needs: its command's, none for a bare ``--version``, else all."""
+    for token in argv:
+        if token.startswith("-"):
+            if token in ("-h", "--help"):
+                return GROUPS
+            continue
+        module = COMMAND_MODULES.get(token)
+        return (module,) if module is not None else GROUPS
+    return () if "--version" in argv else GROUPS
+
+
+_FULL_APP: typer.Typer | None = None
+
+
+def __getattr__(name: str) -> Any:
+    """``app``: the application with every command (built on first use, e.g. by typer's test runner)."""
+    global _FULL_APP
+    if name == "app":
+        if _FULL_APP is None:
+            _FULL_APP = build_app()
+        return _FULL_APP
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _usage_hint(exc: click_errors.ClickException) -> str:
@@ -86,9 +129,9 @@ def _failure_hint(exc: JitCacheError) -> str:
     return debug
 
 
-def _command_path(argv: list[str]) -> str:
+def _command_path(application: typer.Typer, argv: list[str]) -> str:
     """``jitcache sources fetch`` for ``["sources", "fetch", "-x", ...]``: the (sub)command the user ran."""
-    command: Any = typer.main.get_command(app)
+    command: Any = typer.main.get_command(application)
     names = ["jitcache"]
     for token in argv:
         sub = getattr(command, "commands", {}).get(token)
@@ -101,14 +144,16 @@ def _command_path(argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    application = build_app(_groups_for(args))
     try:
-        code = app(args=argv, prog_name="jitcache", standalone_mode=False)
+        code = application(args=args, prog_name="jitcache", standalone_mode=False)
     except JitCacheError as exc:
         if settings.debug():
             raise
         hint = exc.hint
         if hint is None and exc.exit_code == 2:
-            hint = f"see `{_command_path(sys.argv[1:] if argv is None else argv)} --help`"
+            hint = f"see `{_command_path(application, args)} --help`"
         elif hint is None:
             hint = _failure_hint(exc)
         Output().error(exc.message, hint)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Optional
 import typer
 
 from jitcache.errors import JitCacheError, RemoteError, UsageError
-from jitcache.planning.profiles import DEFAULT_PROFILE
+from jitcache.planning import DEFAULT_PROFILE
 from jitcache.types import DEEP_EP_VERSIONS
 
 from .cache_cmds import DEEP_EP_ROOT, NCCL_INCLUDE

@@ -348,3 +348,23 @@ def test_export_tar_stream_is_what_tarfile_writes():
     assert ours.getvalue() == theirs.getvalue()
     listed = subprocess.run(["tar", "-tvf", "-"], input=ours.getvalue(), capture_output=True, timeout=60)
     assert listed.returncode == 0 and listed.stdout.decode().count("\n") == len(members)
+
+
+def test_command_table_names_every_command_of_its_module():
+    """main() imports only the module of the command it runs: the table must say where each command is."""
+    import typer
+
+    from jitcache.cli import app as app_module
+
+    found = {}
+    for group in app_module.GROUPS:
+        single = app_module.build_app((group,))
+        command = typer.main.get_command(single)
+        for name in command.commands:
+            found[name] = group
+    assert found == app_module.COMMAND_MODULES
+    assert sorted(typer.main.get_command(app_module.app).commands) == sorted(found)
+    assert app_module._groups_for(["--version"]) == ()
+    assert app_module._groups_for(["inspect", "--format", "json"]) == ("cache_cmds",)
+    assert app_module._groups_for(["--help"]) == app_module.GROUPS
+    assert app_module._groups_for(["no-such-command"]) == app_module.GROUPS
