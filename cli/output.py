@@ -28,6 +28,26 @@ def escape(text: str) -> str:
     return _escape(text)
 
 
+#: A top-level list longer than this is written one item a line, each by json's C encoder: ``indent=``
+#: makes json encode in pure Python, ~30 us an entry (0.3 s of a 10,000-entry ``inspect --format json``).
+LONG_LIST = 100
+
+
+def dumps_document(document: dict[str, Any]) -> str:
+    """``json.dumps(document, indent=2, default=str)``, except that a long top-level list has one item a line."""
+    if not any(isinstance(v, list) and len(v) > LONG_LIST for v in document.values()):
+        return json.dumps(document, indent=2, default=str)
+    compact = json.JSONEncoder(default=str).encode
+    parts = []
+    for key, value in document.items():
+        if isinstance(value, list) and len(value) > LONG_LIST:
+            text = "[\n    " + ",\n    ".join(compact(item) for item in value) + "\n  ]"
+        else:
+            text = json.dumps(value, indent=2, default=str).replace("\n", "\n  ")
+        parts.append(f"  {json.dumps(str(key))}: {text}")
+    return "{\n" + ",\n".join(parts) + "\n}"
+
+
 class Format(str, enum.Enum):
     human = "human"
     json = "json"
@@ -122,7 +142,7 @@ class Output:
             # A document is an object that starts with its schema (a bare list is wrapped: {"schema", "items"}).
             body = data if isinstance(data, dict) else {"items": data}
             document = {"schema": SCHEMA_VERSION, **{k: v for k, v in body.items() if k != "schema"}}
-            sys.stdout.write(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
+            sys.stdout.write(dumps_document(document) + "\n")
             sys.stdout.flush()
         else:
             render(self)

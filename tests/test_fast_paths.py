@@ -368,3 +368,17 @@ def test_command_table_names_every_command_of_its_module():
     assert app_module._groups_for(["inspect", "--format", "json"]) == ("cache_cmds",)
     assert app_module._groups_for(["--help"]) == app_module.GROUPS
     assert app_module._groups_for(["no-such-command"]) == app_module.GROUPS
+
+
+def test_a_long_list_is_written_one_item_a_line_and_parses_the_same():
+    from jitcache.cli.output import LONG_LIST, dumps_document
+
+    small = {"schema": 1, "entries": [{"a": 1}], "nested": {"x": [1, 2], "s": "line\nbreak"}}
+    assert dumps_document(small) == json.dumps(small, indent=2)
+    big = {"schema": 1, "root": "/r", "entries": [{"name": f"e{i}", "params": {"n": i}, "when": None,
+                                                   "text": "a\nb"} for i in range(LONG_LIST + 5)],
+           "problems": [], "coverage": {"missing": [1, 2]}, "path": Path("/x")}
+    text = dumps_document(big)
+    assert json.loads(text) == json.loads(json.dumps(big, default=str))
+    assert text.startswith('{\n  "schema": 1,')
+    assert len(text.splitlines()) == LONG_LIST + 5 + 14

@@ -26,7 +26,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from jitcache.adapters.base import ORIGINAL_DISPATCH_ATTR, original_dispatch
 from jitcache.adapters.registry import ADAPTERS, buffer_api
@@ -165,11 +165,12 @@ class BucketedDispatcher:
         self._agree_pending = self.strict and self._guard is None  # a name guard agrees per call signature
         self._stats = stats if stats is not None else DispatchStats()
         self._bucket = self.policy.bucket
-        self._thread_stats = self._stats._local  # per-thread counters (see DispatchStats), read on the hot path
         # bucket(n) for every n up to the cap, when that is small enough: one list index per dispatch.
         cap = self.policy.max_num_batched_tokens
         self._table = [self._bucket(n) for n in range(cap + 1)] if cap <= _TABLE_MAX else []
         self._table_cap = len(self._table) - 1  # -1: no table, every count goes to bucket()
+        self._fast = self._fast_dispatch()
+        self.dispatch = self._fast  # type: ignore[method-assign]  # the bound-once hot path, see _fast_dispatch
         register_for_flush(self._stats)
         enable_metrics()  # Prometheus metrics of the same counters, when prometheus_client is installed (once)
 
@@ -289,55 +290,75 @@ class BucketedDispatcher:
         by the caller's own ``num_max_tokens_per_rank``: so a policy with
         ``steps_per_octave > 1`` refines vLLM's power of two.
         """
-        if self._agree_pending:
-            self._agree_on_warm_buckets()
-        get = kwargs.get
-        if args or num_tokens_across_dp is not None or get("do_expand") or get("handle") is not None:
-            return self._dispatch_general(x, args, num_tokens_across_dp, kwargs)
-        # The decode call as frameworks make it (keywords only, no DP list): the same steps as
-        # _dispatch_general, inlined, because this runs once per layer per step (~1 us budget).
-        if self.num_sms and not get("num_sms"):
-            kwargs["num_sms"] = self.num_sms
-        requested = get("num_max_tokens_per_rank")
-        if _VLLM_FORWARD_CONTEXT in sys.modules:
-            forward = vllm_dp_num_tokens()
-            if forward is not None:
-                if requested is None or isinstance(requested, bool) or int(requested) >= forward:
-                    requested = forward
-        try:
-            if requested is None:
-                count = (x[0] if isinstance(x, tuple) else x).shape[0]
-            elif requested is True or requested is False:
-                count = local_num_tokens(x)
-            else:
-                # An upper bound from the caller: never beyond the buffer's capacity (see bucket_for).
-                count = min(int(requested), self.policy.max_num_batched_tokens)
-            if count.__class__ is not int:
-                count = int(count)
-            bucket = self._table[count] if 0 <= count <= self._table_cap else self._bucket(count)
-        except (AttributeError, IndexError, TypeError):
-            local_num_tokens(x)  # raises the UsageError naming x's type
-            raise
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        kwargs["num_max_tokens_per_rank"] = bucket
-        warm = self._warm if self._guard is None else self._warm_for(x, (), kwargs)
-        if bucket in warm:
-            result = self._dispatch(x, **kwargs)
-            # DispatchStats.record, inlined: this thread's own counters, no lock.
+        return self._fast(x, *args, num_tokens_across_dp=num_tokens_across_dp, **kwargs)
+
+    def _fast_dispatch(self) -> Callable[..., Any]:
+        """:meth:`dispatch` for this instance, with everything it reads bound once (``__init__`` installs it
+        as the instance's ``dispatch``): this runs once per layer per step, in ~1 us on the 2-core machine.
+
+        The decode call as frameworks make it (keywords only, no DP list) is handled inline; positional
+        arguments, a DP list, prefill and cached handles take :meth:`_dispatch_general`.
+        """
+        general = self._dispatch_general
+        inner = self._dispatch
+        table, table_cap, bucket_of = self._table, self._table_cap, self._bucket
+        max_tokens = self.policy.max_num_batched_tokens
+        num_sms = self.num_sms
+        warm_for = self._warm_for if self._guard is not None else None
+        local = self._stats._local  # this thread's counters (see DispatchStats)
+        record = self._stats.record
+        modules = sys.modules
+
+        def dispatch(x: Any, *args: Any, num_tokens_across_dp: Any = None, **kwargs: Any) -> Any:
+            if self._agree_pending:
+                self._agree_on_warm_buckets()
+            get = kwargs.get
+            if args or num_tokens_across_dp is not None or get("do_expand") or get("handle") is not None:
+                return general(x, args, num_tokens_across_dp, kwargs)
+            if num_sms and not get("num_sms"):
+                kwargs["num_sms"] = num_sms
+            requested = get("num_max_tokens_per_rank")
+            if _VLLM_FORWARD_CONTEXT in modules:
+                forward = vllm_dp_num_tokens()
+                if forward is not None:
+                    if requested is None or isinstance(requested, bool) or int(requested) >= forward:
+                        requested = forward
             try:
-                counts = self._thread_stats.counts
-            except AttributeError:
-                counts = self._stats._mine()
-            counts.calls[bucket] += 1
-            counts.real[bucket] += count
+                if requested is None:
+                    count = (x[0] if isinstance(x, tuple) else x).shape[0]
+                elif requested is True or requested is False:
+                    count = local_num_tokens(x)
+                else:
+                    # An upper bound from the caller: never beyond the buffer's capacity (see bucket_for).
+                    count = min(int(requested), max_tokens)
+                if count.__class__ is not int:
+                    count = int(count)
+                bucket = table[count] if 0 <= count <= table_cap else bucket_of(count)
+            except (AttributeError, IndexError, TypeError):
+                local_num_tokens(x)  # raises the UsageError naming x's type
+                raise
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            kwargs["num_max_tokens_per_rank"] = bucket
+            warm = self._warm if warm_for is None else warm_for(x, (), kwargs)
+            if bucket in warm:
+                result = inner(x, **kwargs)
+                try:  # DispatchStats.record, inlined: this thread's own counters, no lock
+                    counts = local.counts
+                    counts.hits[bucket] += 1
+                    counts.rows[bucket] += count
+                except (AttributeError, IndexError):  # this thread's first call, or a bucket past its lists
+                    record(bucket, count)
+                return result
+            self._on_cold(bucket, warm)
+            result = inner(x, **kwargs)
+            with self._lock:
+                warm.add(bucket)  # DeepEP compiled it just now: warn and count it once
+            record(bucket, count, True)
             return result
-        self._on_cold(bucket, warm)
-        result = self._dispatch(x, **kwargs)
-        with self._lock:
-            warm.add(bucket)  # DeepEP compiled it just now: warn and count it once
-        self._stats.record(bucket, count, True)
-        return result
+
+        dispatch.__doc__ = BucketedDispatcher.dispatch.__doc__
+        return dispatch
 
     def _dispatch_general(self, x: Any, args: tuple, num_tokens_across_dp: Any, kwargs: dict) -> Any:
         """:meth:`dispatch` with positional arguments, a DP list, or a pass-through (prefill, cached handle)."""
