@@ -60,14 +60,14 @@ class CubinInfo:
     entry_symbols: tuple[str, ...]
 
 
-def _header(data: bytes, path: Path) -> tuple[int, int, int]:
+def _header(data: bytes, path: str | Path) -> tuple[int, int, int]:
     """(abi_version, e_machine, e_flags) from the raw header, checked before pyelftools sees the file."""
     if len(data) < 64:
-        raise InvalidCubin(path, f"too short for an ELF header ({len(data)} bytes)")
+        raise InvalidCubin(Path(path), f"too short for an ELF header ({len(data)} bytes)")
     if data[:4] != _ELF_MAGIC:
-        raise InvalidCubin(path, "not an ELF file (bad magic)")
+        raise InvalidCubin(Path(path), "not an ELF file (bad magic)")
     if data[4] != 2:
-        raise InvalidCubin(path, "not a 64-bit ELF")
+        raise InvalidCubin(Path(path), "not a 64-bit ELF")
     endian = "<" if data[5] == 1 else ">"
     machine = struct.unpack_from(endian + "H", data, 18)[0]
     flags = struct.unpack_from(endian + "I", data, 48)[0]
@@ -102,20 +102,19 @@ def parse_cubin(data: bytes, path: str | Path) -> CubinInfo:
     faster than pyelftools; anything else takes pyelftools' path, which then
     decides. Both give the same verdict on nvcc's output (pinned by tests).
     """
-    path = Path(path)
     abi_version, machine, flags = _header(data, path)
     if machine != EM_CUDA:
-        raise InvalidCubin(path, f"ELF for machine {machine}, not CUDA ({EM_CUDA})")
+        raise InvalidCubin(Path(path), f"ELF for machine {machine}, not CUDA ({EM_CUDA})")
     sm = _sm_from_flags(abi_version, flags)
     if sm == 0:
-        raise InvalidCubin(path, f"no SM arch in e_flags ({flags:#x})")
+        raise InvalidCubin(Path(path), f"no SM arch in e_flags ({flags:#x})")
     fast = _fast_sections(data)
     if fast is None:
-        has_symtab, entries, tkinfo = _pyelftools_sections(data, path)
+        has_symtab, entries, tkinfo = _pyelftools_sections(data, Path(path))
     else:
         has_symtab, entries, tkinfo = fast
     if not has_symtab:
-        raise InvalidCubin(path, "no symbol table")
+        raise InvalidCubin(Path(path), "no symbol table")
     arch = f"sm_{sm}"
     if (match := _ARCH_IN_TKINFO.search(tkinfo)) and match.group(1).decode().rstrip("af") == arch:
         arch = match.group(1).decode()
@@ -169,14 +168,6 @@ _SHF_COMPRESSED = 0x800
 _STT_FUNC = 2
 
 
-def _cstring(data: bytes, start: int, end: int) -> str | None:
-    """The NUL-terminated string at ``start`` inside ``[.., end)``, or ``None`` when it runs past ``end``."""
-    stop = data.find(b"\0", start, end)
-    if stop < 0:
-        return None
-    return data[start:stop].decode("utf-8", errors="replace")
-
-
 def _fast_sections(data: bytes) -> tuple[bool, list[str], bytes] | None:
     """What :func:`_pyelftools_sections` returns, read with struct; ``None`` for anything unusual.
 
@@ -191,26 +182,27 @@ def _fast_sections(data: bytes) -> tuple[bool, list[str], bytes] | None:
     _, _, _, shentsize, shnum, shstrndx = _SHDR_FIELDS.unpack_from(data, 52)
     if shentsize != _SHDR.size or shnum == 0 or shstrndx >= shnum or shoff + shnum * shentsize > size:
         return None
-    headers = [_SHDR.unpack_from(data, shoff + i * shentsize) for i in range(shnum)]
-    for header in headers:
-        sh_type, entsize = header[1], header[9]
-        if header[2] & _SHF_COMPRESSED:
+    headers = list(_SHDR.iter_unpack(data[shoff:shoff + shnum * shentsize]))
+    plain = _PLAIN_TYPES
+    for _, sh_type, sh_flags, _, offset, length, _, _, _, entsize in headers:
+        if sh_flags & _SHF_COMPRESSED:
             return None
-        if sh_type in _PLAIN_TYPES:
-            if _PLAIN_TYPES[sh_type] not in (None, entsize):
+        if sh_type in plain:
+            if plain[sh_type] not in (None, entsize):
                 return None
         elif not 0x70000000 <= sh_type <= 0x7FFFFFFF:
             return None
-        if sh_type != _SHT_NOBITS and header[4] + header[5] > size:
+        if sh_type != _SHT_NOBITS and offset + length > size:
             return None
     names_start = headers[shstrndx][4]
-    names_end = names_start + headers[shstrndx][5]
+    table = data[names_start:names_start + headers[shstrndx][5]]  # NUL-terminated names inside it
     names = []
     for header in headers:
-        name = _cstring(data, names_start + header[0], names_end) if header[0] < headers[shstrndx][5] else None
-        if name is None:
+        start = header[0]
+        stop = table.find(b"\0", start)
+        if stop < 0 or start >= len(table):
             return None
-        names.append(name)
+        names.append(table[start:stop].decode("utf-8", errors="replace"))
     if ".stab" in names:
         return None  # pyelftools parses a .stab section: let it
     last_by_name = {name: index for index, name in enumerate(names)}  # pyelftools' dict keeps the last one
@@ -221,16 +213,15 @@ def _fast_sections(data: bytes) -> tuple[bool, list[str], bytes] | None:
             continue
         if entsize != _SYM.size or length % entsize or link >= shnum or headers[link][1] != 3:  # SHT_STRTAB
             return None
-        str_start, str_end = headers[link][4], headers[link][4] + headers[link][5]
+        strings = data[headers[link][4]:headers[link][4] + headers[link][5]]
         for st_name, st_info, _, shndx, _, _ in _SYM.iter_unpack(data[offset:offset + length]):
             if st_info & 0xF != _STT_FUNC or shndx == 0 or shndx >= shnum:
                 continue
-            if st_name >= str_end - str_start:
+            stop = strings.find(b"\0", st_name)
+            if stop < 0 or st_name >= len(strings):
                 return None
-            name = _cstring(data, str_start + st_name, str_end)
-            if name is None:
-                return None
-            if not _is_ignored(name) and names[shndx] == f".text.{name}":
+            name = strings[st_name:stop].decode("utf-8", errors="replace")
+            if names[shndx] == f".text.{name}" and not _is_ignored(name):
                 entries.append(name)
     tk = last_by_name.get(".note.nv.tkinfo")
     tkinfo = b"" if tk is None else (b"" if headers[tk][1] == _SHT_NOBITS else

@@ -254,7 +254,7 @@ def _meta_facts(path: str, verdicts: VerdictCache,
     return facts[0], facts[1], facts[2]
 
 
-def read_deep_ep_entry(path: Path, *, check_cubin: bool = True, expected_arch: str | None = None,
+def read_deep_ep_entry(path: Path | str, *, check_cubin: bool = True, expected_arch: str | None = None,
                        verdicts: VerdictCache | None = None) -> CacheEntry:
     """Read one ``cache/`` subdirectory of a DeepEP cache (either layout).
 

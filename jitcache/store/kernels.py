@@ -69,6 +69,8 @@ _INT = re.compile(r"^[+-]?\d+[uUlL]*$")
 
 def _value(text: str) -> Any:
     text = text.strip()
+    if text.isdigit() and text.isascii():  # the common case, without the regex
+        return int(text)
     if text == "true":
         return True
     if text == "false":
@@ -129,6 +131,7 @@ def instantiation_args(params: dict[str, Any]) -> list[Any] | None:
 
 # An Itanium-mangled integral template argument: L<builtin type><n for minus?><digits>E (Lb1E, Li132E, Ll198E).
 _MANGLED_LITERAL = re.compile(r"L([abcdhijlmstxy])(n?)(\d+)E")
+_MANGLED_RUN = re.compile(r"(?:L[abcdhijlmstxy]n?\d+E)*")
 
 
 def _mangled_args(symbol: str, kernel: str) -> list[Any] | None:
@@ -141,11 +144,10 @@ def _mangled_args(symbol: str, kernel: str) -> list[Any] | None:
     if symbol.startswith("J", pos):  # a pack: template <auto... kArgs>
         pos += 1
     values: list[Any] = []
-    while match := _MANGLED_LITERAL.match(symbol, pos):
-        kind, minus, digits = match.groups()
+    run = _MANGLED_RUN.match(symbol, pos)  # the literals in a row, then each (two regex calls, not one each)
+    for kind, minus, digits in _MANGLED_LITERAL.findall(run.group()) if run else ():
         number = -int(digits) if minus else int(digits)
         values.append(bool(number) if kind == "b" else number)
-        pos = match.end()
     return values
 
 

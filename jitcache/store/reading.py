@@ -39,15 +39,22 @@ def read_bytes(path: str | Path) -> bytes:
     return read_bytes_and_stat(path)[0]
 
 
-def read_bytes_and_stat(path: str | Path) -> tuple[bytes, os.stat_result]:
+def read_bytes_and_stat(path: str | Path, size_hint: int = -1) -> tuple[bytes, os.stat_result]:
     """The file's bytes and its ``fstat`` taken after the read (what a remembered verdict is checked
-    against, see :mod:`.verdicts`), leaving its atime as it was."""
+    against, see :mod:`.verdicts`), leaving its atime as it was.
+
+    ``size_hint`` (the size a ``stat`` just gave): one ``read`` of one byte more, whose short count is
+    the end of a regular file, instead of a second ``read`` to find it.
+    """
     fd, noatime = _open(path)
     try:
         before = None if noatime else os.fstat(fd)
         chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
+        if size_hint >= 0:
+            chunks.append(os.read(fd, size_hint + 1))
+        if size_hint < 0 or len(chunks[0]) > size_hint:  # no hint, or the file grew: read to the end
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
         after = os.fstat(fd)
     finally:
         os.close(fd)

@@ -135,7 +135,7 @@ def scan_deep_ep(directory: str | Path, *, check_cubins: bool = True, orphan_age
             problems.append(_stray(Path(child.path), f"{'symlink' if child.is_symlink() else 'file'} "
                                                      f"{child.name!r} in cache/"))
             continue
-        entries.append(read_deep_ep_entry(Path(child.path), check_cubin=check_cubins, expected_arch=expected_arch,
+        entries.append(read_deep_ep_entry(child.path, check_cubin=check_cubins, expected_arch=expected_arch,
                                           verdicts=verdicts))
     problems += _orphans(directory / "tmp", time.time(), orphan_age)
     return tuple(entries), tuple(problems)

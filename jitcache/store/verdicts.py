@@ -110,7 +110,7 @@ class VerdictCache:
 
         if before is None:
             before = os.stat(path)
-        data, after = read_bytes_and_stat(path)
+        data, after = read_bytes_and_stat(path, before.st_size)
         return data, before, after
 
     def save(self) -> None:
