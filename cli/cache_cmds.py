@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from jitcache.adapters.registry import ADAPTERS
 from jitcache.errors import JitCacheError, UsageError
 from jitcache.store.model import SCHEMA_VERSION
 
@@ -162,15 +161,24 @@ def shell_export(name: str, value: str) -> str:
     return f"export {name}={shlex.quote(value)}"
 
 
-#: The DeepEP version that reads each on-disk layout.
-_DEEP_EP_OF_FORMAT = {a.layout: a.version for a in ADAPTERS}
+def _adapters() -> tuple:
+    """The DeepEP adapters, imported when a command needs them (start-up: ``env`` never does)."""
+    from jitcache.adapters.registry import ADAPTERS
+
+    return tuple(ADAPTERS)
+
+
+def _deep_ep_of_format() -> dict[str, str]:
+    """The DeepEP version that reads each on-disk layout."""
+    return {a.layout: a.version for a in _adapters()}
 
 
 def _by_deep_ep(entries) -> dict[str, list]:
-    found: dict[str, list] = {a.version: [] for a in ADAPTERS}
+    found: dict[str, list] = {a.version: [] for a in _adapters()}
+    of_format = _deep_ep_of_format()
     for e in entries:
-        if e.format in _DEEP_EP_OF_FORMAT:
-            found[_DEEP_EP_OF_FORMAT[e.format]].append(e)
+        if e.format in of_format:
+            found[of_format[e.format]].append(e)
     return found
 
 
@@ -201,7 +209,7 @@ def inspect_cmd(
     from jitcache.store.model import iso_time
     from jitcache.store.scan import coverage, scan
 
-    if deep_ep is not None and deep_ep not in _DEEP_EP_OF_FORMAT.values():
+    if deep_ep is not None and deep_ep not in _deep_ep_of_format().values():
         raise UsageError(f"--deep-ep {deep_ep}: expected 2.5 or 2.1")
     if check and profile is None:
         raise UsageError("--check needs --profile P")
@@ -220,7 +228,7 @@ def inspect_cmd(
         covs = {v: coverage(the_plan, es) for v, es in by_version.items()}
         present = [v for v, es in by_version.items() if es]
         chosen = deep_ep or (prof.deep_ep.api if prof.deep_ep.api != "auto" else None) or \
-            (present[0] if len(present) == 1 else ADAPTERS[0].version)
+            (present[0] if len(present) == 1 else _adapters()[0].version)
         cov = covs[chosen]
         data["coverage"] = {"deep_ep": chosen, **cov.to_dict()}
         data["coverage_by_deep_ep"] = {v: {"deep_ep": v, **c.to_dict()} for v, c in covs.items()}
@@ -440,11 +448,11 @@ def export_cmd(
                  f"tool's in a shared root): {', '.join(result.foreign[:5])}" + (" ..." if len(result.foreign) > 5 else ""))
 
     data = result.to_dict()
-    data["deep_ep_versions"] = {a.version: 0 for a in ADAPTERS}
+    data["deep_ep_versions"] = {a.version: 0 for a in _adapters()}
     for name in result.entries:
         found = classify_deep_ep_name(name)
         if found is not None:
-            data["deep_ep_versions"][_DEEP_EP_OF_FORMAT[found[0]]] += 1
+            data["deep_ep_versions"][_deep_ep_of_format()[found[0]]] += 1
 
     def render(o: Output) -> None:
         o.print(f"Exported {len(result.entries)} entries{_versions_text(data['deep_ep_versions'])} to {result.path} "

@@ -382,3 +382,10 @@ def test_a_long_list_is_written_one_item_a_line_and_parses_the_same():
     assert json.loads(text) == json.loads(json.dumps(big, default=str))
     assert text.startswith('{\n  "schema": 1,')
     assert len(text.splitlines()) == LONG_LIST + 5 + 14
+
+
+def test_the_models_deep_ep_layouts_are_the_adapters():
+    from jitcache.adapters.registry import ADAPTERS
+    from jitcache.store.model import BACKENDS
+
+    assert BACKENDS["deep_ep"] == tuple(a.layout for a in ADAPTERS)
