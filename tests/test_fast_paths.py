@@ -389,3 +389,38 @@ def test_the_models_deep_ep_layouts_are_the_adapters():
     from jitcache.store.model import BACKENDS
 
     assert BACKENDS["deep_ep"] == tuple(a.layout for a in ADAPTERS)
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "pax", "pax-headers", "long-name"])
+def test_the_manifest_is_found_from_headers_as_tarfile_finds_it(tmp_path, fmt, monkeypatch):
+    """import's first pass reads tar headers directly; whatever it does not take as is goes to tarfile."""
+    import io
+    import tarfile
+
+    import zstandard
+
+    from jitcache.store import bundle as bundle_mod
+
+    manifest = {"schema": 1, "kind": bundle_mod.BUNDLE_KIND, "entries": []}
+    raw = io.BytesIO()
+    tar_format = tarfile.GNU_FORMAT if fmt in ("gnu", "long-name") else tarfile.PAX_FORMAT
+    with tarfile.open(fileobj=raw, mode="w", format=tar_format) as tar:
+        name = "deep_ep/cache/" + ("x" * 120 if fmt == "long-name" else "dispatch." + "0" * 32) + "/kernel.cu"
+        for member, data in ((name, b"// source\n" * 100), ("manifest.json", json.dumps(manifest).encode())):
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            if fmt == "pax-headers":
+                info.pax_headers = {"comment": "written by another tar"}
+            tar.addfile(info, io.BytesIO(data))
+    path = tmp_path / "b.tar.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(raw.getvalue()))
+    with open(path, "rb") as handle:
+        direct = bundle_mod._manifest_from_headers(zstandard.ZstdDecompressor().stream_reader(handle), path, 1 << 30)
+    if fmt in ("gnu", "pax"):
+        assert json.loads(direct) == manifest  # plain headers: read directly
+    else:
+        assert direct is bundle_mod._ODD  # pax records, GNU long names: tarfile decides
+    assert bundle_mod._read_manifest(path) == manifest
+    monkeypatch.setenv("JITCACHE_IMPORT_MAX_BYTES", "100")  # the source member alone is 1,000 bytes
+    with pytest.raises(bundle_mod.BundleError, match="unpacks to more than 100 bytes before its manifest"):
+        bundle_mod._read_manifest(path)
