@@ -166,7 +166,8 @@ def maintenance(count: int, workdir: Path, templates, repeat: int, with_bundles:
     time.sleep(RACY_WAIT_S)  # files younger than this are read every time (racily clean): a real cache is older
     bundle = base / "bundle.tar.zst"
     floor_bundle = base / "floor.tar.zst"
-    out: dict = {"entries": count, "bytes": size, "repeat": repeat, "operations": {}}
+    out: dict = {"entries": count, "bytes": size, "repeat": repeat, "operations": {},
+                 "load_average_1m_start": os.getloadavg()[0]}
 
     def pair(name: str, floor_name: str, floor_cmd, op_cmd, before=None, floor_shell=False, after=None) -> None:
         floors, ops = [], []
@@ -190,6 +191,7 @@ def maintenance(count: int, workdir: Path, templates, repeat: int, with_bundles:
     pair("inspect_warm", "read every file", read_all, jc + ["inspect", *cd])
     if not with_bundles:
         out["bundles"] = "skipped (--bundles-up-to)"
+        out["load_average_1m_end"] = os.getloadavg()[0]
         shutil.rmtree(base, ignore_errors=True)
         return out
     tar_zstd = f"tar -cf - -C {root} deep_ep | zstd -3 -q -f -o {floor_bundle}"
@@ -213,6 +215,7 @@ def maintenance(count: int, workdir: Path, templates, repeat: int, with_bundles:
     out["operations"]["import"] = {"seconds": round(o, 3), "floor": "zstd -d | tar -x", "floor_seconds": round(f, 3),
                                    "ratio": round(o / f, 2), "us_per_entry": round(o / count * 1e6, 1)}
     say(f"  import: {o:.2f} s, floor (zstd -d | tar -x) {f:.2f} s: {o / f:.2f}x")
+    out["load_average_1m_end"] = os.getloadavg()[0]
     imported = sum(1 for _ in (fresh / "deep_ep" / "cache").iterdir())
     if imported != count:
         raise RuntimeError(f"import published {imported} entries, expected {count}")
