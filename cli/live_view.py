@@ -62,7 +62,14 @@ def render_report(out: Output, report: Any) -> None:
                     "(no compile).")
         if report.precompile is not None:
             render_precompile(o, report.precompile, len(report.results))
+        if report.remote is not None:
+            r = report.remote
+            o.print(f"Remote {r['remote']}: {r['pulled']} pulled ({r['relocated']} relocated), {r['compiled']} "
+                    f"built here, {r['pushed']} pushed, {r['bytes_received']} B in, {r['bytes_sent']} B out, "
+                    f"{r['seconds']:.1f} s.", markup=False)
 
+    for message in (report.remote or {}).get("remote_errors", ()):
+        out.warn(f"remote store: {message}; warmed locally (--remote-optional)")
     out.result(data, render)
 
 
@@ -90,12 +97,13 @@ def render_precompile(o: Output, pre: dict, num_steps: int) -> None:
 
 
 def run_live_warmup(profile: str, modes: Optional[Sequence[str]], cache_dir: Optional[Path], out: Output, *,
-                    jobs: Optional[int] = None, precompile: bool = True, relocate: bool = True) -> Any:
+                    jobs: Optional[int] = None, precompile: bool = True, relocate: bool = True,
+                    remote: Optional[str] = None, remote_optional: bool = False) -> Any:
     """Run :func:`jitcache.warm.live.live_warmup` with a progress bar, render and return its report."""
     from jitcache.warm.live import LiveOptions, live_warmup
 
     options = LiveOptions(profile, None if modes is None else tuple(modes), cache_dir, jobs, precompile,
-                          relocate=relocate)
+                          relocate=relocate, remote=remote, remote_optional=remote_optional)
     # With --format json, DeepEP's own prints (C++ and Python, to fd 1) go to stderr: stdout holds only the JSON.
     with stdout_to_stderr(out.is_json), progress_bar(out) as on_event:
         report = live_warmup(options, progress=on_event)

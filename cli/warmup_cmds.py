@@ -92,12 +92,13 @@ def warmup(
     if learn_from is not None and not learn_from.is_dir():
         raise UsageError(f"--learn-from {learn_from}: no such directory",
                          hint="give an entry DeepEP wrote, <EP_JIT_CACHE_DIR>/cache/<name>.<digest>/")
-    if remote is not None and not aot:
-        raise UsageError("--remote needs --aot", hint="the live warmup does not use a remote store yet")
     if not aot:
+        from jitcache.store.remote import remote_url_from_env
+
         from .live_view import run_live_warmup
 
-        run_live_warmup(profile, modes, cache_dir, out, jobs=jobs, precompile=precompile, relocate=relocate)
+        run_live_warmup(profile, modes, cache_dir, out, jobs=jobs, precompile=precompile, relocate=relocate,
+                        remote=remote_url_from_env(remote), remote_optional=remote_optional)
         return
 
     from jitcache.build.pool import AotReport

@@ -74,6 +74,11 @@ class AotOptions:
             raise UsageError(f"--jobs {self.jobs}: must be at least 1")
         if self.deep_ep is not None and self.deep_ep not in DEEP_EP_VERSIONS:
             raise UsageError(f"--deep-ep {self.deep_ep}: expected {' or '.join(DEEP_EP_VERSIONS)}")
+        if self.remote is not None and not self.remote.strip():
+            raise UsageError("--remote must not be empty")
+        if self.remote is not None and self.triton_only:
+            raise UsageError("--remote shares DeepEP entries; --triton-only compiles none",
+                             hint="drop --triton-only, or drop --remote")
 
 
 def _init_distributed() -> None:

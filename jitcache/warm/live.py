@@ -126,6 +126,8 @@ class WarmupReport:
     precompile: dict | None = None
     # Entries published under this DeepEP's names from copies built for other install paths (relocation).
     relocated: tuple[str, ...] = ()
+    # With a remote store: pulled, relocated, compiled, pushed, bytes each way, seconds, errors (LiveRemote.finish).
+    remote: dict | None = None
 
     @property
     def num_compiled(self) -> int:
@@ -353,7 +355,8 @@ def warmup(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, modes: 
            cache_dir: str | Path | None = None, save: bool = True, seed: int = 0,
            hidden: int | None = None, num_experts: int | None = None, num_topk: int | None = None,
            dispatch_dtype: str = "bf16", device: Any = None, precompile: bool = True, jobs: int | None = None,
-           toolchain: Toolchain | None = None, relocate: bool = True) -> WarmupReport:
+           toolchain: Toolchain | None = None, relocate: bool = True, remote: str | None = None,
+           remote_optional: bool = False) -> WarmupReport:
     """Compile (or load) every kernel the plan names, through ``buffer`` itself; collective over ``group``.
 
     Every rank must call it with the same profile, modes and ``precompile``
@@ -372,6 +375,15 @@ def warmup(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, modes: 
     install paths (a shipped cache) under the names this buffer's DeepEP
     looks up (:func:`jitcache.store.relocate.relocate_for_plan`), so neither
     the precompile nor DeepEP rebuilds them; ``report.relocated`` lists them.
+
+    ``remote`` (a store URL, :mod:`jitcache.store.remote`): first pull what
+    the store has of the names this DeepEP looks up (entries pushed for other
+    install paths by their source, relocated), so the precompile and DeepEP
+    build only the rest; afterwards rank 0 pushes what was built.
+    ``report.remote`` says pulled, relocated, compiled, pushed, bytes and
+    seconds. A store that cannot be reached or denies access is a
+    :class:`~jitcache.errors.RemoteError` before anything is compiled, unless
+    ``remote_optional`` (then a warning in ``report.remote`` and a local warmup).
     """
     import torch
 
@@ -382,6 +394,12 @@ def warmup(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, modes: 
     rank, world = check_group_agreement(_agreement_record(spec, api, precompile), group)
     prepass: PrecompileResult | None = None
     notify = progress if rank == 0 else False
+    remote_state = None
+    if remote is not None and spec.profile is not None:
+        from jitcache.warm.remote_warmup import live_pull
+
+        remote_state = live_pull(buffer, spec.profile, modes, jit_cache_roots(api)[0], remote,
+                                 optional=remote_optional, relocate=relocate)
     relocated = _relocate_shipped(buffer, spec.profile, modes, jit_cache_roots(api)) \
         if relocate and spec.profile is not None else ()
     if precompile:  # the parameter: the function is _prepass.precompile here
@@ -418,7 +436,12 @@ def warmup(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, modes: 
         _emit(notify, WarmupProgress(index + 1, total, mode, bucket, elapsed,
                                      elapsed / (index + 1) * remaining if remaining else 0.0, result))
 
+    remote_summary = None
+    if remote_state is not None:
+        built = {e for r in results for e in r.entries_written} | set(prepass.entries if prepass else ())
+        remote_summary = remote_state.finish(sorted(built) if rank == 0 else ())
     report = WarmupReport(
+        remote=remote_summary,
         precompile=None if prepass is None else _precompile_record(prepass, results),
         profile=spec.profile.name if spec.profile else None,
         profile_fingerprint=spec.profile.fingerprint() if spec.profile else None,
@@ -565,6 +588,8 @@ class LiveOptions:
     seed: int = 0
     read_only_roots: tuple[str | Path, ...] = ()
     relocate: bool = True            # relocate a shipped cache under the serving DeepEP's names first
+    remote: str | None = None        # a remote store: pull before, push what was built after
+    remote_optional: bool = False    # a store unreachable or denying access: warn and warm locally
 
     def __post_init__(self) -> None:
         if self.jobs is not None and self.jobs < 1:
@@ -587,6 +612,7 @@ def live_warmup(options: LiveOptions, *, progress: bool | Callable[[WarmupProgre
     prof = load_profile(options.profile)
     modes, cache_dir, read_only_roots = options.modes, options.cache_dir, options.read_only_roots
     seed, precompile, jobs, relocate = options.seed, options.precompile, options.jobs, options.relocate
+    remote, remote_optional = options.remote, options.remote_optional
     try:
         import torch
         import torch.distributed as dist
@@ -625,7 +651,8 @@ def live_warmup(options: LiveOptions, *, progress: bool | Callable[[WarmupProgre
         buffer = make_buffer(prof, group, buffer_cls)
         try:
             return warmup(buffer, prof, modes, progress, group=group, cache_dir=root.path, seed=seed,
-                          precompile=precompile, jobs=jobs, relocate=relocate)
+                          precompile=precompile, jobs=jobs, relocate=relocate, remote=remote,
+                          remote_optional=remote_optional)
         finally:
             buffer.destroy()
     finally:

@@ -24,7 +24,7 @@ import hashlib
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from jitcache.adapters.base import BuildJob, Toolchain
@@ -38,7 +38,8 @@ from jitcache.store.remote import PullReport, PushReport, RemoteEnv, RemoteProgr
 from jitcache.store.root import CacheRoot
 from jitcache.warm.aot import warmup_aot
 
-__all__ = ["RemoteWarmupReport", "nvcc_release", "remote_env", "serving_of_toolchain", "warmup_aot_remote"]
+__all__ = ["LiveRemote", "RemoteWarmupReport", "live_pull", "nvcc_release", "remote_env", "serving_of_toolchain",
+           "warmup_aot_remote"]
 
 
 def nvcc_release(version_output: str) -> str:
@@ -169,3 +170,87 @@ def warmup_aot_remote(the_plan: WarmupPlan, toolchain: Toolchain, root: CacheRoo
                 raise
             errors.append(exc.message)
     return RemoteWarmupReport(url, env, aot, pulled, pushed, time.perf_counter() - start, tuple(errors))
+
+
+# -- the live warmup (jitcache.warmup(..., remote=...)) ---------------------------------------------
+
+
+@dataclass
+class LiveRemote:
+    """A live warmup's dealings with the store: the pull before it, then :meth:`finish` pushes and sums up."""
+
+    url: str
+    env: RemoteEnv | None = None
+    root: CacheRoot | None = None
+    plan: WarmupPlan | None = None
+    store: RemoteStore | None = None
+    pulled: PullReport | None = None
+    optional: bool = False
+    errors: list[str] = field(default_factory=list)
+    start: float = field(default_factory=time.perf_counter)
+
+    def finish(self, compiled: Sequence[str]) -> dict[str, Any]:
+        """Push ``compiled`` (what this warmup's precompile and live steps wrote) and return the summary that
+        ``WarmupReport.remote`` holds: pulled, relocated, compiled, pushed, bytes each way, seconds."""
+        pushed: PushReport | None = None
+        if self.store is not None and not self.store.read_only and self.env and self.root and self.plan:
+            known = set(self.pulled.pulled) | set(self.pulled.local) | {n for n, _ in self.pulled.relocated} \
+                if self.pulled else set()
+            names = sorted(set(compiled) - known)
+            if names:
+                try:
+                    pushed = push(self.root, self.store, self.env, plan=self.plan, names=names)
+                except RemoteError as exc:
+                    if not self.optional:
+                        raise
+                    self.errors.append(exc.message)
+        return {"remote": self.url, "env": None if self.env is None else self.env.to_dict(),
+                "pulled": len(self.pulled.pulled) if self.pulled else 0,
+                "relocated": len(self.pulled.relocated) if self.pulled else 0,
+                "compiled": len(set(compiled)), "pushed": len(pushed.pushed) if pushed else 0,
+                "bytes_received": self.pulled.bytes_received if self.pulled else 0,
+                "bytes_sent": pushed.bytes_sent if pushed else 0,
+                "seconds": round(time.perf_counter() - self.start, 3), "remote_errors": list(self.errors),
+                "pull": self.pulled.to_dict() if self.pulled else None, "push": pushed.to_dict() if pushed else None}
+
+
+def live_pull(buffer: Any, profile: Any, modes: Any, deep_ep_dir: Any, remote: str | RemoteStore, *,
+              optional: bool = False, relocate: bool = True) -> LiveRemote:
+    """Before a live warmup: pull what the buffer's DeepEP looks up for ``profile`` into ``deep_ep_dir``.
+
+    The names are those this DeepEP computes (its package, NCCL root, nvcc,
+    the GPU's facts read from the buffer, as the live relocation does);
+    entries pushed for other install paths are pulled by source and
+    relocated. A store that cannot be reached or denies access, or a DeepEP
+    whose names cannot be computed, is a :class:`RemoteError` unless
+    ``optional`` (then it is recorded and the warmup goes on locally).
+    """
+    from jitcache.adapters.serving import locate_serving
+    from jitcache.errors import JitCacheError
+    from jitcache.planning.variants import plan
+    from jitcache.warm.prepass import buffer_headers, live_target_facts, with_live_num_sms, with_live_target
+
+    state = LiveRemote(remote.url if isinstance(remote, RemoteStore) else str(remote), optional=optional)
+    try:
+        try:
+            live, _ = with_live_target(profile, live_target_facts(buffer))
+            live, _ = with_live_num_sms(live, buffer)
+            serving = locate_serving(buffer_headers(buffer)[0])
+            state.plan = plan(live, modes)
+        except RemoteError:
+            raise
+        except (JitCacheError, OSError, ValueError) as exc:
+            raise RemoteError(f"{state.url}: cannot name the entries this DeepEP looks up, so nothing can be "
+                              f"pulled ({exc})", url=state.url) from None
+        state.env = RemoteEnv(serving.version, nvcc_release(serving.nvcc_version_output), live.target.arch)
+        state.root = CacheRoot.for_deep_ep_dir(deep_ep_dir)
+        state.store = open_remote(remote)
+        state.url = state.store.url
+        state.pulled = pull(state.root, state.store, state.env, plan=state.plan, serving=serving, relocate=relocate)
+    except RemoteError as exc:
+        if not optional:
+            raise
+        state.errors.append(exc.message)
+        state.store = None
+    return state
+
