@@ -39,12 +39,12 @@ COMMAND_MODULES = {
     "warmup": "warmup_cmds",
     "stats": "stats_cmds",
     "env": "cache_cmds", "inspect": "cache_cmds", "verify": "cache_cmds", "prune": "cache_cmds",
-    "export": "cache_cmds", "import": "cache_cmds", "relocate": "cache_cmds",
+    "export": "bundle_cmds", "import": "bundle_cmds", "relocate": "bundle_cmds",
     "push": "remote_cmds", "pull": "remote_cmds",
     "sources": "sources_cmds",
 }
 #: Every command module, in the order the help lists them.
-GROUPS = ("plan_cmds", "warmup_cmds", "stats_cmds", "cache_cmds", "remote_cmds", "sources_cmds")
+GROUPS = ("plan_cmds", "warmup_cmds", "stats_cmds", "cache_cmds", "bundle_cmds", "remote_cmds", "sources_cmds")
 
 
 def _version(value: bool) -> None:

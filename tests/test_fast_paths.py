@@ -332,7 +332,7 @@ def test_export_tar_stream_is_what_tarfile_writes():
     import io
     import tarfile
 
-    from jitcache.store.bundle import _TarWriter
+    from jitcache.store.bundle_export import _TarWriter
 
     members = [("deep_ep/cache/combine.0123456789abcdef0123456789abcdef/kernel.cubin", bytes(range(256)) * 51),
                ("manifest.json", b"{}"), ("x" * 100, b""), ("triton/" + "A" * 120 + "/k.json", b"y" * 513)]

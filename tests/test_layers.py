@@ -117,3 +117,13 @@ def test_only_the_adapters_spell_deep_ep_versions():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and literal.match(repr(node.value)):
                 found.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}")
     assert not found, "\n".join(found)
+
+
+def test_the_readmes_layout_names_every_module():
+    text = (REPO / "README.md").read_text()
+    start = text.index("## Layout")
+    block = text[text.index("```text", start):text.index("```", text.index("```text", start) + 7)]
+    missing = [str(path.relative_to(REPO)) for path in MODULES.values()
+               if path.name not in ("__init__.py", "__main__.py") and path.stem not in block
+               and path.stem.replace("_cmds", "") not in block]
+    assert not missing, f"README.md's Layout does not name: {missing}"

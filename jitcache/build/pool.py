@@ -143,7 +143,7 @@ def final_path(root: CacheRoot, job: BuildJob) -> Path:
 
 def entry_present(final: Path, job: BuildJob) -> bool:
     if job.backend == "triton":
-        from jitcache.build.triton_aot import triton_entry_present
+        from jitcache.build.triton_worker import triton_entry_present
         return all(triton_entry_present(final, group) for group in job.outputs)
     if job.marker is not None:
         return (final / job.marker).is_file()
@@ -152,7 +152,7 @@ def entry_present(final: Path, job: BuildJob) -> bool:
 
 def publish_job(build: Path, final: Path, job: BuildJob) -> bool:
     if job.backend == "triton":
-        from jitcache.build.triton_aot import publish_triton_entry
+        from jitcache.build.triton_worker import publish_triton_entry
         return publish_triton_entry(build, final)
     return publish_entry(build, final, marker=job.marker)
 
