@@ -80,7 +80,7 @@ def run_trace(buffer: Any, profile: Any, sizes: list[int], make_inputs: Callable
               log_every: int = 250) -> dict:
     """The trace: each step as vLLM dispatches it (through the plugin's patch) and straight to DeepEP."""
     from jitcache.adapters.base import original_dispatch
-    from jitcache.runtime.dispatcher import installed, installed_stats
+    from jitcache.runtime.install import installed, installed_stats
 
     if installed() is None:
         raise RuntimeError("the plugin did not install: is JITCACHE_PROFILE set and deep_ep imported after "

@@ -43,8 +43,8 @@ _LAZY = {
     "AotReport": "jitcache.build.pool",
     "aot_warmup": "jitcache.warm.aot_entry",
     "BucketedDispatcher": "jitcache.runtime.dispatcher",
-    "install": "jitcache.runtime.dispatcher",
-    "uninstall": "jitcache.runtime.dispatcher",
+    "install": "jitcache.runtime.install",
+    "uninstall": "jitcache.runtime.install",
 }
 
 

@@ -104,7 +104,7 @@ def _on_deep_ep_import(module: Any) -> None:
     """Post-import hook: patch the buffer classes of the DeepEP package just imported. Never raises."""
     try:
         from .adapters.registry import ADAPTERS
-        from .runtime.dispatcher import install
+        from .runtime.install import install
 
         names = [a.buffer_class for a in ADAPTERS]
         classes = [cls for cls in (getattr(module, n, None) for n in names) if isinstance(cls, type)]

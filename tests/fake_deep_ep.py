@@ -231,6 +231,6 @@ def isolated_deep_ep_env(tmp_path, monkeypatch):
     for name in ("DJ_JIT_CACHE_DIR", "JITCACHE_PROFILE", "JITCACHE_STRICT"):
         monkeypatch.delenv(name, raising=False)
     yield
-    from jitcache.runtime import dispatcher as deepep
+    from jitcache.runtime import install as deepep
 
     deepep.uninstall()

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 import fake_deep_ep as fake  # noqa: E402
 from jitcache import BucketPolicy, ColdVariantError, UsageError, WarmupError  # noqa: E402
-from jitcache.runtime import dispatcher as deepep  # noqa: E402
+from jitcache.runtime import install as deepep  # noqa: E402
 from jitcache.runtime.dispatcher import BucketedDispatcher  # noqa: E402
 from jitcache.warm.live import PRECOMPILE, WarmupReport, live_warmup_cli, load_report, warmup  # noqa: E402
 from jitcache.planning.profiles import parse_profile  # noqa: E402

@@ -399,7 +399,7 @@ def test_the_manifest_is_found_from_headers_as_tarfile_finds_it(tmp_path, fmt, m
 
     import zstandard
 
-    from jitcache.store import bundle as bundle_mod
+    from jitcache.store import bundle_manifest as bundle_mod
 
     manifest = {"schema": 1, "kind": bundle_mod.BUNDLE_KIND, "entries": []}
     raw = io.BytesIO()

@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 import fake_deep_ep as fake  # noqa: E402
 from fake_vllm import vllm_forward_context  # noqa: E402,F401 - fixture
 from jitcache.planning.profiles import load_profile, parse_profile  # noqa: E402
-from jitcache.runtime.dispatcher import install  # noqa: E402
+from jitcache.runtime.install import install  # noqa: E402
 from jitcache.store.deepep_cache import committed_entries, jit_cache_roots  # noqa: E402
 
 isolated_deep_ep_env = fake.isolated_deep_ep_env  # autouse

@@ -7,7 +7,7 @@ import pytest
 import fake_deep_ep as fake
 import jitcache
 from jitcache import BucketPolicy, ColdVariantError, UsageError
-from jitcache.runtime import dispatcher as deepep
+from jitcache.runtime import install as deepep
 from jitcache import plugin
 
 Rows = fake.Rows

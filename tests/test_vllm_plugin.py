@@ -115,7 +115,7 @@ CHILD = textwrap.dedent("""
     steps = {steps!r}
     result = {{}}
     from jitcache import plugin
-    from jitcache.runtime import dispatcher as deepep
+    from jitcache.runtime import install as deepep
     if "import-first" in steps:
         import deep_ep
     try:

@@ -1,4 +1,4 @@
-"""The DeepEP runtime boundary: buffer detection, the bucketed dispatcher, the miss guard, install().
+"""The DeepEP runtime boundary: the bucketed dispatcher and its miss guard (``install()`` is :mod:`.install`).
 
 DeepEP 2.5 (``deep_ep.EPBuffer``, also shipped as ``deep_ep_v25``) and DeepEP
 2.1 (``deep_ep.ElasticBuffer``) share the dispatch/combine shape::
@@ -12,39 +12,36 @@ Every distinct ``num_max_tokens_per_rank`` is a new JIT-compiled kernel, so
 the dispatcher replaces it (only for ``do_expand=False`` without a cached
 handle) by the policy's bucket and touches nothing else. Nothing here imports
 ``deep_ep`` or ``torch`` at module import: buffers are recognised by class
-name, and the DeepEP modules are only imported by :func:`install` when it is
-not told which classes to patch.
+name, and the DeepEP modules are only imported by
+:func:`jitcache.runtime.install.install` when it is not told which classes to
+patch.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
 import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from jitcache.adapters.base import ORIGINAL_DISPATCH_ATTR, original_dispatch
-from jitcache.adapters.registry import ADAPTERS, buffer_api
+from jitcache.adapters.base import original_dispatch
+from jitcache.adapters.registry import buffer_api
 from jitcache.errors import ColdVariantError, UsageError
 from jitcache.planning.buckets import BucketPolicy
 from jitcache.planning.profiles import Profile, load_profile
+from jitcache.runtime.calls import _VLLM_FORWARD_CONTEXT, _name_arguments, local_num_tokens, vllm_dp_num_tokens
 from jitcache.runtime.metrics import enable as enable_metrics
 from jitcache.runtime.stats import DispatchStats, register_for_flush
 from jitcache.store.deepep_cache import jit_cache_roots, warm_buckets_from_cache
 
 __all__ = [
     "BucketedDispatcher",
-    "Installation",
-    "install",
-    "installed",
     "local_num_tokens",
-    "uninstall",
     "vllm_dp_num_tokens",
+    "warm_buckets_from_cache",
 ]
 
 log = logging.getLogger("jitcache.deepep")
@@ -59,68 +56,6 @@ _NUM_SMS_POSITION = _SHARED_POSITIONAL.index("num_sms")
 
 
 # -- detection --------------------------------------------------------------------------------
-
-
-def _importable_buffer_classes() -> list[type]:
-    """The DeepEP buffer classes importable in this process (importing deep_ep is heavy: only on demand)."""
-    import importlib
-
-    found: list[type] = []
-    packages = dict.fromkeys(p for a in ADAPTERS for p in a.packages)
-    for package in packages:
-        try:
-            module = importlib.import_module(package)
-        except Exception:  # noqa: BLE001 - not installed, or built for another torch/CUDA
-            continue
-        for version in ADAPTERS:
-            cls = getattr(module, version.buffer_class, None)
-            if isinstance(cls, type) and cls not in found:
-                found.append(cls)
-    return found
-
-
-# -- the dispatcher ---------------------------------------------------------------------------
-
-
-def local_num_tokens(x: Any) -> int:
-    """Rows of ``x``, or of ``x[0]`` for an fp8 ``(x, scales)`` tuple."""
-    data = x[0] if isinstance(x, tuple) else x
-    try:
-        return int(data.shape[0])
-    except (AttributeError, IndexError, TypeError):
-        raise UsageError(f"cannot tell the token count of x={type(data).__name__}: it has no shape[0]") from None
-
-
-_VLLM_FORWARD_CONTEXT = "vllm.forward_context"
-
-
-def vllm_dp_num_tokens() -> int | None:
-    """The DP-uniform token count of vLLM's current forward pass, or ``None`` outside one.
-
-    vLLM (``vllm.forward_context``) keeps ``dp_metadata.num_tokens_across_dp_cpu``
-    (a CPU tensor, one count per DP rank) for the step being run; its DeepEP V2
-    path dispatches ``ceil(max / sp_size)`` per EP rank. ``sp_size`` is read from
-    the context or its ``dp_metadata`` when either carries it (vLLM keeps it on
-    its prepare/finalize object instead: then 1, and the caller's own
-    ``num_max_tokens_per_rank`` bounds the result, see :meth:`BucketedDispatcher.dispatch`).
-    Never raises; cheap when vLLM is not loaded (one dict lookup).
-    """
-    module = sys.modules.get(_VLLM_FORWARD_CONTEXT)
-    if module is None:
-        return None
-    try:
-        if not module.is_forward_context_available():
-            return None
-        context = module.get_forward_context()
-        meta = context.dp_metadata
-        if meta is None:
-            return None
-        across = meta.num_tokens_across_dp_cpu
-        count = int(across.max()) if hasattr(across, "max") else max(int(v) for v in across)
-        sp_size = int(getattr(context, "sp_size", None) or getattr(meta, "sp_size", None) or 1)
-        return -(-count // sp_size)
-    except Exception:  # noqa: BLE001 - another vLLM's context shape: fall back to the caller's numbers
-        return None
 
 
 def _as_policy(policy_or_profile: BucketPolicy | Profile | str | os.PathLike) -> tuple[BucketPolicy, Profile | None]:
@@ -468,125 +403,3 @@ class BucketedDispatcher:
             log.warning("jitcache: num_max_tokens_per_rank=%d is cold: DeepEP %s is JIT-compiling it on the "
                         "serving path (~%g s per bucket); run `jitcache warmup` for this profile", bucket,
                         self.api, jit_seconds_per_bucket(self.api))
-
-
-def _name_arguments(function: Any, args: tuple, kwargs: dict) -> dict:
-    bound = inspect.signature(function).bind_partial(None, *args, **kwargs)  # None stands in for x
-    named = dict(bound.arguments)
-    named.pop(next(iter(named)))
-    extra = named.pop("kwargs", None)
-    if isinstance(extra, dict):
-        named.update(extra)
-    return named
-
-
-# -- install / uninstall ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Installation:
-    """What :func:`install` patched, with which policy."""
-
-    classes: tuple[str, ...]
-    policy: BucketPolicy
-    profile: str | None
-    strict: bool
-
-
-class _Patch:
-    def __init__(self, cls: type) -> None:
-        self.cls = cls
-        self.had_own = "dispatch" in cls.__dict__
-        self.original = cls.__dict__.get("dispatch")
-        self.inherited = getattr(cls, "dispatch")  # what instances called before the patch
-
-
-_LOCK = threading.RLock()
-_PATCHES: dict[type, _Patch] = {}
-_STATE: dict[str, Any] = {}
-_INSTANCE_ATTR = "_jitcache_dispatcher"
-
-
-def _patched_dispatch(self: Any, x: Any, *args: Any, num_tokens_across_dp: Any = None, **kwargs: Any) -> Any:
-    generation = _STATE.get("generation")
-    cached = self.__dict__.get(_INSTANCE_ATTR) if hasattr(self, "__dict__") else None
-    if cached is None or cached[0] != generation:
-        dispatcher = BucketedDispatcher(self, _STATE["profile"] or _STATE["policy"], strict=_STATE["strict"],
-                                        warm=_STATE["warm"], stats=_STATE["stats"],
-                                        relocate=_STATE.get("relocate", True))
-        cached = (generation, dispatcher)
-        try:
-            self.__dict__[_INSTANCE_ATTR] = cached
-        except (AttributeError, TypeError):
-            pass
-    return cached[1].dispatch(x, *args, num_tokens_across_dp=num_tokens_across_dp, **kwargs)
-
-
-_patched_dispatch.__jitcache_patch__ = True  # type: ignore[attr-defined]
-
-
-def install(policy: BucketPolicy | Profile | str, strict: bool = False, *, classes: Iterable[type] | None = None,
-            warm: Any = None, relocate: bool = True) -> Installation:
-    """Patch DeepEP's buffer classes so that every ``dispatch`` goes through a :class:`BucketedDispatcher`.
-
-    One line in a worker gives a framework that calls DeepEP directly (with
-    ``num_max_tokens_per_rank=None`` or a raw size in decode mode) the
-    bucketing and the miss guard. Idempotent: installing again replaces the
-    policy without wrapping twice. :func:`uninstall` restores the classes.
-    ``classes`` defaults to every ``EPBuffer``/``ElasticBuffer`` importable from
-    ``deep_ep`` and ``deep_ep_v25``. With a profile, each buffer's guard judges
-    warm buckets by the entry names its DeepEP looks up, and first (``relocate``,
-    on by default) re-publishes entries built for other install paths under those
-    names (:mod:`jitcache.store.relocate`).
-    """
-    bucket_policy, profile = _as_policy(policy)
-    targets = list(classes) if classes is not None else _importable_buffer_classes()
-    if not targets:
-        raise UsageError("no DeepEP buffer class to patch: neither deep_ep nor deep_ep_v25 is importable",
-                         hint="install DeepEP (deepinfer-ep 2.5 or DeepEP 2.1) in this environment")
-    for cls in targets:
-        buffer_api(cls)  # refuse anything that is not a DeepEP buffer before patching anything
-    with _LOCK:
-        _STATE.update(policy=bucket_policy, profile=profile, strict=bool(strict), warm=warm, relocate=bool(relocate),
-                      generation=_STATE.get("generation", 0) + 1,
-                      stats=_STATE.get("stats") or DispatchStats())
-        for cls in targets:
-            if cls in _PATCHES:
-                continue
-            _PATCHES[cls] = _Patch(cls)
-            setattr(cls, ORIGINAL_DISPATCH_ATTR, _PATCHES[cls].inherited)
-            setattr(cls, "dispatch", _patched_dispatch)
-        return installed()  # type: ignore[return-value]
-
-
-def uninstall() -> None:
-    """Undo :func:`install` on every class it patched (a no-op when nothing is installed)."""
-    with _LOCK:
-        for cls, patch in list(_PATCHES.items()):
-            if patch.had_own:
-                setattr(cls, "dispatch", patch.original)
-            elif "dispatch" in cls.__dict__:
-                delattr(cls, "dispatch")
-            if ORIGINAL_DISPATCH_ATTR in cls.__dict__:
-                delattr(cls, ORIGINAL_DISPATCH_ATTR)
-            del _PATCHES[cls]
-        for key in ("policy", "profile", "strict", "warm", "relocate"):
-            _STATE.pop(key, None)
-        # The generation keeps counting so that dispatchers cached on instances are rebuilt.
-        _STATE["generation"] = _STATE.get("generation", 0) + 1
-
-
-def installed() -> Installation | None:
-    """The current installation, or ``None``."""
-    with _LOCK:
-        if not _PATCHES or "policy" not in _STATE:
-            return None
-        profile = _STATE["profile"]
-        return Installation(classes=tuple(f"{c.__module__}.{c.__qualname__}" for c in _PATCHES),
-                            policy=_STATE["policy"], profile=profile.name if profile else None,
-                            strict=_STATE["strict"])
-
-
-def installed_stats() -> DispatchStats | None:
-    """The counters shared by every buffer :func:`install` patched."""
-    return _STATE.get("stats")

@@ -39,27 +39,25 @@ import hashlib
 import json
 import os
 import tarfile
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
-from jitcache import settings
 from jitcache.adapters.registry import adapter_for_layout
 from jitcache.errors import BundleError, CacheError
 
+from .bundle_export import _CHUNK, BUNDLE_KIND, ExportResult, environment_fingerprint, export_bundle, write_bundle
+from .bundle_manifest import (_MAX_BYTES_ENV, Staged, _max_bytes, _member_target, _open_tar, _read_manifest,
+                              _valid_entry_name, declared_sizes)
 from .elf import InvalidCubin, normalize_arch, read_cubin
 from .fingerprint import fingerprint_mismatches
-from .formats import TRITON_KEY, classify_deep_ep_name, read_deep_ep_entry
+from .formats import read_deep_ep_entry
 from .faults import describe_free_space, filesystem_error, free_bytes, is_fault, require_writable
 from .model import SCHEMA_VERSION
 from .publish import COMMIT_MARKER, make_temp_dir, publish_entries, reclaim_orphans, remove_tree
 from .reading import read_bytes
 from .root import CacheRoot, LockHolder
 from .verdicts import VerdictCache
-
-from .bundle_export import (_CHUNK, _ENTRY_FILE, BUNDLE_KIND, ExportResult, environment_fingerprint, export_bundle,
-                            write_bundle)
 
 __all__ = ["BUNDLE_KIND", "ExportResult", "ImportResult", "environment_fingerprint", "export_bundle",
            "import_bundle", "import_bundles", "write_bundle"]
@@ -83,209 +81,6 @@ class ImportResult:
                 "identical": list(self.identical), "conflicts": list(self.conflicts),
                 "lost_race": list(self.lost_race), "fingerprint": self.fingerprint,
                 "forced_mismatches": list(self.forced_mismatches)}
-
-
-def _member_target(name: str, bundle: Path, *, is_dir: bool = False) -> tuple[str, str, str] | None:
-    """``(tree, entry, file)`` for a file member; ``None`` for ``manifest.json`` or a directory; raises if unsafe."""
-    if name.startswith("/") or "\\" in name or "\0" in name:
-        raise BundleError(f"{bundle}: member {name!r} has an absolute or odd path; refused", path=bundle)
-    parts = PurePosixPath(name).parts
-    if not parts or any(part in ("..", ".") for part in parts) or "//" in name:
-        raise BundleError(f"{bundle}: member {name!r} escapes the cache root; refused", path=bundle)
-    if is_dir:
-        if parts[0] not in ("deep_ep", "triton") or len(parts) > 3:
-            raise BundleError(f"{bundle}: directory {name!r} is outside deep_ep/cache/ and triton/; refused",
-                              path=bundle)
-        return None
-    if parts == ("manifest.json",):
-        return None
-    if len(parts) == 4 and parts[:2] == ("deep_ep", "cache") and classify_deep_ep_name(parts[2]):
-        tree, entry, file = "deep_ep", parts[2], parts[3]
-    elif len(parts) == 3 and parts[0] == "triton" and TRITON_KEY.match(parts[1]):
-        tree, entry, file = "triton", parts[1], parts[2]
-    else:
-        raise BundleError(f"{bundle}: member {name!r} is not a file of a deep_ep/cache/ or triton/ entry; refused",
-                          path=bundle)
-    if not _ENTRY_FILE.match(file) or file == COMMIT_MARKER:
-        raise BundleError(f"{bundle}: member {name!r} has a file name jitcache does not ship; refused", path=bundle)
-    return tree, entry, file
-
-
-def _valid_entry_name(tree: Any, name: Any) -> bool:
-    if not isinstance(name, str):
-        return False
-    return bool(classify_deep_ep_name(name)) if tree == "deep_ep" else bool(TRITON_KEY.match(name))
-
-
-#: A bundle may unpack to at most this many bytes (the sizes its manifest declares, checked before anything is
-#: written): kernels are kilobytes to megabytes, so this only stops a bundle meant to fill the disk.
-_MAX_BYTES_ENV = "JITCACHE_IMPORT_MAX_BYTES"
-_MAX_BYTES_DEFAULT = 16 << 30
-#: The manifest itself is read into memory: a few hundred bytes per entry.
-_MANIFEST_MAX = 64 << 20
-
-
-def _max_bytes() -> int:
-    return settings.import_max_bytes(_MAX_BYTES_DEFAULT)
-
-
-@contextmanager
-def _open_tar(bundle: Path) -> Iterator[tarfile.TarFile]:
-    """The bundle as a tar stream, decompressed on the fly (nothing is written anywhere)."""
-    import zstandard
-
-    with open(bundle, "rb") as raw:
-        reader = zstandard.ZstdDecompressor().stream_reader(raw)
-        try:
-            with tarfile.open(fileobj=reader, mode="r|") as tar:
-                yield tar
-        finally:
-            reader.close()
-
-
-def _read_manifest(bundle: Path) -> dict[str, Any]:
-    """The manifest, read before anything is written.
-
-    It is a member of the tar stream (the last one, as export writes it);
-    finding it means reading through the members without writing them: the
-    decompressor's output goes nowhere, and a stream that decompresses past
-    the limit before its manifest is refused.
-    """
-    import zstandard
-
-    seen, limit = 0, _max_bytes()
-    try:
-        with open(bundle, "rb") as raw:
-            reader = zstandard.ZstdDecompressor().stream_reader(raw)
-            try:
-                blob = _manifest_from_headers(reader, bundle, limit)
-            finally:
-                reader.close()
-    except (zstandard.ZstdError, EOFError) as exc:
-        raise BundleError(f"{bundle}: not a readable jitcache bundle ({exc})", path=bundle) from None
-    if blob is not _ODD:
-        try:
-            manifest = None if blob is None else json.loads(blob)
-        except ValueError as exc:
-            raise BundleError(f"{bundle}: manifest.json is not valid JSON ({exc})", path=bundle) from None
-        return _checked_manifest(bundle, manifest)
-    try:  # a header the direct reader does not take as it is (pax, GNU long names, links...): tarfile's way
-        with _open_tar(bundle) as tar:
-            for member in tar:
-                if member.name == "manifest.json" and member.isfile():
-                    if member.size > _MANIFEST_MAX:
-                        raise BundleError(f"{bundle}: manifest.json is {member.size} bytes, more than "
-                                          f"{_MANIFEST_MAX}; refused", path=bundle)
-                    source = tar.extractfile(member)
-                    assert source is not None
-                    try:
-                        manifest = json.loads(source.read())
-                    except ValueError as exc:
-                        raise BundleError(f"{bundle}: manifest.json is not valid JSON ({exc})", path=bundle) from None
-                    break
-                seen += member.size
-                if seen > limit:
-                    raise BundleError(f"{bundle}: unpacks to more than {limit} bytes before its manifest "
-                                      f"({_MAX_BYTES_ENV} sets the limit); refused", path=bundle)
-            else:
-                manifest = None
-    except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
-        raise BundleError(f"{bundle}: not a readable jitcache bundle ({exc})", path=bundle) from None
-    return _checked_manifest(bundle, manifest)
-
-
-def _checked_manifest(bundle: Path, manifest: Any) -> dict[str, Any]:
-    if not isinstance(manifest, dict) or manifest.get("kind") != BUNDLE_KIND:
-        raise BundleError(f"{bundle}: no jitcache manifest in the bundle", path=bundle)
-    if manifest.get("schema") != SCHEMA_VERSION:
-        raise BundleError(f"{bundle}: manifest schema {manifest.get('schema')!r} is not {SCHEMA_VERSION}",
-                          path=bundle, hint="import it with the jitcache version that exported it")
-    return manifest
-
-
-#: :func:`_manifest_from_headers` met something it leaves to tarfile.
-_ODD: Any = object()
-
-
-def _read_exact(reader: Any, size: int) -> bytes:
-    chunks, got = [], 0
-    while got < size:
-        chunk = reader.read(size - got)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
-
-
-def _manifest_from_headers(reader: Any, bundle: Path, limit: int) -> Any:
-    """The manifest's bytes (``None``: no manifest) from the tar stream's 512-byte headers read directly,
-    skipping every other member's data: ~15x cheaper than tarfile's members, the pass import makes before
-    writing anything. Only plain ustar/GNU headers of files and directories, with valid checksums, are
-    taken; at anything else it returns :data:`_ODD` and :func:`_read_manifest` asks tarfile instead.
-    Refuses, as that pass does, a stream that unpacks past ``limit`` before its manifest."""
-    seen = 0
-    while True:
-        header = _read_exact(reader, tarfile.BLOCKSIZE)
-        if len(header) < tarfile.BLOCKSIZE:
-            return _ODD
-        if header.count(0) == tarfile.BLOCKSIZE:
-            return None  # the end-of-archive block, no manifest met
-        try:
-            checksum = int(header[148:156].replace(b"\0", b" ").strip(), 8)
-            size_field = header[124:136]
-            size = -1 if size_field[0] & 0x80 else int(size_field.replace(b"\0", b" ").strip() or b"0", 8)
-        except ValueError:
-            return _ODD
-        if size < 0 or checksum != 256 + sum(header[:148]) + sum(header[156:]):
-            return _ODD  # base-256 sizes, signed checksums, damage: tarfile knows every variant
-        kind = header[156:157]
-        name = header[:100].split(b"\0", 1)[0]
-        if kind not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE) or \
-                (header[257:263] == tarfile.POSIX_MAGIC[:6] and header[345] != 0):  # a ustar name prefix
-            return _ODD
-        is_dir = kind == tarfile.DIRTYPE or (kind == tarfile.AREGTYPE and name.endswith(b"/"))
-        if name == b"manifest.json" and not is_dir:
-            if size > _MANIFEST_MAX:
-                raise BundleError(f"{bundle}: manifest.json is {size} bytes, more than {_MANIFEST_MAX}; refused",
-                                  path=bundle)
-            blob = _read_exact(reader, size)
-            return blob if len(blob) == size else _ODD
-        seen += size
-        if seen > limit:
-            raise BundleError(f"{bundle}: unpacks to more than {limit} bytes before its manifest "
-                              f"({_MAX_BYTES_ENV} sets the limit); refused", path=bundle)
-        skip = 0 if is_dir else size + (-size % tarfile.BLOCKSIZE)  # tarfile skips no data for a directory
-        while skip:
-            chunk = reader.read(min(skip, _CHUNK))
-            if not chunk:
-                return _ODD
-            skip -= len(chunk)
-
-
-def declared_sizes(bundle: Path, manifest: dict[str, Any]) -> dict[str, int]:
-    """Member name -> the size the manifest declares for it (what staging will accept, byte for byte)."""
-    entries = manifest.get("entries")
-    if not isinstance(entries, list):
-        raise BundleError(f"{bundle}: manifest field 'entries' must be a list", path=bundle)
-    sizes: dict[str, int] = {}
-    for index, entry in enumerate(entries):
-        try:
-            tree, name, files = entry["backend"], entry["name"], entry["files"]
-            specs = [(f["path"], f["size"]) for f in files]
-        except (KeyError, TypeError):
-            raise BundleError(f"{bundle}: manifest entries[{index}] is malformed", path=bundle) from None
-        prefix = f"deep_ep/cache/{name}" if tree == "deep_ep" else f"triton/{name}"
-        for file, size in specs:
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise BundleError(f"{bundle}: manifest entries[{index}] gives {file!r} the size {size!r}",
-                                  path=bundle)
-            sizes[f"{prefix}/{file}"] = size
-    return sizes
-
-
-#: What staging wrote: (tree, entry) -> file name -> (size, sha256 hex).
-Staged = dict[tuple[str, str], dict[str, tuple[int, str]]]
 
 
 def _stage(bundle: Path, staging: Path, manifest: dict[str, Any]) -> Staged:
