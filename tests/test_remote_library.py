@@ -91,6 +91,25 @@ def test_the_live_warmup_pulls_what_its_deepep_looks_up_and_pushes_what_it_built
     assert report.to_dict()["remote"] == r and type(report).from_dict(report.to_dict()).remote == r
 
 
+def test_the_live_warmup_counts_as_compiled_only_what_it_added(served25, pushed25, tmp_path, monkeypatch):  # noqa: F811
+    """A precompile that found the whole plan cached (as on the H200 after a full pull) compiled nothing: the
+    remote summary must not count the plan's entries as compiled, nor offer them to the push."""
+    pytest.importorskip("torch")
+    from jitcache.warm import live_steps, prepass
+
+    planned = tuple(f"dispatch.{i:032x}" for i in range(57))
+    monkeypatch.setattr(live_steps._prepass, "precompile", lambda *a, **k: prepass.PrecompileResult(
+        prepass.DONE, cached=len(planned), entries=planned))
+    profile = load_profile("h200-ep1")
+    buffer = served25(num_max_tokens_per_rank=8192, hidden=HIDDEN, num_topk=8)
+    report = jitcache.warmup(buffer, profile, progress=False, save=False, precompile=True, remote=pushed25.url)
+    r = report.remote
+    assert report.precompile is not None and report.precompile["compiled"] == 0
+    assert r["compiled"] == report.num_entries_written and r["pulled"] == 16
+    offered = [item["entry"] for item in (r["push"] or {}).get("skipped", [])]
+    assert len(offered) == r["compiled"] and not set(planned) & set(offered)
+
+
 def test_the_live_warmup_with_an_unreachable_store(served25, s3_url, tmp_path, monkeypatch):  # noqa: F811
     pytest.importorskip("torch")
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")

@@ -251,10 +251,15 @@ def warmup(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, modes: 
                                  optional=remote_optional, relocate=relocate)
     relocated = _relocate_shipped(buffer, spec.profile, modes, jit_cache_roots(api)) \
         if relocate and spec.profile is not None else ()
+    # What this warmup adds to the cache (for the remote push and its "compiled" count): the precompile's new
+    # entries, not the plan's (most are usually cached, pulled or relocated), then the live steps'.
+    before_precompile = committed_entries(api, jit_cache_roots(api)) if remote_state is not None else frozenset()
     if precompile:  # the parameter: the function is _prepass.precompile here
         _emit(notify, WarmupProgress(0, len(spec.steps), PRECOMPILE, 0, 0.0, None))
         prepass = _prepass.precompile(buffer, spec.profile or spec.policy, modes, group=group, cache_dir=cache_dir,
                                       jobs=jobs, toolchain=toolchain)
+    precompiled = committed_entries(api, jit_cache_roots(api)) - before_precompile \
+        if remote_state is not None and prepass is not None else frozenset()
     if device is None:
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     roots = jit_cache_roots(api)
@@ -287,7 +292,7 @@ def warmup(buffer: Any, profile_or_policy: Profile | BucketPolicy | str, modes: 
 
     remote_summary = None
     if remote_state is not None:
-        built = {e for r in results for e in r.entries_written} | set(prepass.entries if prepass else ())
+        built = {e for r in results for e in r.entries_written} | set(precompiled)
         remote_summary = remote_state.finish(sorted(built) if rank == 0 else ())
     report = WarmupReport(
         remote=remote_summary,
