@@ -140,9 +140,17 @@ def default_root() -> Path:
     return Path.home() / ".cache" / "jitcache"
 
 
+#: The URL schemes the remote store opens (jitcache.store.remote.backend); a value without ``://`` is a directory.
+REMOTE_SCHEMES = ("s3", "s3a", "gs", "http", "https", "file")
+
+
 def remote() -> str | None:
     """``JITCACHE_REMOTE``: the remote store's URL when ``--remote`` is not given, else None."""
-    return _raw("JITCACHE_REMOTE")
+    value = _raw("JITCACHE_REMOTE")
+    if value is not None and "://" in value and value.split("://", 1)[0].lower() not in REMOTE_SCHEMES:
+        raise _bad("JITCACHE_REMOTE", value, "not a store URL: expected s3://, gs://, http(s)://, file:// or a "
+                                             "directory path")
+    return value
 
 
 def lock_timeout(default: float) -> float:

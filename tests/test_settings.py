@@ -43,6 +43,7 @@ def test_only_the_settings_module_reads_jitcache_variables_from_the_environment(
     ("JITCACHE_STATS_INTERVAL", "soon", lambda: settings.stats_interval(60.0)),
     ("JITCACHE_STATS", "maybe", settings.stats_enabled),
     ("JITCACHE_STRICT", "2", settings.strict),
+    ("JITCACHE_REMOTE", "ftp://store/jitcache", settings.remote),
 ])
 def test_a_bad_value_is_a_usage_error_naming_the_variable_and_the_value(monkeypatch, name, value, read):
     monkeypatch.setenv(name, value)
@@ -61,6 +62,9 @@ def test_values_are_read_at_each_call(monkeypatch):
     assert settings.stats_enabled() is False
     monkeypatch.setenv("JITCACHE_STRICT", "yes")
     assert settings.strict() is True
+    for url in ("s3://bucket/prefix", "gs://bucket", "https://cache.example/j", "/mnt/nfs/jitcache"):
+        monkeypatch.setenv("JITCACHE_REMOTE", url)
+        assert settings.remote() == url
 
 
 def test_no_module_reads_a_variable_at_import():
@@ -79,3 +83,11 @@ def test_the_cli_says_which_variable_is_wrong_instead_of_a_traceback(tmp_path):
     assert "Error: JITCACHE_ENTRY_LOCK_TIMEOUT='abc': not a number of seconds" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "root").exists()  # nothing was created
+
+
+def test_a_bad_remote_url_in_the_environment_names_the_variable(tmp_path):
+    done = run_cli("pull", "-p", "h200-ep1", "--cache-dir", str(tmp_path / "root"),
+                   env={"JITCACHE_REMOTE": "ftp://store/jitcache"})
+    assert done.code == 2, done.stderr
+    assert done.stderr.startswith("Error: JITCACHE_REMOTE='ftp://store/jitcache': not a store URL")
+    assert not (tmp_path / "root").exists()
