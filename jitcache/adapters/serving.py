@@ -64,22 +64,9 @@ def _rules(version: str) -> DeepEPAdapter:
 
 
 def entry_family(version: str, dirname: str) -> str | None:
-    """The kernel family of a ``cache/`` directory name in this DeepEP's layout, else None."""
-    prefix = _rules(version).entry_prefix
-    if prefix:
-        if not dirname.startswith(prefix):
-            return None
-        dirname = dirname[len(prefix):]
-    elif any(a.entry_prefix and dirname.startswith(a.entry_prefix) for a in ADAPTERS):
-        return None
-    family, dot, digest = dirname.rpartition(".")
-    if not dot or not family or len(digest) != 32 or not family.replace("_", "").isalnum():
-        return None
-    try:
-        int(digest, 16)
-    except ValueError:
-        return None
-    return family
+    """The kernel family of a ``cache/`` directory name in this DeepEP's layout, else None (its adapter's parser)."""
+    parsed = _rules(version).parse_entry_name(dirname)
+    return parsed[0] if parsed else None
 
 
 def is_committed(version: str, entry: Path) -> bool:
