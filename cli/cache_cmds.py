@@ -247,7 +247,7 @@ def inspect_cmd(
 
     def render(o: Output) -> None:
         if not report.entries:
-            o.print(f"No entries in {report.deep_ep_dir}" + (f" or {report.triton_dir}" if report.triton_dir else ""))
+            o.line(f"No entries in {report.deep_ep_dir}" + (f" or {report.triton_dir}" if report.triton_dir else ""))
         else:
             o.print(f"{root.path}: {len(report.entries)} entries, {human_bytes(report.size)}"
                     + _versions_text(data["deep_ep_versions"]), markup=False)

@@ -156,6 +156,11 @@ class Output:
         """Human output to stdout (only used from ``render`` callbacks)."""
         self.out.print(*objects, **kwargs)
 
+    def line(self, text: str) -> None:
+        """One plain line of human output (no markup, no table) to stdout, written without loading rich."""
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
     def raw_lines(self, lines: list[str]) -> None:
         """Lines written as they are, bypassing rich (no wrapping, no markup, no re-spacing): shell code."""
         sys.stdout.write("".join(line + "\n" for line in lines))

@@ -23,8 +23,6 @@ import stat
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from jitcache.adapters.registry import adapter_for_layout, parse_entry_name
-
 from .elf import CubinInfo, InvalidCubin, arch_problem, entry_symbol_problem, normalize_arch, parse_cubin
 from .kernels import parse_source, symbol_problem
 from .model import CacheEntry, Problem
@@ -73,6 +71,8 @@ def is_deep_ep_kernel(family: str, params: dict[str, Any], source: str = "") -> 
 
 def classify_deep_ep_name(name: str) -> tuple[str, str, str] | None:
     """``(format, family, key)`` for an entry directory name under ``cache/``, else ``None``."""
+    from jitcache.adapters.registry import parse_entry_name  # on first use: a scan of an empty root needs none
+
     parsed = parse_entry_name(name)
     return None if parsed is None else (parsed[0].layout, parsed[1], parsed[2])
 
@@ -278,6 +278,8 @@ def read_deep_ep_entry(path: Path | str, *, check_cubin: bool = True, expected_a
         return CacheEntry("deep_ep", "unknown", name, "", top, size, _last_used(Path(top)),
                           problems=tuple(problems))
     fmt, family, key = kind
+    from jitcache.adapters.registry import adapter_for_layout
+
     layout = adapter_for_layout(fmt)
     meta_file = layout.meta_file if layout is not None else None
     params: dict[str, Any] = {}
