@@ -329,6 +329,14 @@ _FLOOR_OPS = (("inspect_cold", "`jitcache inspect --format json`, first scan"),
               ("import", "`jitcache import` into an empty root"))
 
 
+def _run_load(run: dict) -> str:
+    """``; 1-min load 2.2-5.4``: the range of the load averages a floors run recorded."""
+    loads = [v[0] for v in (run.get("load_average_at_start"), run.get("load_average_at_end")) if v]
+    loads += [m[k] for m in run.get("maintenance", []) for k in ("load_average_1m_start", "load_average_1m_end")
+              if k in m]
+    return f"; 1-min load {min(loads):.1f}-{max(loads):.1f}" if loads else ""
+
+
 def floors_rows() -> list[list[str]]:
     """Issue 16: start-up and maintenance against their floors, ``floors_before.json`` / ``floors_after.json``."""
     rows = []
@@ -337,11 +345,7 @@ def floors_rows() -> list[list[str]]:
         if not after:
             continue
         src = _src(folder / "floors_after.json") + (" / " + _src(folder / "floors_before.json") if before else "")
-        loads = [v[0] for v in (after.get("load_average_at_start"), after.get("load_average_at_end")) if v]
-        loads += [m[k] for m in after.get("maintenance", []) for k in ("load_average_1m_start", "load_average_1m_end")
-                  if k in m]
-        load = f"; 1-min load {min(loads):.1f}-{max(loads):.1f}" if loads else ""
-        where = f"{folder.name} ({after.get('commit', '?')}{load})"
+        where = f"{folder.name} ({after.get('commit', '?')}{_run_load(after)})"
 
         # Start-up: the dedicated runs (wall and CPU time) when present, else the main ones.
         st_before = (_load(folder / "floors_before_startup.json") or before or {}).get("startup") or {}
@@ -363,8 +367,7 @@ def floors_rows() -> list[list[str]]:
                 rows.append([f"Start-up `jitcache {name}` (empty root, human output)",
                              f"{1000 * r['seconds']:.0f} ms = {r['ratio']:.1f}x `python -c pass`{cpu}",
                              f"`python -c pass` {1000 * st['floor_seconds']:.0f} ms wall (same run); goal <= 100 ms "
-                             f"and <= 4x{was}", f"{folder.name} ({st_run.get('commit', '?')}{load if st_run is after else ''})", "n/a", "-",
-                             st_src])
+                             f"and <= 4x{was}", f"{folder.name} ({st_run.get('commit', '?')}{_run_load(st_run)})", "n/a", "-", st_src])
         old = {m["entries"]: m for m in (before or {}).get("maintenance", [])}
         big = _load(folder / "floors_after_100k.json")  # the largest cache, measured on its own
         runs = after.get("maintenance", []) + ((big or {}).get("maintenance") or [])
