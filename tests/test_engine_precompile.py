@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -23,9 +21,9 @@ import fake_deep_ep as fake  # noqa: E402
 from aot_fixtures import NVCC_13_0, deep_ep25_include, nccl_include  # noqa: E402,F401
 from fake_deep_ep import isolated_deep_ep_env  # noqa: E402,F401 - autouse: HOME, EP_JIT_CACHE_DIR in tmp_path
 from jitcache import BucketPolicy  # noqa: E402
-from jitcache.build.pool import COMPILE_LOG_ENV  # noqa: E402
 from jitcache.warm.live import WarmupReport, warmup  # noqa: E402
 from jitcache.planning.profiles import parse_profile  # noqa: E402
+from precompile_ranks import nccl_root, run_two_ranks  # noqa: E402
 
 TESTS = Path(__file__).parent
 
@@ -33,29 +31,6 @@ TESTS = Path(__file__).parent
 #: barrier = 9 nvcc jobs.
 PROFILE_TOML = (TESTS.parent / "cache_profiles" / "h200x2-ep2.toml").read_text().replace(
     "max_num_batched_tokens = 8192", "max_num_batched_tokens = 2")
-
-_RANK = textwrap.dedent("""
-    import json, os, sys
-    tests, package, store, rank, profile, cache_dir, out = sys.argv[1:8]
-    rank = int(rank)
-    sys.path[:0] = [tests, package]
-    import torch.distributed as dist
-    dist.init_process_group("gloo", init_method=f"file://{store}", world_size=2, rank=rank)
-    import deep_ep
-    from jitcache.warm.live import warmup
-    from jitcache.planning.profiles import load_profile
-
-    prof = load_profile(profile)
-    buf = deep_ep.EPBuffer(group=dist.group.WORLD, num_max_tokens_per_rank=prof.serving.max_num_batched_tokens,
-                           hidden=prof.model.hidden, num_topk=prof.model.num_topk)
-    report = warmup(buf, prof, progress=False, cache_dir=cache_dir, save=rank == 0)
-    json.dump({"pid": os.getpid(), "report": report.to_dict()}, open(out, "w"))
-    # Leave without tearing gloo down: a peer closing its sockets first can abort the other (SIGABRT).
-    dist.barrier()
-    sys.stdout.flush()
-    os._exit(0)
-""")
-
 
 def _deep_ep_package(base: Path, include: Path | None) -> Path:
     """A folder for sys.path holding ``deep_ep/``: the double's EPBuffer, and ``include/`` when given."""
@@ -70,21 +45,9 @@ def _deep_ep_package(base: Path, include: Path | None) -> Path:
 
 
 def _run_pair(tmp_path: Path, packages: tuple[Path, Path], nccl: Path) -> list[dict]:
-    (tmp_path / "profile.toml").write_text(PROFILE_TOML)
-    nccl_root = tmp_path / "nccl"  # EP_NCCL_ROOT_DIR/include: DeepEP's own override, which the toolchain reads
-    nccl_root.mkdir()
-    (nccl_root / "include").symlink_to(nccl, target_is_directory=True)
-    root = tmp_path / "root"
-    env = {**os.environ, "JITCACHE_STATS": "0", "HOME": str(tmp_path / "home"), "LOCAL_WORLD_SIZE": "2",
-           "EP_JIT_CACHE_DIR": str(root / "deep_ep"), "EP_NCCL_ROOT_DIR": str(nccl_root),
-           COMPILE_LOG_ENV: str(tmp_path / "compiles.log")}
-    env.pop("DJ_JIT_CACHE_DIR", None)
-    outs = [tmp_path / f"rank{r}.json" for r in (0, 1)]
-    procs = [subprocess.Popen([sys.executable, "-c", _RANK, str(TESTS), str(packages[r]), str(tmp_path / "store"),
-                               str(r), str(tmp_path / "profile.toml"), str(root), str(outs[r])], env=env)
-             for r in (0, 1)]
-    assert [p.wait(timeout=300) for p in procs] == [0, 0]
-    return [json.loads(o.read_text()) for o in outs]
+    # EP_NCCL_ROOT_DIR/include: DeepEP's own override, which the toolchain reads
+    env = {"EP_NCCL_ROOT_DIR": str(nccl_root(tmp_path, nccl))}
+    return run_two_ranks(tmp_path, packages, "EPBuffer", PROFILE_TOML, env, timeout=300)
 
 
 @pytest.mark.nvcc

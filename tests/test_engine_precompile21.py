@@ -11,10 +11,6 @@ which names.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -24,10 +20,10 @@ torch = pytest.importorskip("torch")
 
 from aot_fixtures import nccl_include, nvcc  # noqa: E402,F401
 from jitcache.adapters.deepep21 import jobs_for_plan21  # noqa: E402
-from jitcache.build.pool import COMPILE_LOG_ENV  # noqa: E402
 from jitcache.build.toolchain import resolve_toolchain  # noqa: E402
 from jitcache.planning.profiles import load_profile  # noqa: E402
 from jitcache.planning.variants import plan  # noqa: E402
+from precompile_ranks import nccl_root, run_two_ranks  # noqa: E402
 from test_render21 import wheel  # noqa: E402,F401
 
 TESTS = Path(__file__).parent
@@ -35,27 +31,6 @@ TESTS = Path(__file__).parent
 #: h200x2-ep2 (decode, num_sms pinned) with a cap of 1: bucket 1 x 4 kernel families + the barrier = 5 jobs.
 PROFILE_TOML = (TESTS.parent / "cache_profiles" / "h200x2-ep2.toml").read_text().replace(
     "max_num_batched_tokens = 8192", "max_num_batched_tokens = 1")
-
-_RANK = textwrap.dedent("""
-    import json, os, sys
-    tests, package, store, rank, profile, cache_dir, out = sys.argv[1:8]
-    rank = int(rank)
-    sys.path[:0] = [tests, package]
-    import torch.distributed as dist
-    dist.init_process_group("gloo", init_method=f"file://{store}", world_size=2, rank=rank)
-    import deep_ep
-    from jitcache.warm.live import warmup
-    from jitcache.planning.profiles import load_profile
-
-    prof = load_profile(profile)
-    buf = deep_ep.ElasticBuffer(group=dist.group.WORLD, num_max_tokens_per_rank=prof.serving.max_num_batched_tokens,
-                                hidden=prof.model.hidden, num_topk=prof.model.num_topk)
-    report = warmup(buf, prof, progress=False, cache_dir=cache_dir, save=rank == 0)
-    json.dump({"pid": os.getpid(), "report": report.to_dict()}, open(out, "w"))
-    dist.barrier()
-    sys.stdout.flush()
-    os._exit(0)
-""")
 
 _PACKAGE = textwrap.dedent("""
     import os
@@ -95,19 +70,10 @@ def _deep_ep21_package(base: Path, include: Path) -> Path:
 def test_two_ranks_split_the_21_precompile_into_the_folder_elastic_buffer_reads(tmp_path, wheel, nccl_include,  # noqa: F811
                                                                                 nvcc):  # noqa: F811
     site = _deep_ep21_package(tmp_path / "site", wheel / "include")
-    (tmp_path / "profile.toml").write_text(PROFILE_TOML)
-    nccl_root = tmp_path / "nccl"  # what find_nccl_root() reports: its include/ enters the digest
-    nccl_root.mkdir()
-    (nccl_root / "include").symlink_to(nccl_include, target_is_directory=True)
+    nccl = nccl_root(tmp_path, nccl_include)  # what find_nccl_root() reports: its include/ enters the digest
     root = tmp_path / "root"
-    env = {**os.environ, "JITCACHE_STATS": "0", "HOME": str(tmp_path / "home"), "LOCAL_WORLD_SIZE": "2",
-           "EP_JIT_CACHE_DIR": str(root / "deep_ep"), "TEST_NCCL_ROOT": str(nccl_root),
-           "TEST_CUDA_HOME": str(Path(nvcc).resolve().parent.parent), COMPILE_LOG_ENV: str(tmp_path / "compiles.log")}
-    outs = [tmp_path / f"rank{r}.json" for r in (0, 1)]
-    procs = [subprocess.Popen([sys.executable, "-c", _RANK, str(TESTS), str(site), str(tmp_path / "store"), str(r),
-                               str(tmp_path / "profile.toml"), str(root), str(outs[r])], env=env) for r in (0, 1)]
-    assert [p.wait(timeout=600) for p in procs] == [0, 0]
-    ranks = [json.loads(o.read_text()) for o in outs]
+    env = {"TEST_NCCL_ROOT": str(nccl), "TEST_CUDA_HOME": str(Path(nvcc).resolve().parent.parent)}
+    ranks = run_two_ranks(tmp_path, (site, site), "ElasticBuffer", PROFILE_TOML, env, timeout=600)
     pre = [r["report"]["precompile"] for r in ranks]
     for p in pre:
         assert p["status"] == "done", p["reason"]
@@ -117,7 +83,7 @@ def test_two_ranks_split_the_21_precompile_into_the_folder_elastic_buffer_reads(
     # The names are DeepEP 2.1's digest over the paths *that process* hands its JIT: the package dir as
     # os.path.abspath spells it (symlinks kept) and find_nccl_root()'s include.
     expected = resolve_toolchain(nvcc=nvcc, deep_ep_include=wheel / "include", nccl_include=nccl_include,
-                                 target_nccl_include=str(nccl_root / "include"),
+                                 target_nccl_include=str(nccl / "include"),
                                  python_library_root=str(site / "deep_ep"), api="2.1")
     names = {job.entry for job in jobs_for_plan21(plan(load_profile(tmp_path / "profile.toml")), expected)}
     assert set(pre[0]["entries"]) == names and len(names) == 5
