@@ -123,4 +123,13 @@ def http_server(tmp_path):
         proc.wait(timeout=10)
 
 
-__all__ = ["BUCKET", "S3Server", "free_port", "http_server", "s3_server", "s3_url"]
+@pytest.fixture
+def one_bucket_profile(tmp_path) -> Path:
+    """h200-ep1 capped at 1 token: one bucket, 4 kernels + the barrier (a real AOT compile in seconds)."""
+    profile = tmp_path / "one-bucket.toml"
+    text = (Path(__file__).resolve().parents[1] / "cache_profiles" / "h200-ep1.toml").read_text()
+    profile.write_text(text.replace("max_num_batched_tokens = 8192", "max_num_batched_tokens = 1"))
+    return profile
+
+
+__all__ = ["BUCKET", "S3Server", "free_port", "http_server", "one_bucket_profile", "s3_server", "s3_url"]

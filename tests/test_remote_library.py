@@ -16,7 +16,7 @@ import pytest
 
 import fake_deep_ep as fake
 import jitcache
-from aot_fixtures import REPO, deep_ep25_include, deep_ep25_sdist  # noqa: F401
+from aot_fixtures import deep_ep25_include, deep_ep25_sdist  # noqa: F401
 from jitcache.errors import RemoteError, UsageError
 from jitcache.planning.profiles import load_profile
 from jitcache.store.remote import RemoteStore
@@ -28,14 +28,6 @@ pytestmark = pytest.mark.nvcc
 pytest.importorskip("obstore")
 
 isolated_deep_ep_env = fake.isolated_deep_ep_env  # autouse: DeepEP's cache dir in tmp_path
-
-
-@pytest.fixture
-def one_bucket_profile(tmp_path) -> Path:
-    profile = tmp_path / "one-bucket.toml"
-    text = (REPO / "cache_profiles" / "h200-ep1.toml").read_text()
-    profile.write_text(text.replace("max_num_batched_tokens = 8192", "max_num_batched_tokens = 1"))
-    return profile
 
 
 def test_aot_warmup_with_a_remote_pulls_relocates_and_compiles_only_the_rest(tmp_path, one_bucket_profile,

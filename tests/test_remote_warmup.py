@@ -29,7 +29,6 @@ pytestmark = pytest.mark.nvcc
 pytest.importorskip("obstore")
 
 ENV = RemoteEnv("2.5", "13.0.88", "sm_90a")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_nvcc_release_reads_the_full_version():
@@ -106,14 +105,6 @@ def test_an_unreachable_or_denied_store_stops_the_warmup_unless_optional(tmp_pat
     again = warmup_aot_remote(the_plan, toolchain, resolve_root(tmp_path / "c"), remote=s3_url, jobs=jobs, env=ENV,
                               optional=True)
     assert again.compiled == 1 and again.push is None and "access denied" in again.remote_errors[0]
-
-
-@pytest.fixture
-def one_bucket_profile(tmp_path) -> Path:
-    profile = tmp_path / "one-bucket.toml"
-    text = (REPO / "cache_profiles" / "h200-ep1.toml").read_text()
-    profile.write_text(text.replace("max_num_batched_tokens = 8192", "max_num_batched_tokens = 1"))
-    return profile
 
 
 def test_cli_warmup_remote_then_a_fresh_node_pulls_everything(tmp_path, one_bucket_profile, s3_server, s3_url,
