@@ -155,6 +155,19 @@ class CubinSet(dict):
                 future.result()
 
 
+def bundle_members(blob: bytes) -> list[tuple["tarfile.TarInfo", "bytes | None"]]:
+    """A bundle's (tar + zstd) members in order, each with its bytes (None for a non-file): for tests that take
+    a real bundle apart to damage or rewrite it."""
+    import io
+    import tarfile
+
+    import zstandard
+
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(blob)).read()
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        return [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()]  # type: ignore[union-attr]
+
+
 def plan_instantiations(the_plan) -> list[tuple[str, list[Any]]]:
     """(template, arguments) of every variant of a plan, as make_entry renders them."""
     pairs = []

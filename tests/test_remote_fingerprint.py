@@ -27,6 +27,7 @@ from jitcache.planning.variants import plan
 from aot_fixtures import REPO
 from remote_fixtures import *  # noqa: F401,F403 (fixtures)
 from store_fixtures import *  # noqa: F401,F403 (fixtures)
+from store_fixtures import bundle_members
 
 pytestmark = pytest.mark.nvcc
 pytest.importorskip("obstore")
@@ -47,12 +48,9 @@ def _with_fingerprint(blob: bytes, change) -> bytes:
     """The same object with ``change(fingerprint)`` applied to its manifest (the files' sha256s still hold)."""
     import zstandard
 
-    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(blob)).read()
     out = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(raw)) as src, tarfile.open(fileobj=out, mode="w",
-                                                                   format=tarfile.PAX_FORMAT) as dst:
-        for member in src.getmembers():
-            data = src.extractfile(member).read()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as dst:
+        for member, data in bundle_members(blob):
             if member.name == "manifest.json":
                 manifest = json.loads(data)
                 change(manifest["fingerprint"])

@@ -28,6 +28,7 @@ from jitcache.store.scan import scan
 from jitcache.planning.variants import plan
 from remote_fixtures import *  # noqa: F401,F403 (fixtures)
 from store_fixtures import *  # noqa: F401,F403 (fixtures)
+from store_fixtures import bundle_members
 
 pytestmark = pytest.mark.nvcc
 pytest.importorskip("obstore")
@@ -116,12 +117,9 @@ def _tampered(blob: bytes) -> bytes:
     """The same one-entry bundle with one byte of the cubin flipped (its manifest left as it was)."""
     import zstandard
 
-    data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(blob)).read()
     out = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(data)) as src, tarfile.open(fileobj=out, mode="w",
-                                                                    format=tarfile.PAX_FORMAT) as dst:
-        for member in src.getmembers():
-            payload = src.extractfile(member).read()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as dst:
+        for member, payload in bundle_members(blob):
             if member.name.endswith("kernel.cubin"):
                 payload = payload[:-1] + bytes([payload[-1] ^ 0xFF])
             dst.addfile(member, io.BytesIO(payload))

@@ -23,6 +23,7 @@ from jitcache.store.root import resolve_root
 from jitcache.store.scan import scan
 from jitcache.planning.variants import plan
 from store_fixtures import *  # noqa: F401,F403 (fixtures)
+from store_fixtures import bundle_members
 
 pytestmark = pytest.mark.nvcc
 
@@ -52,11 +53,7 @@ def _write_bundle(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]
 
 def _repack(src: Path, dst: Path, edit) -> Path:
     """Rewrite a real bundle through ``edit(members) -> members`` (members: list of (TarInfo, bytes))."""
-    data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(src.read_bytes())).read()
-    members = []
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        for m in tar.getmembers():
-            members.append((m, tar.extractfile(m).read() if m.isfile() else None))
+    members = bundle_members(src.read_bytes())
     manifest_pos = [i for i, (m, _) in enumerate(members) if m.name == "manifest.json"][0]
     manifest = json.loads(members.pop(manifest_pos)[1])
     members, manifest = edit(members, manifest)

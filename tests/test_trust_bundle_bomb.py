@@ -19,6 +19,7 @@ import zstandard
 from fault_fixtures import free, run_cli_limited, small_disk
 from jitcache.store.bundle import export_bundle
 from store_fixtures import *  # noqa: F401,F403 (fixtures)
+from store_fixtures import bundle_members
 
 pytestmark = pytest.mark.nvcc
 
@@ -26,11 +27,7 @@ BOMB = 64 << 20  # 64 MiB of zeros: ~2 KiB of zstd
 
 
 def _members(bundle: Path) -> tuple[list[tuple[tarfile.TarInfo, bytes]], dict]:
-    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(bundle.read_bytes())).read()
-    members = []
-    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
-        for m in tar.getmembers():
-            members.append((m, tar.extractfile(m).read()))
+    members = bundle_members(bundle.read_bytes())
     manifest = json.loads(next(d for m, d in members if m.name == "manifest.json"))
     return [(m, d) for m, d in members if m.name != "manifest.json"], manifest
 

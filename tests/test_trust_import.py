@@ -19,7 +19,7 @@ from cli_helpers import run_cli
 from jitcache.store.bundle import export_bundle
 from jitcache.store.root import resolve_root
 from store_fixtures import *  # noqa: F401,F403 (fixtures)
-from store_fixtures import FAMILY_KERNELS, template_args
+from store_fixtures import FAMILY_KERNELS, bundle_members, template_args
 
 pytestmark = pytest.mark.nvcc
 
@@ -36,11 +36,7 @@ def _tree(root) -> dict[str, str]:
 def replace_file(bundle: Path, out: Path, entry_prefix: str, file: str, data: bytes) -> tuple[Path, str]:
     """A copy of ``bundle`` with ``file`` of the first entry whose name starts with ``entry_prefix``
     replaced by ``data``, and the manifest's size and sha256 updated to match (self-consistent)."""
-    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(bundle.read_bytes())).read()
-    members = []
-    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
-        for m in tar.getmembers():
-            members.append((m, tar.extractfile(m).read()))
+    members = bundle_members(bundle.read_bytes())
     manifest = json.loads(next(d for m, d in members if m.name == "manifest.json"))
     victim = next(e for e in manifest["entries"] if e["name"].startswith(entry_prefix))
     for spec in victim["files"]:
