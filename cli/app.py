@@ -145,8 +145,7 @@ def _command_path(application: typer.Typer, argv: list[str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     args = sys.argv[1:] if argv is None else list(argv)
-    # A module-level `app` set by a caller (a test substituting it) wins; else only the commands argv needs.
-    application = globals().get("app") or build_app(_groups_for(args))
+    application = build_app(_groups_for(args))  # only the commands argv needs
     try:
         code = application(args=args, prog_name="jitcache", standalone_mode=False)
     except JitCacheError as exc:

@@ -95,7 +95,7 @@ def test_a_failure_without_its_own_hint_gets_one_by_kind(monkeypatch, capsys):
     for exc, words in cases.items():
         def boom(exc=exc):
             raise exc
-        monkeypatch.setattr(cli_app, "app", lambda **_: boom())
+        monkeypatch.setattr(cli_app, "build_app", lambda *_: lambda **_: boom())
         with pytest.raises(SystemExit) as done:
             cli_app.main([])
         lines = capsys.readouterr().err.splitlines()
