@@ -12,24 +12,20 @@ hint; a traceback only with ``JITCACHE_DEBUG=1``.
 from __future__ import annotations
 
 import sys
-from typing import Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers take this name)
 
-import typer
+from jitcache import __version__
 
-try:  # Typer 0.2x vendors Click as typer._click; older Typer uses Click itself
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+    import typer
     from typer._click import exceptions as click_errors
-except ImportError:  # pragma: no cover
-    from click import exceptions as click_errors  # type: ignore[no-redef]
 
-from importlib import import_module
+    from jitcache.errors import JitCacheError
 
-from jitcache import __version__, settings
-from jitcache.errors import JitCacheError
-
-from . import _fast_params
-from .output import Output
-
-_fast_params.install()  # option values without pydantic (typer >= 0.2x): ~50 ms less start-up
+# typer (and click, and the command modules) are imported by ``main`` once it knows the command:
+# ``jitcache --version`` needs none of them.
 
 #: Top-level command -> the module whose ``register(app)`` adds it. ``main`` imports only the module of the
 #: command it runs (start-up: a probe such as ``jitcache env`` loads no warmup, remote or stats code);
@@ -47,21 +43,40 @@ COMMAND_MODULES = {
 GROUPS = ("plan_cmds", "warmup_cmds", "stats_cmds", "cache_cmds", "bundle_cmds", "remote_cmds", "sources_cmds")
 
 
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"jitcache {__version__}")
-        raise typer.Exit()
+def _click_errors() -> Any:
+    try:  # Typer 0.2x vendors Click as typer._click; older Typer uses Click itself
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover
+        from click import exceptions  # type: ignore[no-redef]
+    return exceptions
 
 
-def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Print the version and exit."),
-) -> None:
-    """jitcache: no JIT compile on the serving path."""
+def _root_callback() -> Any:
+    import typer
+
+    def _version(value: bool) -> None:
+        if value:
+            typer.echo(f"jitcache {__version__}")
+            raise typer.Exit()
+
+    def _root(
+        version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                     help="Print the version and exit."),
+    ) -> None:
+        """jitcache: no JIT compile on the serving path."""
+
+    return _root
 
 
 def build_app(groups: tuple[str, ...] = GROUPS) -> typer.Typer:
     """The Typer application with the commands of ``groups`` (module names of :data:`GROUPS`)."""
+    from importlib import import_module
+
+    import typer
+
+    from . import _fast_params
+
+    _fast_params.install()  # option values without pydantic (typer >= 0.2x): ~50 ms less start-up
     application = typer.Typer(
         name="jitcache",
         help="Warm DeepEP's JIT before serving: bucket policy, warmup, and a persistent, shippable kernel cache.",
@@ -70,7 +85,7 @@ def build_app(groups: tuple[str, ...] = GROUPS) -> typer.Typer:
         add_completion=False,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
-    application.callback()(_root)
+    application.callback()(_root_callback())
     for group in groups:  # one module per command group; each adds its commands
         import_module(f"{__package__}.{group}").register(application)
     return application
@@ -131,6 +146,7 @@ def _failure_hint(exc: JitCacheError) -> str:
 
 def _command_path(application: typer.Typer, argv: list[str]) -> str:
     """``jitcache sources fetch`` for ``["sources", "fetch", "-x", ...]``: the (sub)command the user ran."""
+    import typer
     command: Any = typer.main.get_command(application)
     names = ["jitcache"]
     for token in argv:
@@ -142,27 +158,65 @@ def _command_path(application: typer.Typer, argv: list[str]) -> str:
     return " ".join(names)
 
 
+#: The probe commands run without typer when their command line is plain (:func:`._spec.parse`): command ->
+#: (module, function). Their modules declare options with ``._spec.option`` and import typer only to register.
+FAST_COMMANDS = {"env": ("cache_cmds", "env_cmd"), "inspect": ("cache_cmds", "inspect_cmd"),
+                 "buckets": ("plan_cmds", "buckets"), "plan": ("plan_cmds", "plan_cmd")}
+
+
+def _fast_call(args: list[str]) -> Callable[[], Any] | None:
+    """The call ``args`` make, parsed without typer, or None (not a probe command, or not a plain command line)."""
+    if not args or args[0] not in FAST_COMMANDS:
+        return None
+    from importlib import import_module
+
+    from . import _spec
+
+    module, name = FAST_COMMANDS[args[0]]
+    func = getattr(import_module(f"{__package__}.{module}"), name)
+    kwargs = _spec.parse(func, args[1:])
+    if kwargs is None:
+        return None
+    return lambda: func(**kwargs)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     args = sys.argv[1:] if argv is None else list(argv)
+    if args == ["--version"]:  # what the root's eager --version prints, without building the app
+        sys.stdout.write(f"jitcache {__version__}\n")
+        sys.stdout.flush()
+        sys.exit(0)
+    fast = _fast_call(args)
+    if fast is not None:
+        code = _handled(fast, lambda: f"jitcache {args[0]}")
+        sys.exit(code if isinstance(code, int) else 0)
     application = build_app(_groups_for(args))  # only the commands argv needs
+    code = _handled(lambda: application(args=args, prog_name="jitcache", standalone_mode=False),
+                    lambda: _command_path(application, args))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _handled(call: Callable[[], Any], command_path: Callable[[], str]) -> Any:
+    """``call()``, its errors written as ``Error:`` / ``Hint:`` lines and turned into exit codes (never returns then)."""
+    from jitcache import settings
+    from jitcache.errors import JitCacheError
+
+    from .output import Output
+
+    typer: Any = sys.modules.get("typer")  # imported by the call if it can raise typer's or click's errors
+    click_errors = _click_errors() if typer is not None else None
     try:
-        code = application(args=args, prog_name="jitcache", standalone_mode=False)
+        return call()
     except JitCacheError as exc:
         if settings.debug():
             raise
         hint = exc.hint
         if hint is None and exc.exit_code == 2:
-            hint = f"see `{_command_path(application, args)} --help`"
+            hint = f"see `{command_path()} --help`"
         elif hint is None:
             hint = _failure_hint(exc)
         Output().error(exc.message, hint)
-        sys.exit(exc.exit_code)
-    except click_errors.NoArgsIsHelpError as exc:       # `jitcache`, `jitcache sources`: the help, as asked
-        typer.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
-        sys.exit(exc.exit_code)
-    except click_errors.ClickException as exc:          # bad option values, unknown commands: usage (rc 2)
-        Output().error(exc.format_message(), _usage_hint(exc))
         sys.exit(exc.exit_code)
     except OSError as exc:
         # A full disk, a read-only mount, a denied path that no command handled closer to the work:
@@ -174,10 +228,25 @@ def main(argv: list[str] | None = None) -> None:
         error = filesystem_error(exc, action="write" if is_fault(exc) else "use")
         Output().error(error.message, error.hint)
         sys.exit(1)
-    except (KeyboardInterrupt, typer.Abort):
+    except KeyboardInterrupt:
         Output().error("interrupted")
         sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
+    except Exception as exc:
+        if typer is None:
+            typer = sys.modules.get("typer")
+            click_errors = _click_errors() if typer is not None else None
+        if click_errors is None:
+            raise
+        if isinstance(exc, click_errors.NoArgsIsHelpError):  # `jitcache`, `jitcache sources`: the help, as asked
+            typer.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click_errors.ClickException):  # bad option values, unknown commands: usage (rc 2)
+            Output().error(exc.format_message(), _usage_hint(exc))
+            sys.exit(exc.exit_code)
+        if isinstance(exc, typer.Abort):
+            Output().error("interrupted")
+            sys.exit(130)
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

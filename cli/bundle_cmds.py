@@ -15,9 +15,15 @@ import typer
 
 from jitcache.errors import JitCacheError
 
-from .cache_cmds import (CACHE_DIR, DEEP_EP_DIR, DEEP_EP_ROOT, FORMAT, NCCL_INCLUDE, NVCC, _adapters, _arch_option,
-                         _deep_ep_of_format, _root, _serving, _versions_text, _waiting, render_name_coverage)
+from . import cache_cmds
+from .cache_cmds import (_adapters, _arch_option, _deep_ep_of_format, _root, _serving, _versions_text, _waiting,
+                         render_name_coverage)
 from .output import Format, Output, human_bytes
+
+# cache_cmds declares its options for typer and its fast path alike (._spec): typer's own here.
+CACHE_DIR, DEEP_EP_DIR, DEEP_EP_ROOT, FORMAT, NCCL_INCLUDE, NVCC = (
+    p.typer() for p in (cache_cmds.CACHE_DIR, cache_cmds.DEEP_EP_DIR, cache_cmds.DEEP_EP_ROOT, cache_cmds.FORMAT,
+                        cache_cmds.NCCL_INCLUDE, cache_cmds.NVCC))
 
 
 def export_cmd(

@@ -12,30 +12,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-import typer
 
 from jitcache.errors import JitCacheError, UsageError
 from jitcache.store.model import SCHEMA_VERSION
 
+from ._spec import command, option
 from .output import Format, Output, human_bytes
 
 if TYPE_CHECKING:
+    import typer
+
     from jitcache.store.root import CacheRoot, LockHolder
 
 # The rest of the library is imported inside each command: start-up loads only what the
 # command runs (tarfile, zstandard and hashlib only for export and import).
 
-FORMAT = typer.Option(Format.human, "--format", help="human (tables) or json (stdout holds only JSON).")
-CACHE_DIR = typer.Option(None, "--cache-dir", help="The jitcache root (default: JITCACHE_HOME, "
+FORMAT = option(Format.human, "--format", help="human (tables) or json (stdout holds only JSON).")
+CACHE_DIR = option(None, "--cache-dir", help="The jitcache root (default: JITCACHE_HOME, "
                          "$XDG_CACHE_HOME/jitcache, ~/.cache/jitcache).")
-DEEP_EP_DIR = typer.Option(None, "--deep-ep-dir", help="A DeepEP cache dir used directly (what EP_JIT_CACHE_DIR "
+DEEP_EP_DIR = option(None, "--deep-ep-dir", help="A DeepEP cache dir used directly (what EP_JIT_CACHE_DIR "
                            "pointed at), e.g. one DeepEP wrote on its own.")
 
-DEEP_EP_ROOT = typer.Option(None, "--deep-ep-root", help="The serving deep_ep package dir (default: the importable "
+DEEP_EP_ROOT = option(None, "--deep-ep-root", help="The serving deep_ep package dir (default: the importable "
                             "deep_ep), whose entry names are judged.")
-NCCL_INCLUDE = typer.Option(None, "--nccl-include", help="The serving NCCL include dir, as that machine spells it "
+NCCL_INCLUDE = option(None, "--nccl-include", help="The serving NCCL include dir, as that machine spells it "
                             "(default: DeepEP's own lookup).")
-NVCC = typer.Option(None, "--nvcc", help="The serving nvcc (default: $CUDA_HOME/bin/nvcc, else nvcc on PATH).")
+NVCC = option(None, "--nvcc", help="The serving nvcc (default: $CUDA_HOME/bin/nvcc, else nvcc on PATH).")
 
 # Template parameters shown in the entries table, besides num_max_tokens_per_rank.
 _SHOWN = ("hidden", "hidden_bytes", "num_experts", "num_topk", "num_ranks", "num_sms", "do_expand",
@@ -128,7 +130,7 @@ def render_name_coverage(o: Output, cov) -> None:
 
 def env_cmd(
     cache_dir: Optional[Path] = CACHE_DIR,
-    read_only_roots: Optional[list[Path]] = typer.Option(None, "--read-only-root", help="Another cache to "
+    read_only_roots: Optional[list[Path]] = option(None, "--read-only-root", help="Another cache to "
                                                          "look kernels up in, read-only (repeatable; DeepEP 2.5)."),
     fmt: Format = FORMAT,
 ) -> None:
@@ -171,13 +173,15 @@ def _adapters() -> tuple:
 
 
 def _deep_ep_of_format() -> dict[str, str]:
-    """The DeepEP version that reads each on-disk layout."""
-    return {a.layout: a.version for a in _adapters()}
+    """The DeepEP version that reads each on-disk layout (the adapters', named by the vocabulary: no adapter loads)."""
+    from jitcache.types import DEEP_EP_LAYOUTS
+
+    return {layout: version for version, layout in DEEP_EP_LAYOUTS.items()}
 
 
 def _by_deep_ep(entries) -> dict[str, list]:
-    found: dict[str, list] = {a.version: [] for a in _adapters()}
     of_format = _deep_ep_of_format()
+    found: dict[str, list] = {v: [] for v in of_format.values()}
     for e in entries:
         if e.format in of_format:
             found[of_format[e.format]].append(e)
@@ -193,21 +197,19 @@ def _versions_text(counts: dict[str, int]) -> str:
 def inspect_cmd(
     cache_dir: Optional[Path] = CACHE_DIR,
     deep_ep_dir: Optional[Path] = DEEP_EP_DIR,
-    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Show coverage of this profile's plan."),
-    deep_ep: Optional[str] = typer.Option(
+    profile: Optional[str] = option(None, "--profile", "-p", help="Show coverage of this profile's plan."),
+    deep_ep: Optional[str] = option(
         None, "--deep-ep", help="With --profile: the DeepEP that will serve, 2.5 or 2.1 (default: the profile's "
                                 "[deep_ep] api, else the version whose entries the cache holds, else 2.5)."),
     deep_ep_root: Optional[Path] = DEEP_EP_ROOT,
     nccl_include: Optional[str] = NCCL_INCLUDE,
     nvcc: Optional[Path] = NVCC,
-    check: bool = typer.Option(False, "--check", help="With --profile: exit 1 unless the serving DeepEP will find "
+    check: bool = option(False, "--check", help="With --profile: exit 1 unless the serving DeepEP will find "
                                "every entry by the names it computes (a gate for an init container or a readiness "
                                "probe)."),
     fmt: Format = FORMAT,
 ) -> None:
     """What the cache holds: a summary per backend and family, then every entry, then problems."""
-    from jitcache.planning.profiles import load_profile
-    from jitcache.planning.variants import plan
     from jitcache.store.model import iso_time
     from jitcache.store.scan import coverage, scan
 
@@ -224,6 +226,9 @@ def inspect_cmd(
     cov = None
     covs: dict = {}
     if profile is not None:
+        from jitcache.planning.profiles import load_profile
+        from jitcache.planning.variants import plan
+
         prof = load_profile(profile)
         the_plan = plan(prof)
         # Coverage is per DeepEP version: a 2.1 entry is not what a 2.5 server loads, whatever its parameters.
@@ -296,17 +301,17 @@ def inspect_cmd(
 
     out.result(data, render)
     if check and names is not None and not names.complete:
-        raise typer.Exit(1)
+        raise SystemExit(1)
 
 
 def verify_cmd(
     cache_dir: Optional[Path] = CACHE_DIR,
     deep_ep_dir: Optional[Path] = DEEP_EP_DIR,
-    do_repair: bool = typer.Option(False, "--repair", help="Move broken entries and dead builds to quarantine."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="With --repair: show the moves, make none."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="The serving GPU's arch (e.g. sm_90a): a cubin whose "
+    do_repair: bool = option(False, "--repair", help="Move broken entries and dead builds to quarantine."),
+    dry_run: bool = option(False, "--dry-run", help="With --repair: show the moves, make none."),
+    arch: Optional[str] = option(None, "--arch", help="The serving GPU's arch (e.g. sm_90a): a cubin whose "
                                                              "ELF header names another is an error."),
-    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Also judge this profile's coverage by the "
+    profile: Optional[str] = option(None, "--profile", "-p", help="Also judge this profile's coverage by the "
                                           "entry names the serving DeepEP looks up."),
     deep_ep_root: Optional[Path] = DEEP_EP_ROOT,
     nccl_include: Optional[str] = NCCL_INCLUDE,
@@ -359,17 +364,17 @@ def verify_cmd(
     if outcome is not None:
         remaining = bool(outcome.failed or result.unrepairable)
     if remaining:
-        raise typer.Exit(1)
+        raise SystemExit(1)
 
 
 def prune_cmd(
     cache_dir: Optional[Path] = CACHE_DIR,
     deep_ep_dir: Optional[Path] = DEEP_EP_DIR,
-    max_size: Optional[str] = typer.Option(None, "--max-size", help="Shrink to this size (500M, 10G, 1.5GiB)."),
-    older_than: Optional[str] = typer.Option(None, "--older-than", help="Remove entries unused this long (30d, 12h)."),
-    keep_profiles: Optional[list[str]] = typer.Option(None, "--keep-profile", help="Never remove entries this "
+    max_size: Optional[str] = option(None, "--max-size", help="Shrink to this size (500M, 10G, 1.5GiB)."),
+    older_than: Optional[str] = option(None, "--older-than", help="Remove entries unused this long (30d, 12h)."),
+    keep_profiles: Optional[list[str]] = option(None, "--keep-profile", help="Never remove entries this "
                                                       "profile needs (repeatable)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be removed, remove nothing."),
+    dry_run: bool = option(False, "--dry-run", help="Show what would be removed, remove nothing."),
     fmt: Format = FORMAT,
 ) -> None:
     """Evict least-recently-used entries; a kept profile's entries are never removed."""
@@ -422,11 +427,11 @@ def prune_cmd(
 
     out.result(data, render)
     if result is not None and result.failed:
-        raise typer.Exit(1)
+        raise SystemExit(1)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("env")(env_cmd)
-    app.command("inspect")(inspect_cmd)
-    app.command("verify")(verify_cmd)
-    app.command("prune")(prune_cmd)
+    app.command("env")(command(env_cmd))
+    app.command("inspect")(command(inspect_cmd))
+    app.command("verify")(command(verify_cmd))
+    app.command("prune")(command(prune_cmd))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import re
 import sys
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -46,6 +47,116 @@ def dumps_document(document: dict[str, Any]) -> str:
             text = json.dumps(value, indent=2, default=str).replace("\n", "\n  ")
         parts.append(f"  {json.dumps(str(key))}: {text}")
     return "{\n" + ",\n".join(parts) + "\n}"
+
+
+# -- human output in a pipe, without rich --------------------------------------------------------------
+# rich costs more to import than `python -c pass` takes: when stdout is not a terminal (no colour, no live
+# width), the plain lines and tables the probe commands print are written here, exactly as rich writes them
+# there (tests/test_cli_startup.py compares them). Anything these do not take on (a wrapped line, non-ASCII,
+# an emoji code, a markup tag they do not know, a table wider than the console) answers None: rich does it.
+
+_RICH_TAG = re.compile(r"((\\*)\[([a-z#/@][^[]*?)])")  # rich.markup.RE_TAGS
+_EMOJI = re.compile(r"(:(\S*?)(?:(?:\-)(emoji|text))?:)")  # rich._emoji_replace's pattern
+_PLAIN_STYLES = {"bold", "dim", "italic", "underline", "red", "green", "yellow", "blue", "cyan", "magenta", "white"}
+_PRINTABLE = re.compile(r"[ -~\n]*\Z")
+
+
+def _from_markup(text: str) -> str | None:
+    """What rich's markup renders ``text`` to, without styles (they show nowhere in a pipe); None if unsure."""
+    if "[" not in text:
+        return text
+    out: list[str] = []
+    stack: list[str] = []
+    position = 0
+    for match in _RICH_TAG.finditer(text):
+        full, escapes, tag = match.groups()
+        start, end = match.span()
+        out.append(text[position:start].replace("\\[", "["))
+        position = end
+        if escapes:
+            backslashes, escaped = divmod(len(escapes), 2)
+            out.append("\\" * backslashes)
+            if escaped:
+                out.append(full[len(escapes):])
+                continue
+        if tag.startswith("/"):
+            name = tag[1:].strip()
+            if name:
+                if name not in stack:
+                    return None  # rich raises a MarkupError
+                del stack[len(stack) - 1 - stack[::-1].index(name)]
+            elif stack:
+                stack.pop()
+            else:
+                return None
+        elif set(tag.split()) <= _PLAIN_STYLES:
+            stack.append(tag.strip())
+        else:
+            return None  # a style, link or handler this does not know: rich's business
+    out.append(text[position:].replace("\\[", "["))
+    return "".join(out)
+
+
+def _plain_cell(text: str, markup: bool = True) -> str | None:
+    """One line of rich text as it shows in a pipe, or None (rich must decide: emoji, markup, wide characters)."""
+    if not _PRINTABLE.match(text) or _EMOJI.search(text):
+        return None
+    return _from_markup(text) if markup else text
+
+
+def _plain_text(text: str, *, markup: bool, width: int) -> str | None:
+    """``Console.print(text)`` as rich writes it to a pipe (no wrapping needed), or None."""
+    plain = _plain_cell(text, markup)
+    if plain is None or any(len(line) > width for line in plain.split("\n")):
+        return None
+    return plain + "\n"
+
+
+def _plain_table(title: str | None, columns: list[str], rows: list[list[Any]], justify: dict[str, str], *,
+                 width: int) -> str | None:
+    """The rich ``Table`` of :meth:`Output.table` (heavy head, one space of padding) as text, or None."""
+    if not rows or not columns:
+        return None
+    header = [_plain_cell(c) for c in columns]
+    body = [[_plain_cell(str(cell)) for cell in row] for row in rows]
+    if None in header or any(None in row or len(row) != len(columns) for row in body):
+        return None
+    if any(justify.get(c, "left") not in ("left", "right") for c in columns):
+        return None
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *body)]
+    total = sum(widths) + 3 * len(widths) + 1
+    if total > width:
+        return None  # rich would shrink and wrap the columns
+    lines = []
+    if title is not None:
+        text = _plain_cell(title)
+        if text is None or len(text) > total or "\n" in text:
+            return None
+        lines.append(text.ljust(total))
+    lines.append("┏" + "┳".join("━" * (w + 2) for w in widths) + "┓")
+
+    def row_line(cells: list[Any], bar: str) -> str:
+        parts = [str(cell).rjust(w) if justify.get(c, "left") == "right" else str(cell).ljust(w)
+                 for cell, w, c in zip(cells, widths, columns)]
+        return bar + " " + f" {bar} ".join(parts) + " " + bar
+
+    lines.append(row_line(header, "┃"))
+    lines.append("┡" + "╇".join("━" * (w + 2) for w in widths) + "┩")
+    lines.extend(row_line(row, "│") for row in body)
+    lines.append("└" + "┴".join("─" * (w + 2) for w in widths) + "┘")
+    return "\n".join(lines) + "\n"
+
+
+def _pipe_width() -> int | None:
+    """The width rich gives stdout when it is not a terminal (as :attr:`Output.out` builds it), or None: rich."""
+    if sys.stdout.isatty() or any(os.environ.get(v) for v in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")):
+        return None
+    if not (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "").startswith("utf"):
+        return None  # rich would draw an ASCII box
+    columns = os.environ.get("COLUMNS")
+    if columns is None:
+        return 200
+    return int(columns) if columns.isdigit() else None
 
 
 class Format(str, enum.Enum):
@@ -154,6 +265,13 @@ class Output:
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
         """Human output to stdout (only used from ``render`` callbacks)."""
+        if self._out is None and len(objects) == 1 and isinstance(objects[0], str) and set(kwargs) <= {"markup"} \
+                and (width := _pipe_width()) is not None:
+            text = _plain_text(objects[0], markup=kwargs.get("markup", True) is not False, width=width)
+            if text is not None:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+                return
         self.out.print(*objects, **kwargs)
 
     def line(self, text: str) -> None:
@@ -168,6 +286,12 @@ class Output:
 
     def table(self, title: str | None, columns: list[str], rows: list[list[Any]],
               justify: dict[str, str] | None = None) -> None:
+        if self._out is None and (width := _pipe_width()) is not None:
+            text = _plain_table(title, columns, rows, justify or {}, width=width)
+            if text is not None:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+                return
         from rich.table import Table
 
         table = Table(title=title, title_justify="left", header_style="bold")

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
-import typer
 
 from jitcache.planning.buckets import BucketPolicy
 from jitcache.planning import DEFAULT_PROFILE
 from jitcache.errors import UsageError
 
+from ._spec import argument, command, option
 from .output import Format, Output
 
 if TYPE_CHECKING:
+    import typer
+
     from jitcache.planning.profiles import Profile
 
-FORMAT = typer.Option(Format.human, "--format", help="human (tables) or json (stdout holds only JSON).")
-PROFILE = typer.Option(DEFAULT_PROFILE, "--profile", "-p", help="A built-in profile name or a path to a profile .toml.")
+FORMAT = option(Format.human, "--format", help="human (tables) or json (stdout holds only JSON).")
+PROFILE = option(DEFAULT_PROFILE, "--profile", "-p", help="A built-in profile name or a path to a profile .toml.")
 
 
 def _policy_rows(policy: BucketPolicy) -> list[list]:
@@ -28,11 +30,11 @@ def _policy_rows(policy: BucketPolicy) -> list[list]:
 
 
 def buckets(
-    max_num_batched_tokens: int = typer.Option(..., "--max-num-batched-tokens", "-n",
+    max_num_batched_tokens: int = option(..., "--max-num-batched-tokens", "-n",
                                                help="The buffer capacity: the largest bucket."),
-    steps_per_octave: int = typer.Option(1, "--steps-per-octave", "-k", help="Buckets per doubling (1 = powers of two)."),
-    min_bucket: int = typer.Option(1, "--min-bucket", help="The smallest bucket."),
-    alignment: int = typer.Option(1, "--alignment", help="Round every bucket up to a multiple of this."),
+    steps_per_octave: int = option(1, "--steps-per-octave", "-k", help="Buckets per doubling (1 = powers of two)."),
+    min_bucket: int = option(1, "--min-bucket", help="The smallest bucket."),
+    alignment: int = option(1, "--alignment", help="Round every bucket up to a multiple of this."),
     fmt: Format = FORMAT,
 ) -> None:
     """Show the bucket set for a cap: its values, size and worst-case padding."""
@@ -53,10 +55,6 @@ def buckets(
     out.result(policy.to_dict(), render)
 
 
-profiles_app = typer.Typer(help="List and show deployment profiles.", no_args_is_help=True)
-
-
-@profiles_app.command("list")
 def profiles_list(fmt: Format = FORMAT) -> None:
     """List the built-in profiles."""
     from jitcache.planning.profiles import builtin_profile_names, load_profile
@@ -72,8 +70,7 @@ def profiles_list(fmt: Format = FORMAT) -> None:
     Output(fmt).result({"profiles": data}, render)
 
 
-@profiles_app.command("show")
-def profiles_show(name: str = typer.Argument(..., help="A built-in profile name or a path to a .toml file."),
+def profiles_show(name: str = argument(..., help="A built-in profile name or a path to a .toml file."),
                   fmt: Format = FORMAT) -> None:
     """Show one profile, validated, with its bucket set."""
     from jitcache.planning.profiles import load_profile
@@ -113,7 +110,7 @@ _SHOWN_PARAMS = ("do_expand", "do_cpu_sync", "reuse_slot_indices", "cached_mode"
 
 def plan_cmd(
     profile: str = PROFILE,
-    modes: Optional[list[str]] = typer.Option(None, "--mode", "-m", help="Restrict to these modes (repeatable)."),
+    modes: Optional[list[str]] = option(None, "--mode", "-m", help="Restrict to these modes (repeatable)."),
     fmt: Format = FORMAT,
 ) -> None:
     """Show what warmup will compile for a profile: counts per family and mode, then every variant."""
@@ -145,6 +142,11 @@ def plan_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("buckets")(buckets)
+    import typer
+
+    profiles_app = typer.Typer(help="List and show deployment profiles.", no_args_is_help=True)
+    profiles_app.command("list")(command(profiles_list))
+    profiles_app.command("show")(command(profiles_show))
+    app.command("buckets")(command(buckets))
     app.add_typer(profiles_app, name="profiles")
-    app.command("plan")(plan_cmd)
+    app.command("plan")(command(plan_cmd))

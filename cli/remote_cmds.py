@@ -19,9 +19,10 @@ from jitcache.errors import JitCacheError, RemoteError, UsageError
 from jitcache.planning import DEFAULT_PROFILE
 from jitcache.types import DEEP_EP_VERSIONS
 
-from .cache_cmds import DEEP_EP_ROOT, NCCL_INCLUDE
+from . import cache_cmds
 from .output import Format, Output, human_bytes
 
+DEEP_EP_ROOT, NCCL_INCLUDE = cache_cmds.DEEP_EP_ROOT.typer(), cache_cmds.NCCL_INCLUDE.typer()  # declared in ._spec
 FORMAT = typer.Option(Format.human, "--format", help="human (tables) or json (stdout holds only JSON).")
 PROFILE = typer.Option(DEFAULT_PROFILE, "--profile", "-p", help="A built-in profile name or a path to a profile .toml.")
 REMOTE = typer.Option(None, "--remote", help="The store: s3://bucket/prefix, gs://bucket/prefix, a directory, or "

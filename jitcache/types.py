@@ -15,6 +15,7 @@ __all__ = [
     "BUILD_STATUSES",
     "Backend",
     "BuildStatus",
+    "DEEP_EP_LAYOUTS",
     "DEEP_EP_VERSIONS",
     "DeepEPVersion",
     "EntryLayout",
@@ -35,6 +36,10 @@ Backend = Literal["deep_ep", "triton"]
 
 #: The on-disk layout of one entry: DeepJIT's (DeepEP 2.5, DeepGEMM), DeepEP 2.1's, or Triton's.
 EntryLayout = Literal["deepjit", "deep_ep_2.1", "triton"]
+
+#: DeepEP version -> the layout of its entries, in the adapters' order (``{a.version: a.layout for a in ADAPTERS}``,
+#: a test holds them equal): what ``inspect`` needs to sort entries by DeepEP without loading an adapter.
+DEEP_EP_LAYOUTS: dict[DeepEPVersion, EntryLayout] = {"2.5": "deepjit", "2.1": "deep_ep_2.1"}
 
 #: A warmup mode (the profile's ``[serving] modes``).
 Mode = Literal["decode", "prefill", "cached"]
