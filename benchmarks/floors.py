@@ -172,16 +172,24 @@ def maintenance(count: int, workdir: Path, templates, repeat: int, with_bundles:
     def pair(name: str, floor_name: str, floor_cmd, op_cmd, before=None, floor_shell=False, after=None) -> None:
         floors, ops = [], []
         for _ in range(repeat):
-            floors.append(_run(floor_cmd, env=env, shell=floor_shell))
+            floors.append(_run_cpu(floor_cmd, env=env, shell=floor_shell))
             if before is not None:
                 before()
-            ops.append(_run(op_cmd, env=env))
+            ops.append(_run_cpu(op_cmd, env=env))
             if after is not None:
                 after()
-        f, o = statistics.median(floors), statistics.median(ops)
+        record(name, floor_name, floors, ops)
+
+    def record(name: str, floor_name: str, floors: list, ops: list) -> None:
+        """Median wall and median CPU (user + system of the process and its children, from wait4) of each."""
+        f, o = statistics.median(w for w, _ in floors), statistics.median(w for w, _ in ops)
+        fc, oc = statistics.median(c for _, c in floors), statistics.median(c for _, c in ops)
         out["operations"][name] = {"seconds": round(o, 3), "floor": floor_name, "floor_seconds": round(f, 3),
-                                   "ratio": round(o / f, 2), "us_per_entry": round(o / count * 1e6, 1)}
-        say(f"  {name}: {o:.2f} s, floor ({floor_name}) {f:.2f} s: {o / f:.2f}x")
+                                   "ratio": round(o / f, 2), "us_per_entry": round(o / count * 1e6, 1),
+                                   "cpu_seconds": round(oc, 3), "floor_cpu_seconds": round(fc, 3),
+                                   "cpu_ratio": round(oc / fc, 2)}
+        say(f"  {name}: {o:.2f} s, floor ({floor_name}) {f:.2f} s: {o / f:.2f}x; "
+            f"CPU {oc:.2f} s, floor {fc:.2f} s: {oc / fc:.2f}x")
 
     read_all = [sys.executable, "-c", _READ_ALL, str(root)]
     cd = ["--cache-dir", str(root), "--format", "json"]
@@ -208,13 +216,10 @@ def maintenance(count: int, workdir: Path, templates, repeat: int, with_bundles:
 
     floors, ops = [], []
     for _ in range(repeat):
-        floors.append(_run(untar(), env=env, shell=True))
+        floors.append(_run_cpu(untar(), env=env, shell=True))
         shutil.rmtree(fresh, ignore_errors=True)
-        ops.append(_run(jc + ["import", str(bundle), "--cache-dir", str(fresh), "--format", "json"], env=env))
-    f, o = statistics.median(floors), statistics.median(ops)
-    out["operations"]["import"] = {"seconds": round(o, 3), "floor": "zstd -d | tar -x", "floor_seconds": round(f, 3),
-                                   "ratio": round(o / f, 2), "us_per_entry": round(o / count * 1e6, 1)}
-    say(f"  import: {o:.2f} s, floor (zstd -d | tar -x) {f:.2f} s: {o / f:.2f}x")
+        ops.append(_run_cpu(jc + ["import", str(bundle), "--cache-dir", str(fresh), "--format", "json"], env=env))
+    record("import", "zstd -d | tar -x", floors, ops)
     out["load_average_1m_end"] = os.getloadavg()[0]
     imported = sum(1 for _ in (fresh / "deep_ep" / "cache").iterdir())
     if imported != count:
