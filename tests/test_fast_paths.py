@@ -207,7 +207,7 @@ def test_a_damaged_or_foreign_verdict_file_is_ignored(aged_root, counted_parses)
     assert len(counted_parses) == 16
     file.write_text("\0\0garbage")
     assert _summary(scan(aged_root)) == _summary(first)
-    assert json.loads(file.read_text())["files"]  # rewritten whole
+    assert json.loads(file.read_text())["dirs"]  # rewritten whole
 
 
 def test_export_reuses_verifys_verdicts(aged_root, counted_parses, tmp_path):

@@ -121,6 +121,8 @@ def _read_entry(path: Path, names: Iterable[str] = ()) -> list[tuple[str, bytes]
             while chunk := os.read(fd, max(st.st_size - size, 0) + 1):
                 chunks.append(chunk)
                 size += len(chunk)
+                if size <= st.st_size:
+                    break  # a short read of a regular file is its end (a file that grew is read on)
             if not noatime:  # an export is not a use: put the atime back (see .reading)
                 try:
                     os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -139,11 +141,16 @@ class _TarWriter:
     test), without its per-member cost (a TarInfo copy, a pax check, header
     encoding field by field: ~100 us a file, most of an export). A name longer
     than a ustar name field gets :mod:`tarfile`'s own GNU long-name header.
+    Members are gathered into writes of about :data:`_WRITE_SIZE` bytes (one
+    call into the compressor per ~1 MiB, not three per file); :meth:`close`
+    writes the rest.
     """
 
     def __init__(self, out: Any) -> None:
         self.out = out
         self.offset = 0
+        self._pending: list[bytes] = []
+        self._pending_size = 0
 
     @staticmethod
     def header(name: str, size: int, mtime: int) -> bytes:
@@ -152,34 +159,56 @@ class _TarWriter:
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = size, 0o644, mtime
             return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
-        header = bytearray(_BLOCK)
-        header[0:len(raw)] = raw
-        header[100:136] = b"0000644\x000000000\x000000000\x00" + b"%011o\x00" % size
-        header[136:148] = b"%011o\x00" % mtime
-        header[148:156] = b"        "
-        header[156] = 0x30  # REGTYPE "0"
-        header[257:265] = tarfile.GNU_MAGIC
-        header[148:155] = b"%06o\x00" % sum(header)
-        return bytes(header)
+        size_field, mtime_field = b"%011o\x00" % size, b"%011o\x00" % mtime
+        # The checksum of a header is the sum of its bytes with its own field as spaces: the fixed
+        # fields' sum is a constant, the name's, size's and mtime's are added.
+        checksum = _HEADER_CONSTANT_SUM + sum(raw) + sum(size_field) + sum(mtime_field)
+        return b"".join((raw, bytes(100 - len(raw)), _HEADER_MODE_OWNER, size_field, mtime_field,
+                         b"%06o\x00 " % checksum, _HEADER_TAIL))
+
+    def _write(self, data: bytes) -> None:
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= _WRITE_SIZE:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is gathered (the members so far) to ``out``."""
+        if self._pending:
+            self.out.write(b"".join(self._pending))
+            self._pending.clear()
+            self._pending_size = 0
 
     def add(self, name: str, data: bytes, mtime: int) -> None:
         header = self.header(name, len(data), mtime)
         padding = -len(data) % _BLOCK
-        self.out.write(header)
-        self.out.write(data)
+        self._write(header)
+        if len(data) >= _WRITE_SIZE:  # a big file is written as it is, not copied into a gathered write
+            self.flush()
+            self.out.write(data)
+        else:
+            self._write(data)
         if padding:
-            self.out.write(bytes(padding))
+            self._write(_ZEROS[:padding])
         self.offset += len(header) + len(data) + padding
 
     def close(self) -> None:
         """Two zero blocks, then zeros up to a whole record, as tarfile ends a stream."""
         end = 2 * _BLOCK
         end += -(self.offset + end) % tarfile.RECORDSIZE
-        self.out.write(bytes(end))
+        self._write(bytes(end))
         self.offset += end
+        self.flush()
 
 
 _BLOCK = tarfile.BLOCKSIZE
+_ZEROS = bytes(_BLOCK)
+_WRITE_SIZE = 1 << 20
+#: A ustar header's fields after the name (offsets 100-124: mode, uid, gid) and after the checksum
+#: (156-512: type "0" regular file, no link name, GNU magic, the rest zero), as tarfile.GNU_FORMAT writes them.
+_HEADER_MODE_OWNER = b"0000644\x000000000\x000000000\x00"
+_HEADER_TAIL = b"0" + bytes(100) + tarfile.GNU_MAGIC + bytes(_BLOCK - 265)
+_HEADER_CONSTANT_SUM = sum(_HEADER_MODE_OWNER) + sum(b"        ") + sum(_HEADER_TAIL)
 
 
 def write_bundle(raw: IO[bytes], entries: Iterable[CacheEntry], *, profile: str | None = None,

@@ -27,7 +27,7 @@ from .elf import CubinInfo, InvalidCubin, arch_problem, entry_symbol_problem, no
 from .kernels import parse_source, symbol_problem
 from .model import CacheEntry, Problem
 from .publish import COMMIT_MARKER
-from .reading import read_text
+from .reading import read_bytes_and_stat, read_text
 from .verdicts import VerdictCache
 
 __all__ = [
@@ -199,29 +199,38 @@ def _check_stat(path: str, st: os.stat_result | None, key: str, problems: list[P
     return True
 
 
-def _decoded_source(path: str, verdicts: VerdictCache,
-                    st: os.stat_result) -> tuple[dict[str, Any] | None, bool]:
-    """``(template parameters or None, whether the source is in DeepEP's namespace)`` of ``kernel.cu``."""
-    hit, facts = verdicts.get(path, st)
+def _decoded_source(path: str, verdicts: VerdictCache, st: os.stat_result,
+                    directory: str | None = None) -> tuple[dict[str, Any] | None, bool]:
+    """``(template parameters or None, whether the source is in DeepEP's namespace)`` of ``kernel.cu``.
+
+    ``directory``: the folder ``path`` is ``kernel.cu`` of (the verdict's key), when the caller knows it.
+    """
+    if directory is None:
+        directory = path.rpartition("/")[0]
+    name = path[len(directory) + 1:]
+    hit, facts = verdicts.get_in(directory, name, st)
     if hit and isinstance(facts, list) and len(facts) == 2:
         return facts[0], bool(facts[1])
     try:
-        data, before, after = verdicts.read(path, st)
+        data, after = read_bytes_and_stat(path, st.st_size)
     except OSError:
         return None, False
     text = data.decode("utf-8", errors="replace")
     decoded = parse_source(text)
-    in_namespace = bool(_DEEP_EP_NAMESPACE.search(text))
-    verdicts.put(path, before, after, [decoded, in_namespace])
+    in_namespace = _DEEP_EP_NAMESPACE.search(text) is not None
+    verdicts.put_in(directory, name, st, after, [decoded, in_namespace])
     return decoded, in_namespace
 
 
-def _cubin_facts(path: str, verdicts: VerdictCache, st: os.stat_result) -> CubinInfo:
+def _cubin_facts(path: str, verdicts: VerdictCache, st: os.stat_result, directory: str | None = None) -> CubinInfo:
     """:func:`read_cubin`, or the remembered verdict of the same bytes; raises :class:`InvalidCubin`."""
-    hit, facts = verdicts.get(path, st)
+    if directory is None:
+        directory = path.rpartition("/")[0]
+    name = path[len(directory) + 1:]
+    hit, facts = verdicts.get_in(directory, name, st)
     if not hit:
         try:
-            data, before, after = verdicts.read(path, st)
+            data, after = read_bytes_and_stat(path, st.st_size)
         except OSError as exc:
             raise InvalidCubin(Path(path), f"unreadable ({exc.strerror})") from None
         try:
@@ -230,7 +239,7 @@ def _cubin_facts(path: str, verdicts: VerdictCache, st: os.stat_result) -> Cubin
             facts = ["invalid", exc.reason]
         else:
             facts = ["ok", info.abi_version, info.sm, info.arch, info.ptxas_version, list(info.entry_symbols)]
-        verdicts.put(path, before, after, facts)
+        verdicts.put_in(directory, name, st, after, facts)
     if facts[0] != "ok":
         raise InvalidCubin(Path(path), str(facts[1]))
     _, abi, sm, arch, ptxas, entries = facts
@@ -238,20 +247,41 @@ def _cubin_facts(path: str, verdicts: VerdictCache, st: os.stat_result) -> Cubin
                      entry_symbols=tuple(entries))
 
 
-def _meta_facts(path: str, verdicts: VerdictCache,
-                st: os.stat_result) -> tuple[str | None, str | None, str | None]:
+def _meta_facts(path: str, verdicts: VerdictCache, st: os.stat_result,
+                directory: str | None = None) -> tuple[str | None, str | None, str | None]:
     """``(why meta.json is bad or None, nvcc version or None, the arch it was compiled for or None)``."""
-    hit, facts = verdicts.get(path, st)
+    if directory is None:
+        directory = path.rpartition("/")[0]
+    name = path[len(directory) + 1:]
+    hit, facts = verdicts.get_in(directory, name, st)
     if hit:
         return facts[0], facts[1], facts[2]
     try:
-        data, before, after = verdicts.read(path, st)
+        data, after = read_bytes_and_stat(path, st.st_size)
     except OSError as exc:
         return f"meta.json is unreadable ({exc.strerror})", None, None
     meta, why = _parse_meta(data)
     facts = [None, _nvcc_version(meta), _arch_in_meta(meta)] if meta is not None else [why, None, None]
-    verdicts.put(path, before, after, facts)
+    verdicts.put_in(directory, name, st, after, facts)
     return facts[0], facts[1], facts[2]
+
+
+_registry: Any = None
+
+
+def _entry_adapter(name: str) -> tuple[Any, str, str, str] | None:
+    """``(adapter of the layout, format, family, key)`` of an entry directory name, else ``None``: what
+    :func:`classify_deep_ep_name` and ``adapter_for_layout`` give, the registry loaded once, on first use."""
+    global _registry
+    if _registry is None:
+        from jitcache.adapters import registry  # on first use: a scan of an empty root needs none
+
+        _registry = registry
+    parsed = _registry.parse_entry_name(name)
+    if parsed is None:
+        return None
+    layout = parsed[0].layout
+    return _registry.adapter_for_layout(layout), layout, parsed[1], parsed[2]
 
 
 def read_deep_ep_entry(path: Path | str, *, check_cubin: bool = True, expected_arch: str | None = None,
@@ -269,7 +299,7 @@ def read_deep_ep_entry(path: Path | str, *, check_cubin: bool = True, expected_a
         verdicts = VerdictCache(None)
     top = str(path)
     name = os.path.basename(top.rstrip("/"))
-    kind = classify_deep_ep_name(name)
+    kind = _entry_adapter(name)
     size, items, files = _scan_tree(top)
     problems: list[Problem] = permission_problems(top, name, items)
     if kind is None:
@@ -277,44 +307,43 @@ def read_deep_ep_entry(path: Path | str, *, check_cubin: bool = True, expected_a
                                 "not a DeepEP cache entry name (<name>.<32 hex> or kernel.<name>.<32 hex>)", name))
         return CacheEntry("deep_ep", "unknown", name, "", top, size, _last_used(Path(top)),
                           problems=tuple(problems))
-    fmt, family, key = kind
-    from jitcache.adapters.registry import adapter_for_layout
-
-    layout = adapter_for_layout(fmt)
+    layout, fmt, family, key = kind
     meta_file = layout.meta_file if layout is not None else None
+    prefix = os.path.join(top, "")  # "<top>/": every file's path is prefix + its name, as os.path.join spells it
+    directory = prefix[:-1]
     params: dict[str, Any] = {}
     compiler = arch = None
     in_namespace = False
-    source = os.path.join(top, "kernel.cu")
+    source = prefix + "kernel.cu"
     source_st = _followed(source, files.get("kernel.cu"))
     if _check_stat(source, source_st, name, problems):
         assert source_st is not None
-        decoded, in_namespace = _decoded_source(source, verdicts, source_st)
+        decoded, in_namespace = _decoded_source(source, verdicts, source_st, directory)
         if decoded is None:
             problems.append(Problem("undecoded_source", source,
                                     "no template instantiation found in kernel.cu", name))
         else:
             params = dict(decoded)
-    if not is_deep_ep_kernel(family, params, "deep_ep::" if in_namespace else ""):
+    if family not in DEEP_EP_FAMILIES and not is_deep_ep_kernel(family, params, "deep_ep::" if in_namespace else ""):
         foreign = Problem("foreign_entry", top, f"not a DeepEP kernel ({family!r}: DeepGEMM's or another "
                           "tool's, in a shared DeepJIT root?): jitcache leaves it alone", name)
-        marker_st = _followed(os.path.join(top, COMMIT_MARKER), files.get(COMMIT_MARKER))
-        cubin_st = _followed(os.path.join(top, "kernel.cubin"), files.get("kernel.cubin"))
+        marker_st = _followed(prefix + COMMIT_MARKER, files.get(COMMIT_MARKER))
+        cubin_st = _followed(prefix + "kernel.cubin", files.get("kernel.cubin"))
         return CacheEntry("deep_ep", fmt, family, key, top, size,
                           _stat_last_used(marker_st) or _stat_last_used(cubin_st), params=params,
                           problems=(foreign,), foreign=True,
                           files=tuple(sorted(n for n, st in files.items() if stat.S_ISREG(st.st_mode))))
-    meta_path = os.path.join(top, meta_file or "meta.json")
+    meta_path = prefix + (meta_file or "meta.json")
     meta_st = _followed(meta_path, files.get(meta_file or "meta.json"))
     meta_why = meta_nvcc = meta_arch = None
     if meta_file is not None and meta_st is not None:
-        meta_why, meta_nvcc, meta_arch = _meta_facts(meta_path, verdicts, meta_st)
-    cubin = os.path.join(top, "kernel.cubin")
+        meta_why, meta_nvcc, meta_arch = _meta_facts(meta_path, verdicts, meta_st, directory)
+    cubin = prefix + "kernel.cubin"
     cubin_st = _followed(cubin, files.get("kernel.cubin"))
     if _check_stat(cubin, cubin_st, name, problems) and check_cubin:
         assert cubin_st is not None
         try:
-            info = _cubin_facts(cubin, verdicts, cubin_st)
+            info = _cubin_facts(cubin, verdicts, cubin_st, directory)
         except InvalidCubin as exc:
             problems.append(Problem("invalid_cubin", cubin, exc.reason, name))
         else:
@@ -329,7 +358,7 @@ def read_deep_ep_entry(path: Path | str, *, check_cubin: bool = True, expected_a
 
     last_used = max(cubin_st.st_mtime, cubin_st.st_atime) if cubin_st is not None else None
     if layout is not None and layout.commit_marker is not None:
-        marker = os.path.join(top, layout.commit_marker)
+        marker = prefix + layout.commit_marker
         marker_st = _followed(marker, files.get(layout.commit_marker))
         if marker_st is not None:
             last_used = marker_st.st_mtime

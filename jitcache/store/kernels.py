@@ -18,6 +18,7 @@ Pure: no I/O.
 from __future__ import annotations
 
 import re
+from itertools import repeat
 from typing import Any
 
 __all__ = ["TEMPLATE_PARAMS", "decode_instantiation", "instantiation_args", "parse_source", "symbol_problem"]
@@ -86,7 +87,7 @@ def decode_instantiation(kernel: str, args: list[str]) -> dict[str, Any]:
     An unknown template, or a known one with another arity (a DeepEP version
     we have not read), keeps its raw arguments under ``template_args``.
     """
-    values = [_value(a) for a in args]
+    values = [int(a) if a.isdigit() and a.isascii() else _value(a) for a in args]  # the common case inline
     names = BARRIER_PARAMS.get(len(values)) if kernel == "barrier_impl" else TEMPLATE_PARAMS.get(kernel)
     params: dict[str, Any] = {"kernel": kernel}
     if names is None or len(names) != len(values):
@@ -111,7 +112,7 @@ def parse_source(source: str) -> dict[str, Any] | None:
         return None
     match = matches[-1]
     args_text = match.group(3).strip()
-    args = [a for a in (part.strip() for part in args_text.split(","))] if args_text else []
+    args = [part.strip() for part in args_text.split(",")] if args_text else []
     params = decode_instantiation(match.group(2), args)
     namespace = match.group(1).rstrip(":")
     if namespace:
@@ -124,14 +125,20 @@ def instantiation_args(params: dict[str, Any]) -> list[Any] | None:
     if "template_args" in params:
         return list(params["template_args"])
     names = TEMPLATE_PARAMS.get(params.get("kernel", ""))
-    if names is None or any(name not in params for name in names):
+    if names is None:
         return None
-    return [params[name] for name in names]
+    try:
+        return list(map(params.__getitem__, names))
+    except KeyError:
+        return None
 
 
 # An Itanium-mangled integral template argument: L<builtin type><n for minus?><digits>E (Lb1E, Li132E, Ll198E).
 _MANGLED_LITERAL = re.compile(r"L([abcdhijlmstxy])(n?)(\d+)E")
 _MANGLED_RUN = re.compile(r"(?:L[abcdhijlmstxy]n?\d+E)*")
+#: In a run of literals: each one's number as written, and a bool literal other than Lb0E / Lb1E.
+_LITERAL_DIGITS = re.compile(r"L[abcdhijlmstxy](n?\d+)E")
+_ODD_BOOL = re.compile(r"Lb(?!0E|1E)")
 
 
 def _mangled_args(symbol: str, kernel: str) -> list[Any] | None:
@@ -164,11 +171,31 @@ def symbol_problem(symbols: tuple[str, ...], params: dict[str, Any]) -> str | No
     if not kernel or len(symbols) != 1:
         return None
     wanted = instantiation_args(params)
-    found = _mangled_args(symbols[0], kernel)
-    if found is None:
-        return f"its kernel {symbols[0]} is not {kernel}, the template kernel.cu instantiates"
-    if wanted is not None and all(isinstance(v, (bool, int)) for v in wanted):
-        if [int(v) for v in found[:len(wanted)]] != [int(v) for v in wanted]:
-            return (f"its kernel {symbols[0]} is {kernel} with other template arguments than kernel.cu's "
+    symbol = symbols[0]
+    marker = f"{len(kernel)}{kernel}I"
+    at = symbol.find(marker)
+    if at < 0:
+        return f"its kernel {symbol} is not {kernel}, the template kernel.cu instantiates"
+    if wanted is not None and all(map(isinstance, wanted, repeat((bool, int)))):
+        # What _mangled_args decodes (a bool literal is 0 or 1), compared as ints, in C-level maps.
+        pos = at + len(marker) + (symbol.startswith("J", at + len(marker)))
+        run = _MANGLED_RUN.match(symbol, pos)
+        text = run.group() if run else ""
+        expected = list(map(str, map(int, wanted)))
+        if _LITERAL_DIGITS.findall(text)[:len(wanted)] == expected and not _ODD_BOOL.search(text):
+            return None  # the digits as written are the ints (no sign, no leading zero, each bool 0 or 1)
+        found = _MANGLED_LITERAL.findall(text)[:len(wanted)]
+        if list(map(_literal_value, found)) != list(map(int, wanted)):
+            return (f"its kernel {symbol} is {kernel} with other template arguments than kernel.cu's "
                     f"<{', '.join(map(str, wanted))}>")
     return None
+
+
+def _literal_value(literal: tuple[str, str, str]) -> int:
+    """The int a mangled literal ``(type, "n" or "", digits)`` compares as (what ``int()`` of
+    :func:`_mangled_args`' value gives: a bool literal is 0 or 1)."""
+    kind, minus, digits = literal
+    number = int(digits)
+    if kind == "b":
+        return 1 if number else 0
+    return -number if minus else number

@@ -9,12 +9,14 @@ warmup plan have an entry. Scanning never takes the lock and changes no entry;
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from .formats import TRITON_KEY, permission_problems, read_deep_ep_entry, read_triton_entry
 from .model import SCHEMA_VERSION, CacheEntry, Problem, iso_time
@@ -172,6 +174,30 @@ def scan(root: CacheRoot, *, check_cubins: bool = True, orphan_age: float = ORPH
     ``export`` after ``verify``) reads only what changed; every check runs
     on every scan.
     """
+    with _collector_paused():
+        return _scan(root, check_cubins=check_cubins, orphan_age=orphan_age, expected_arch=expected_arch)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector off while a scan runs (back as it was after).
+
+    A scan builds tens of objects per entry and frees none of them: each
+    generational pass the allocations trigger walks every object of the
+    report so far for nothing (10-20% of a 10,000-entry cold scan). The
+    objects a scan makes hold no reference cycles, and nothing is collected
+    later that would not be collected anyway.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _scan(root: CacheRoot, *, check_cubins: bool, orphan_age: float, expected_arch: str | None) -> CacheReport:
     verdicts = VerdictCache.for_root(root) if check_cubins else VerdictCache(None)
     problems: list[Problem] = []
     # The folders a runtime resolves entries through: whoever can write them can swap a cubin.
