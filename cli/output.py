@@ -121,6 +121,8 @@ def _plain_table(title: str | None, columns: list[str], rows: list[list[Any]], j
     body = [[_plain_cell(str(cell)) for cell in row] for row in rows]
     if None in header or any(None in row or len(row) != len(columns) for row in body):
         return None
+    if any(cell is not None and cell != cell.strip() for cell in (*header, *(c for row in body for c in row))):
+        return None  # rich trims a justified cell's edges its own way
     if any(justify.get(c, "left") not in ("left", "right") for c in columns):
         return None
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *body)]
@@ -128,7 +130,7 @@ def _plain_table(title: str | None, columns: list[str], rows: list[list[Any]], j
     if total > width:
         return None  # rich would shrink and wrap the columns
     lines = []
-    if title is not None:
+    if title:  # rich draws no title line for None or ""
         text = _plain_cell(title)
         if text is None or len(text) > total or "\n" in text:
             return None
