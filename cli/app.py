@@ -199,7 +199,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _handled(call: Callable[[], Any], command_path: Callable[[], str]) -> Any:
     """``call()``, its errors written as ``Error:`` / ``Hint:`` lines and turned into exit codes (never returns then)."""
-    from jitcache import settings
     from jitcache.errors import JitCacheError
 
     from .output import Output
@@ -209,6 +208,8 @@ def _handled(call: Callable[[], Any], command_path: Callable[[], str]) -> Any:
     try:
         return call()
     except JitCacheError as exc:
+        from jitcache import settings
+
         if settings.debug():
             raise
         hint = exc.hint
@@ -221,6 +222,7 @@ def _handled(call: Callable[[], Any], command_path: Callable[[], str]) -> Any:
     except OSError as exc:
         # A full disk, a read-only mount, a denied path that no command handled closer to the work:
         # still an Error naming the path and the free space, never a traceback.
+        from jitcache import settings
         from jitcache.store.faults import filesystem_error, is_fault
 
         if settings.debug() or not (is_fault(exc) or exc.filename):

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Optional
 
 
 from jitcache.errors import JitCacheError, UsageError
-from jitcache.store.model import SCHEMA_VERSION
 
 from ._spec import command, option
 from .output import Format, Output, human_bytes
@@ -145,7 +144,7 @@ def env_cmd(
     def render(o: Output) -> None:
         o.raw_lines(lines)  # never through rich: a wrapped or re-spaced line would eval to something else
 
-    Output(fmt).result({"schema": SCHEMA_VERSION, "root": str(root.path), "env": exports}, render)
+    Output(fmt).result({"root": str(root.path), "env": exports}, render)  # result() puts "schema" first
 
 
 def shell_export(name: str, value: str) -> str:

@@ -15,8 +15,6 @@ import sys
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from jitcache.store.model import SCHEMA_VERSION
-
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -252,6 +250,8 @@ class Output:
     def result(self, data: Any, render: Callable[["Output"], None] | None = None) -> None:
         """Emit a command's result: JSON of ``data`` (a document: ``"schema"`` first), or ``render(self)``."""
         if self.is_json or render is None:
+            from jitcache.store.model import SCHEMA_VERSION  # not at start-up: human output needs none of it
+
             # A document is an object that starts with its schema (a bare list is wrapped: {"schema", "items"}).
             body = data if isinstance(data, dict) else {"items": data}
             document = {"schema": SCHEMA_VERSION, **{k: v for k, v in body.items() if k != "schema"}}

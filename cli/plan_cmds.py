@@ -138,7 +138,8 @@ def plan_cmd(
         o.table(None, ["num_max_tokens_per_rank", "mode", "family", "template parameters"], rows,
                 justify={"num_max_tokens_per_rank": "right"})
 
-    Output(fmt).result(the_plan.to_dict(), render)
+    out = Output(fmt)
+    out.result(the_plan.to_dict() if out.is_json else {}, render)  # the fingerprints (hashlib) only for JSON
 
 
 def register(app: typer.Typer) -> None:

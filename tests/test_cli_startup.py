@@ -21,8 +21,15 @@ from cli_helpers import run_cli
 #: Modules no probe command needs: the CLI framework (parsed by cli/_spec.py), rich (a table in a pipe is
 #: written without it), and what only other commands use.
 HEAVY = ("typer", "click", "pydantic", "rich", "tarfile", "zstandard", "elftools", "filelock", "importlib.metadata",
-         "hashlib", "subprocess", "shutil", "tempfile", "socket", "torch", "triton", "deep_ep", "jitcache.adapters",
-         "jitcache.build", "jitcache.warm", "jitcache.runtime")
+         "subprocess", "shutil", "tempfile", "socket", "uuid", "platform", "torch", "triton", "deep_ep",
+         "jitcache.adapters", "jitcache.build", "jitcache.warm", "jitcache.runtime")
+#: ... and what only some of them need (module -> the command lines that may load it: any one of these groups of
+#: words): a profile (plan), the plan's fingerprints (plan's JSON), the cache's model (JSON, inspect's scan),
+#: the settings (the cache root).
+ONLY_FOR = {"tomllib": [("plan",)], "jitcache.planning.profiles": [("plan",)],
+            "jitcache.planning.variants": [("plan",)], "hashlib": [("plan", "--format")],
+            "jitcache.store.model": [("inspect",), ("--format",)], "jitcache.store.scan": [("inspect",)],
+            "jitcache.settings": [("env",), ("inspect",)]}
 
 _PROBE = """
 import sys
@@ -45,10 +52,11 @@ def test_probe_commands_load_nothing_heavy(argv, tmp_path):
     """stdout a pipe, as in floors.py: human output too is written without rich, and nothing runs typer."""
     (tmp_path / "empty").mkdir()  # inspect refuses a root that does not exist
     env = {**os.environ, "JITCACHE_HOME": str(tmp_path / "empty")}
+    heavy = list(HEAVY) + [m for m, users in ONLY_FOR.items() if not any(set(words) <= set(argv) for words in users)]
     for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS", "JITCACHE_DEBUG"):
         env.pop(name, None)
-    done = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True, env=env,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-c", _PROBE.replace("sys.argv[0]", repr(",".join(heavy))), *argv],
+                          capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     loaded = done.stderr.rsplit("LOADED:", 1)[1].split() if "LOADED:" in done.stderr else None
     assert loaded is not None, done.stderr

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +36,8 @@ _DEEPJIT = re.compile(r"^(?P<pid>\d+)-[0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8}$")
 
 def this_host() -> str:
     """The host name as build directory names spell it (letters and digits, at most 32)."""
+    import socket  # not at import: a scan (inspect's start-up) never asks
+
     return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32]
 
 

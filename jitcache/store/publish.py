@@ -24,10 +24,8 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
-import tempfile
-import threading
-import uuid
+# shutil, tempfile, threading and uuid are imported where used: readers import this module for its
+# constants (COMMIT_MARKER), and `jitcache inspect` starts up without them.
 from pathlib import Path
 from typing import Any, Callable
 
@@ -96,6 +94,8 @@ def fsync_tree(directory: str | Path) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int = 0o644) -> None:
     """Write ``data`` to an adjacent temporary file, fsync it, then ``os.replace`` it into place."""
     path = Path(path)
+    import tempfile
+
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -124,6 +124,8 @@ def make_temp_dir(backend_dir: str | Path, kind: str = "build") -> Path:
     :mod:`jitcache.store.owners`), so that once this process is gone,
     ``verify`` reports the directory at once and the next run reclaims it.
     """
+    import uuid
+
     tmp_parent = Path(backend_dir) / "tmp"
     try:
         tmp_parent.mkdir(parents=True, exist_ok=True)
@@ -149,6 +151,9 @@ def remove_tree(path: str | Path) -> None:
     if path.is_symlink() or not path.is_dir():
         path.unlink(missing_ok=True)
         return
+    import shutil
+    import uuid
+
     doomed = path.with_name(f".{path.name}.deleting-{uuid.uuid4().hex[:8]}")
     try:
         os.rename(path, doomed)
@@ -301,6 +306,8 @@ def _existing_parent(path: Path) -> Path:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON next to ``path``, fsync, then ``os.replace``: readers never see half a file."""
+    import threading
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
