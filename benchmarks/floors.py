@@ -83,6 +83,9 @@ def _run_cpu(cmd: list[str] | str, *, env: dict | None = None, shell: bool = Fal
 def startup(runs: int, workdir: Path) -> dict:
     (workdir / "empty-root").mkdir(exist_ok=True)  # inspect refuses a root that does not exist
     env = {**os.environ, "JITCACHE_HOME": str(workdir / "empty-root"), "COLUMNS": "200"}
+    # The warm-up run below writes the .pyc files an installed package has: with PYTHONDONTWRITEBYTECODE set in
+    # the caller's shell, every timed run would compile jitcache's sources again.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     jc = _jitcache_cmd()
     commands = {"--version": ["--version"], "env": ["env"], "buckets": ["buckets", "-n", "8192"],
                 "plan": ["plan"], "inspect": ["inspect"]}
