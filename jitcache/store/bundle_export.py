@@ -88,7 +88,7 @@ def _open_shipped(file: str) -> tuple[int, bool]:
     return os.open(file, _OPEN_FLAGS), False
 
 
-def _read_entry(path: Path, names: Iterable[str] = ()) -> list[tuple[str, bytes]] | None:
+def _read_entry(path: str | Path, names: Iterable[str] = ()) -> list[tuple[str, bytes]] | None:
     """All shippable files of an entry (regular files, not symlinks), or ``None`` if it vanished while read.
 
     ``names``: the files the scan saw (``CacheEntry.files``), else one listdir; then per file one open
@@ -101,10 +101,11 @@ def _read_entry(path: Path, names: Iterable[str] = ()) -> list[tuple[str, bytes]
             names = sorted(os.listdir(path))
         except (FileNotFoundError, NotADirectoryError):
             return None
+    prefix = os.path.join(path, "")  # "<entry>/": a file's path is prefix + name, as os.path.join spells it
     for name in names:
         if name == COMMIT_MARKER or name.startswith("tmp.pid_"):
             continue
-        file = os.path.join(path, name)
+        file = prefix + name
         try:
             fd, noatime = _open_shipped(file)
         except FileNotFoundError:
@@ -230,7 +231,7 @@ def write_bundle(raw: IO[bytes], entries: Iterable[CacheEntry], *, profile: str 
     writer = zstandard.ZstdCompressor(level=level).stream_writer(raw, closefd=False)
     tar = _TarWriter(writer)
     for entry in entries:
-        files = _read_entry(Path(entry.path), entry.files)
+        files = _read_entry(entry.path, entry.files)
         if files is None:
             skipped.append(entry.name)
             continue
