@@ -33,9 +33,12 @@ def _tree(root) -> dict[str, str]:
     return out
 
 
-def replace_file(bundle: Path, out: Path, entry_prefix: str, file: str, data: bytes) -> tuple[Path, str]:
+def replace_file(bundle: Path, out: Path, entry_prefix: str, file: str, data: bytes,
+                 tar_format: int = tarfile.PAX_FORMAT) -> tuple[Path, str]:
     """A copy of ``bundle`` with ``file`` of the first entry whose name starts with ``entry_prefix``
-    replaced by ``data``, and the manifest's size and sha256 updated to match (self-consistent)."""
+    replaced by ``data``, and the manifest's size and sha256 updated to match (self-consistent).
+    ``tar_format``: PAX (long Triton names get pax records: import stages through tarfile) or GNU (GNU
+    long names: import reads the headers itself and checks the cubins from the bytes it wrote)."""
     members = bundle_members(bundle.read_bytes())
     manifest = json.loads(next(d for m, d in members if m.name == "manifest.json"))
     victim = next(e for e in manifest["entries"] if e["name"].startswith(entry_prefix))
@@ -43,7 +46,7 @@ def replace_file(bundle: Path, out: Path, entry_prefix: str, file: str, data: by
         if spec["path"] == file:
             spec["size"], spec["sha256"] = len(data), hashlib.sha256(data).hexdigest()
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=buffer, mode="w", format=tar_format) as tar:
         for m, d in members:
             if m.name == "manifest.json":
                 d = json.dumps(manifest).encode()
@@ -92,8 +95,9 @@ def test_import_arch_reads_the_cubin_not_the_manifest(tmp_path, good_bundle, fil
 # -- case 4 -------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("tar_format", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT], ids=["pax", "gnu"])
 @pytest.mark.parametrize("what", ["garbage", "truncated", "two_kernels", "other_kernel"])
-def test_import_refuses_a_bad_cubin_before_publishing(tmp_path, good_bundle, filled_root, cubins, what):
+def test_import_refuses_a_bad_cubin_before_publishing(tmp_path, good_bundle, filled_root, cubins, what, tar_format):
     victim = sorted(p.name for p in (filled_root.deep_ep_dir / "cache").iterdir()
                     if p.name.startswith("dispatch."))[0]
     original = (filled_root.deep_ep_dir / "cache" / victim / "kernel.cubin").read_bytes()
@@ -101,7 +105,7 @@ def test_import_refuses_a_bad_cubin_before_publishing(tmp_path, good_bundle, fil
             "truncated": original[: len(original) // 2],
             "two_kernels": cubins["two_kernels"],
             "other_kernel": cubins["combine"]}[what]
-    bad, name = replace_file(good_bundle, tmp_path / f"{what}.tar.zst", victim, "kernel.cubin", data)
+    bad, name = replace_file(good_bundle, tmp_path / f"{what}.tar.zst", victim, "kernel.cubin", data, tar_format)
     target = resolve_root(tmp_path / "target")
     done = _import(bad, target.path)
     assert done.code == 2, done.stdout

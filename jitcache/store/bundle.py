@@ -20,9 +20,13 @@ of it, any member the manifest does not list or whose size is not the one
 it declares (a decompression bomb), and any member
 that is not a regular file or directory (symlinks, hard links, devices,
 FIFOs), any absolute path or ``..``, and anything outside the two trees
-above. It then checks every file against the manifest (size and sha256,
-nothing missing, nothing extra) and the environment fingerprint (refused on
-a mismatch unless ``force``). Only then, under the root lock, is each entry
+above. The tar headers are read directly (512-byte blocks, in large reads
+of the decompressed stream; a bundle with a header that reader leaves to
+:mod:`tarfile`, such as pax records, is staged again through tarfile), and
+each DeepEP entry's cubin check is taken, as soon as its files are written,
+from the bytes in memory. It then checks every file against the manifest
+(size and sha256, nothing missing, nothing extra), the cubins, and the
+environment fingerprint (refused on a mismatch unless ``force``). Only then, under the root lock, is each entry
 published with one atomic rename; an identical entry already present is
 skipped. If publishing fails part-way, the entries this import published
 are taken back out, so the cache is exactly as before; a process killed
@@ -47,8 +51,8 @@ from jitcache.adapters.registry import adapter_for_layout
 from jitcache.errors import BundleError, CacheError
 
 from .bundle_export import _CHUNK, BUNDLE_KIND, ExportResult, environment_fingerprint, export_bundle, write_bundle
-from .bundle_manifest import (_MAX_BYTES_ENV, Staged, _max_bytes, _member_target, _open_tar, _read_manifest,
-                              _valid_entry_name, declared_sizes)
+from .bundle_manifest import (_MAX_BYTES_ENV, _REFUSED_KINDS, Staged, _TarStream, _Unusual, _max_bytes, _member_target,
+                              _open_tar, _read_manifest, _valid_entry_name, declared_sizes)
 from .elf import InvalidCubin, normalize_arch, read_cubin
 from .fingerprint import fingerprint_mismatches
 from .formats import read_deep_ep_entry
@@ -83,17 +87,225 @@ class ImportResult:
                 "forced_mismatches": list(self.forced_mismatches)}
 
 
-def _stage(bundle: Path, staging: Path, manifest: dict[str, Any]) -> Staged:
+#: The verdict of one staged entry's cubin check, taken while staging: ``(arch or None, why it is refused or None)``.
+Checked = dict[tuple[str, str], tuple["str | None", "str | None"]]
+
+#: A member up to this size is kept in memory until its entry is checked (the entry's kernel.cu, cubin and
+#: meta.json: kilobytes); a bigger one is streamed to disk and its entry is checked by reading it back.
+_HOLD_MAX = 16 << 20
+#: At most this many bytes are held for entries not yet complete (a bundle whose entries' members are
+#: interleaved): past it, those entries are checked from disk instead.
+_HELD_MAX = 256 << 20
+
+
+def _stage(bundle: Path, staging: Path, manifest: dict[str, Any]) -> tuple[Staged, Checked]:
     """Extract safely into ``staging/<tree>/<entry>/``: only members the manifest lists, each exactly the
     size it declares, checked from the member's header *before* a byte of it is written.
 
     Returns what was written, each file's size and sha256 taken from the
-    bytes as they were written, so checking them needs no second read.
+    bytes as they were written, so checking them needs no second read, and
+    the cubin check of each DeepEP entry whose files were all held in memory
+    (:func:`check_staged_cubins` checks the others from disk). The tar
+    headers are read directly (:class:`~.bundle_manifest._TarStream`); a
+    bundle with a header that reader leaves to tarfile is staged again from
+    scratch through tarfile.
     """
+    sizes = declared_sizes(bundle, manifest)
+    try:
+        return _stage_direct(bundle, staging, manifest, sizes)
+    except _Unusual:
+        remove_tree(staging)
+        staging.mkdir()
+    return _stage_tarfile(bundle, staging, sizes), {}
+
+
+def _refuse_member(bundle: Path, name: str, size: int, sizes: dict[str, int]) -> None:
+    """The checks of a file member's header against the manifest, before a byte of it is written."""
+    declared = sizes.get(name)
+    if declared is None:
+        raise BundleError(f"{bundle}: member {name!r} is not in the manifest; refused before "
+                          "unpacking it", path=bundle)
+    if size != declared:
+        raise BundleError(f"{bundle}: member {name!r} is {size} bytes, the manifest "
+                          f"declares {declared}: refused before unpacking it (a decompression "
+                          "bomb, or a damaged bundle)", path=bundle)
+
+
+def _stage_direct(bundle: Path, staging: Path, manifest: dict[str, Any], sizes: dict[str, int]
+                  ) -> tuple[Staged, Checked]:
+    """:func:`_stage` from the tar headers read directly; raises :class:`_Unusual` (nothing of that member
+    written) where tarfile must decide."""
     import zstandard
 
-    sizes = declared_sizes(bundle, manifest)
+    listed = _listed_counts(manifest)
     staged: Staged = {}
+    checked: Checked = {}
+    held: dict[tuple[str, str], dict[str, bytes]] = {}  # entries being staged whose bytes are all in memory
+    held_bytes = 0
+    verdicts = _HeldBytes()
+    chmod = _umask_clears(0o644)
+    top = os.fspath(staging)
+    made: set[str] = set()
+    try:
+        with open(bundle, "rb") as raw:
+            reader = zstandard.ZstdDecompressor().stream_reader(raw)
+            try:
+                tar = _TarStream(reader)
+                while (member := tar.next_member()) is not None:
+                    name, kind, size, is_dir = member
+                    target = _member_target(name, bundle, is_dir=is_dir)
+                    if is_dir:
+                        continue  # tarfile reads no data after a directory's header either
+                    refused = _REFUSED_KINDS.get(kind)
+                    if refused is not None:
+                        raise BundleError(f"{bundle}: member {name!r} is a {refused}; refused", path=bundle)
+                    padded = size + (-size % tarfile.BLOCKSIZE)
+                    if target is None:  # manifest.json: read already
+                        if not tar.skip(padded):
+                            raise _truncated(bundle, name)
+                        continue
+                    _refuse_member(bundle, name, size, sizes)
+                    tree, entry, file = target
+                    key = (tree, entry)
+                    files = staged.get(key)
+                    directory = f"{top}/{tree}/{entry}"
+                    if files is None:
+                        if tree not in made:
+                            os.makedirs(f"{top}/{tree}", mode=0o755, exist_ok=True)
+                            made.add(tree)
+                        try:
+                            os.mkdir(directory, 0o755)
+                        except FileExistsError:
+                            pass
+                        files = staged[key] = {}
+                        if tree == "deep_ep":
+                            held[key] = {}
+                    if file in files:
+                        raise BundleError(f"{bundle}: member {name!r} appears twice; refused", path=bundle)
+                    path = f"{directory}/{file}"
+                    if size <= _HOLD_MAX:
+                        data = tar.take(size)
+                        if len(data) < size or not tar.skip(padded - size):
+                            raise _truncated(bundle, name)
+                        files[file] = _write_bytes(path, data, chmod)
+                        holding = held.get(key)
+                        if holding is not None:
+                            holding[file] = data
+                            held_bytes += size
+                    else:
+                        files[file] = _write_streamed(path, tar, size, chmod, bundle, name)
+                        tar.skip(padded - size)
+                        held.pop(key, None)
+                    if len(files) == listed.get(key) and key in held:
+                        holding = held.pop(key)
+                        held_bytes -= sum(map(len, holding.values()))
+                        verdicts.held = {f"{directory}/{n}": d for n, d in holding.items()}
+                        checked[key] = _deep_ep_verdict(directory, entry, verdicts)
+                        verdicts.held = {}
+                    elif held_bytes > _HELD_MAX:  # interleaved entries: check them from disk later
+                        held.clear()
+                        held_bytes = 0
+            finally:
+                reader.close()
+    except (zstandard.ZstdError, EOFError) as exc:
+        raise BundleError(f"{bundle}: not a readable jitcache bundle ({exc})", path=bundle) from None
+    return staged, checked
+
+
+def _truncated(bundle: Path, name: str) -> BundleError:
+    return BundleError(f"{bundle}: not a readable jitcache bundle (unexpected end of data in {name!r})",
+                       path=bundle)
+
+
+def _listed_counts(manifest: dict[str, Any]) -> dict[tuple[str, str], int]:
+    """(tree, entry) -> how many distinct files the manifest lists for it (malformed entries are left to
+    :func:`_check_staged`)."""
+    counts: dict[tuple[str, str], int] = {}
+    for entry in manifest.get("entries") or ():
+        try:
+            counts[(str(entry["backend"]), str(entry["name"]))] = len({f["path"] for f in entry["files"]})
+        except (KeyError, TypeError):
+            continue
+    return counts
+
+
+def _umask_clears(mode: int) -> bool:
+    """Whether the process umask clears any bit of ``mode`` (read from /proc, never set: threads share it)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return bool(int(line.split()[1], 8) & mode)
+    except (OSError, ValueError, IndexError):
+        pass
+    return True  # unknown: chmod every file
+
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
+def _write_bytes(dest: str, data: bytes, chmod: bool) -> tuple[int, str]:
+    """Write ``data`` to a new file ``dest`` (mode 0644 whatever the umask); its size and sha256.
+
+    Not fsync'ed here: :func:`~.publish.publish_entries` syncs the whole
+    staging tree once, before the first rename.
+    """
+    fd = os.open(dest, _CREATE, 0o644)
+    try:
+        if chmod:
+            os.fchmod(fd, 0o644)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
+def _write_streamed(dest: str, tar: _TarStream, size: int, chmod: bool, bundle: Path, name: str
+                    ) -> tuple[int, str]:
+    """:func:`_write_bytes` of the next ``size`` bytes of ``tar``, a chunk at a time (a big member)."""
+    digest = hashlib.sha256()
+    fd = os.open(dest, _CREATE, 0o644)
+    try:
+        if chmod:
+            os.fchmod(fd, 0o644)
+        left = size
+        while left:
+            chunk = tar.take(min(left, _CHUNK))
+            if not chunk:
+                raise _truncated(bundle, name)
+            digest.update(chunk)
+            left -= len(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    return size, digest.hexdigest()
+
+
+class _HeldBytes(VerdictCache):
+    """No verdicts remembered (staged files are new); a file staging still holds is read from memory."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.held: dict[str, bytes] = {}
+
+    def read(self, path: str, before: os.stat_result | None = None) -> tuple[bytes, os.stat_result, os.stat_result]:
+        data = self.held.get(path)
+        if data is None:
+            return super().read(path, before)
+        st = os.stat(path) if before is None else before
+        return data, st, st
+
+
+def _stage_tarfile(bundle: Path, staging: Path, sizes: dict[str, int]) -> Staged:
+    """:func:`_stage` through tarfile's members: a bundle whose headers :class:`_TarStream` leaves to it."""
+    import zstandard
+
+    staged: Staged = {}
+    chmod = _umask_clears(0o644)
     try:
         with _open_tar(bundle) as tar:
             for member in tar:
@@ -106,14 +318,7 @@ def _stage(bundle: Path, staging: Path, manifest: dict[str, Any]) -> Staged:
                     raise BundleError(f"{bundle}: member {member.name!r} is a {kind}; refused", path=bundle)
                 if target is None:
                     continue  # manifest.json: read already
-                declared = sizes.get(member.name)
-                if declared is None:
-                    raise BundleError(f"{bundle}: member {member.name!r} is not in the manifest; refused before "
-                                      "unpacking it", path=bundle)
-                if member.size != declared:
-                    raise BundleError(f"{bundle}: member {member.name!r} is {member.size} bytes, the manifest "
-                                      f"declares {declared}: refused before unpacking it (a decompression "
-                                      "bomb, or a damaged bundle)", path=bundle)
+                _refuse_member(bundle, member.name, member.size, sizes)
                 source = tar.extractfile(member)
                 assert source is not None
                 tree, entry, file = target
@@ -124,23 +329,20 @@ def _stage(bundle: Path, staging: Path, manifest: dict[str, Any]) -> Staged:
                     directory.mkdir(parents=True, exist_ok=True, mode=0o755)
                 if file in files:
                     raise BundleError(f"{bundle}: member {member.name!r} appears twice; refused", path=bundle)
-                files[file] = _write_staged(directory / file, source)
+                files[file] = _write_staged(os.fspath(directory / file), source, chmod)
     except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
         raise BundleError(f"{bundle}: not a readable jitcache bundle ({exc})", path=bundle) from None
     return staged
 
 
-def _write_staged(dest: Path, source: Any) -> tuple[int, str]:
-    """Copy a member to a new file ``dest`` (mode 0644 whatever the umask); its size and sha256.
-
-    Not fsync'ed here: :func:`~.publish.publish_entries` syncs the whole
-    staging tree once, before the first rename.
-    """
+def _write_staged(dest: str, source: Any, chmod: bool) -> tuple[int, str]:
+    """:func:`_write_bytes` of a tarfile member, a chunk at a time."""
     digest = hashlib.sha256()
     size = 0
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(dest, _CREATE, 0o644)
     try:
-        os.fchmod(fd, 0o644)
+        if chmod:
+            os.fchmod(fd, 0o644)
         while chunk := source.read(_CHUNK):
             digest.update(chunk)
             size += len(chunk)
@@ -209,30 +411,45 @@ def _check_staged(bundle: Path, staged: Staged, manifest: dict[str, Any]) -> lis
 _STAGING_CODES = frozenset({"not_committed", "unsafe_permissions", "foreign_owner"})
 
 
-def check_staged_cubins(bundle: Path, staging: Path, entries: list[dict[str, Any]]) -> list[str]:
+def _deep_ep_verdict(directory: str, name: str, verdicts: VerdictCache) -> tuple[str | None, str | None]:
+    """``(arch or None, why the entry is refused or None)`` of one staged DeepEP entry, read as a runtime
+    will see it (see :func:`check_staged_cubins`)."""
+    found = read_deep_ep_entry(directory, verdicts=verdicts)
+    if found.foreign:
+        return None, (f"entry {name} is not a DeepEP kernel ({found.family!r}); jitcache ships only DeepEP's "
+                      "and Triton's; nothing imported")
+    errors = [p for p in found.problems if p.severity == "error" and p.code not in _STAGING_CODES]
+    if errors:
+        return None, (f"entry {name}: {os.path.basename(errors[0].path)} {errors[0].message} ({errors[0].code}); "
+                      "nothing imported")
+    return found.arch or None, None
+
+
+def check_staged_cubins(bundle: Path, staging: Path, entries: list[dict[str, Any]],
+                        checked: Checked | None = None) -> list[str]:
     """Every staged cubin as a runtime will see it: a CUDA ELF, for the arch its ELF header names and
     (DeepEP) holding exactly the one kernel its ``kernel.cu`` instantiates. Returns the archs found.
 
     The arch comes from each cubin, never from the manifest: a bundle is
     input from elsewhere, and a cubin for another GPU would fail only when
-    serving. Raises :class:`BundleError` naming the entry and the file.
+    serving. Raises :class:`BundleError` naming the entry and the file, for
+    the first refused entry in the manifest's order. ``checked`` holds the
+    verdicts staging already took from the bytes it wrote (:func:`_stage`);
+    every other entry is read from ``staging``.
     """
     archs: set[str] = set()
     verdicts = VerdictCache(None)  # staged files are new: nothing to remember, one cache for the batch
+    checked = checked or {}
     for entry in entries:
         tree, name = entry["backend"], str(entry["name"])
         directory = staging / tree / name
         if tree == "deep_ep":
-            found = read_deep_ep_entry(directory, verdicts=verdicts)
-            if found.foreign:
-                raise BundleError(f"{bundle}: entry {name} is not a DeepEP kernel ({found.family!r}); jitcache "
-                                  "ships only DeepEP's and Triton's; nothing imported", path=bundle)
-            errors = [p for p in found.problems if p.severity == "error" and p.code not in _STAGING_CODES]
-            if errors:
-                raise BundleError(f"{bundle}: entry {name}: {Path(errors[0].path).name} {errors[0].message} "
-                                  f"({errors[0].code}); nothing imported", path=bundle)
-            if found.arch:
-                archs.add(found.arch)
+            verdict = checked.get((tree, name))
+            arch, why = verdict if verdict is not None else _deep_ep_verdict(os.fspath(directory), name, verdicts)
+            if why is not None:
+                raise BundleError(f"{bundle}: {why}", path=bundle)
+            if arch:
+                archs.add(arch)
             continue
         for cubin in sorted(directory.glob("*.cubin")):
             try:
@@ -304,7 +521,7 @@ def import_bundles(root: CacheRoot, bundles: Sequence[str | Path], *, force: boo
     require_writable(root.deep_ep_dir, action=f"import {label}")
     reclaim_orphans(root.deep_ep_dir / "tmp")  # what killed imports and warmups left behind
     staging = make_temp_dir(root.deep_ep_dir, kind="import")
-    published: list[Path] = []
+    published: list[str] = []  # final paths of the entries this import renamed into place
     try:
         checked = []
         for index, bundle in enumerate(paths):
@@ -313,13 +530,13 @@ def import_bundles(root: CacheRoot, bundles: Sequence[str | Path], *, force: boo
             manifest = _read_manifest(bundle)
             _check_room(bundle, here, manifest)
             try:
-                staged_files = _stage(bundle, here, manifest)
+                staged_files, checked_cubins = _stage(bundle, here, manifest)
             except OSError as exc:
                 raise filesystem_error(exc, staging.parent, action=f"unpack {bundle.name}",
                                        partial="nothing imported (the partly unpacked copy is removed)") from None
             entries = _check_staged(bundle, staged_files, manifest)
             fingerprint = manifest.get("fingerprint") or {}
-            archs = check_staged_cubins(bundle, here, entries)
+            archs = check_staged_cubins(bundle, here, entries, checked_cubins)
             claimed = fingerprint.get("archs") if isinstance(fingerprint, dict) else None
             claimed = sorted({a for a in claimed if isinstance(a, str) and normalize_arch(a)}) if claimed else []
             if claimed and claimed != archs:
@@ -336,37 +553,45 @@ def import_bundles(root: CacheRoot, bundles: Sequence[str | Path], *, force: boo
             checked.append((bundle, here, entries, fingerprint, mismatches))
         results = []
         with root.lock(command=what, on_wait=on_wait, timeout=timeout):
-            builds: list[tuple[Path, Path, str | None]] = []
+            builds: list[tuple[str, str, str | None]] = []
             outcomes: list[dict[str, list[str]]] = []
             owner: list[int] = []  # the bundle (index into checked) of each build
+            markers: dict[str, str | None] = {}  # entry format -> its commit marker
+            cache_dir = os.fspath(root.deep_ep_dir / "cache")
+            triton_dir = os.fspath(root.triton_dir) if root.triton_dir is not None else ""
             for index, (bundle, here, entries, fingerprint, mismatches) in enumerate(checked):
                 result: dict[str, list[str]] = {"published": [], "identical": [], "conflicts": [], "lost_race": []}
                 outcomes.append(result)
+                top = os.fspath(here)
                 for entry in entries:
                     tree, name = entry["backend"], entry["name"]
-                    staged = here / tree / name
-                    final = (root.deep_ep_dir / "cache" / name) if tree == "deep_ep" else root.triton_dir / name
-                    if final.exists():
-                        key = "identical" if _same_entry(staged, final, tree) else "conflicts"
+                    staged = f"{top}/{tree}/{name}"
+                    final = f"{cache_dir}/{name}" if tree == "deep_ep" else f"{triton_dir}/{name}"
+                    if os.path.exists(final):
+                        key = "identical" if _same_entry(Path(staged), Path(final), tree) else "conflicts"
                         result[key].append(name)
                         continue
                     if tree == "triton":
-                        _rewrite_triton_groups(staged, final)
-                    layout = adapter_for_layout(str(entry.get("format")))
-                    builds.append((staged, final, layout.commit_marker if layout is not None else None))
+                        _rewrite_triton_groups(Path(staged), Path(final))
+                    fmt = str(entry.get("format"))
+                    if fmt not in markers:
+                        layout = adapter_for_layout(fmt)
+                        markers[fmt] = layout.commit_marker if layout is not None else None
+                    builds.append((staged, final, markers[fmt]))
                     owner.append(index)
 
-            def on_published(build: int, final: Path) -> None:
+            def on_published(build: int, final: str) -> None:
                 published.append(final)
-                outcomes[owner[build]]["published"].append(final.name)
+                name = os.path.basename(final)
+                outcomes[owner[build]]["published"].append(name)
                 if _after_publish is not None:
-                    _after_publish(final.name)
+                    _after_publish(name)
 
             # One sync for every build of every bundle, then one rename per entry (see publish_entries).
             won = publish_entries(builds, on_published=on_published)
             for (_, final, _), ok, index in zip(builds, won, owner):
                 if not ok:
-                    outcomes[index]["lost_race"].append(final.name)
+                    outcomes[index]["lost_race"].append(os.path.basename(final))
             for (bundle, _, _, fingerprint, mismatches), result in zip(checked, outcomes):
                 results.append(ImportResult(str(bundle), tuple(result["published"]), tuple(result["identical"]),
                                             tuple(result["conflicts"]), tuple(result["lost_race"]), fingerprint,
@@ -385,12 +610,12 @@ def import_bundles(root: CacheRoot, bundles: Sequence[str | Path], *, force: boo
     return tuple(results)
 
 
-def _take_back(root: CacheRoot, published: list[Path]) -> None:
+def _take_back(root: CacheRoot, published: list[str]) -> None:
     """Undo this import's publishes after a failure: out of ``cache/`` by rename, then deleted."""
     for final in reversed(published):
         try:
             doomed = make_temp_dir(root.deep_ep_dir)
-            os.rename(final, doomed / final.name)
+            os.rename(final, doomed / os.path.basename(final))
             remove_tree(doomed)
         except (OSError, CacheError):
             pass

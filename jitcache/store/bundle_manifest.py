@@ -5,15 +5,18 @@ headers read directly where they are plain ustar/GNU file and directory
 headers, through :mod:`tarfile` otherwise, never unpacking more than
 ``JITCACHE_IMPORT_MAX_BYTES`` before it; :func:`declared_sizes` and
 :func:`_member_target` are what the staging in :mod:`.bundle` holds every
-member to. Nothing here writes.
+member to, and :class:`_TarStream` the header reader it stages with.
+Nothing here writes.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Iterator
 
 from jitcache import settings
@@ -31,26 +34,32 @@ def _member_target(name: str, bundle: Path, *, is_dir: bool = False) -> tuple[st
     """``(tree, entry, file)`` for a file member; ``None`` for ``manifest.json`` or a directory; raises if unsafe."""
     if name.startswith("/") or "\\" in name or "\0" in name:
         raise BundleError(f"{bundle}: member {name!r} has an absolute or odd path; refused", path=bundle)
-    parts = PurePosixPath(name).parts
-    if not parts or any(part in ("..", ".") for part in parts) or "//" in name:
+    parts = name.split("/")
+    if "" in parts or "." in parts or ".." in parts:  # also "a//b", "./a", a trailing "/"
         raise BundleError(f"{bundle}: member {name!r} escapes the cache root; refused", path=bundle)
     if is_dir:
         if parts[0] not in ("deep_ep", "triton") or len(parts) > 3:
             raise BundleError(f"{bundle}: directory {name!r} is outside deep_ep/cache/ and triton/; refused",
                               path=bundle)
         return None
-    if parts == ("manifest.json",):
+    if name == "manifest.json":
         return None
-    if len(parts) == 4 and parts[:2] == ("deep_ep", "cache") and classify_deep_ep_name(parts[2]):
+    if len(parts) == 4 and parts[0] == "deep_ep" and parts[1] == "cache" and _is_deep_ep_name(parts[2]):
         tree, entry, file = "deep_ep", parts[2], parts[3]
-    elif len(parts) == 3 and parts[0] == "triton" and TRITON_KEY.match(parts[1]):
+    elif len(parts) == 3 and parts[0] == "triton" and TRITON_KEY.fullmatch(parts[1]):
         tree, entry, file = "triton", parts[1], parts[2]
     else:
         raise BundleError(f"{bundle}: member {name!r} is not a file of a deep_ep/cache/ or triton/ entry; refused",
                           path=bundle)
-    if not _ENTRY_FILE.match(file) or file == COMMIT_MARKER:
+    if not _ENTRY_FILE.fullmatch(file) or file == COMMIT_MARKER:  # fullmatch: "$" would take a final newline
         raise BundleError(f"{bundle}: member {name!r} has a file name jitcache does not ship; refused", path=bundle)
     return tree, entry, file
+
+
+@lru_cache(maxsize=1024)
+def _is_deep_ep_name(name: str) -> bool:
+    """:func:`classify_deep_ep_name`, once per entry of a bundle, not once per member."""
+    return classify_deep_ep_name(name) is not None
 
 
 def _valid_entry_name(tree: Any, name: Any) -> bool:
@@ -203,6 +212,123 @@ def _manifest_from_headers(reader: Any, bundle: Path, limit: int) -> Any:
             if not chunk:
                 return _ODD
             skip -= len(chunk)
+
+
+class _Unusual(Exception):
+    """:class:`_TarStream` met a header it does not take as it is: the caller asks tarfile instead."""
+
+
+_ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
+_OCTAL = re.compile(rb"[0-7]*")
+#: Longest GNU long name taken directly (tar's own limit is PATH_MAX); a longer one goes to tarfile.
+_LONG_NAME_MAX = 4096
+
+
+def _octal(field: bytes) -> int | None:
+    """A numeric header field as tarfile reads it (up to its first NUL, spaces stripped, octal);
+    ``None`` for base-256 or anything else tarfile would have to decide."""
+    digits = field.split(b"\0", 1)[0].strip()
+    if not _OCTAL.fullmatch(digits):
+        return None
+    return int(digits, 8) if digits else 0
+
+
+class _TarStream:
+    """A tar stream's members read straight from its 512-byte headers: import's staging pass.
+
+    Takes what export writes (GNU or ustar headers of regular files and
+    directories, GNU long names) and what a hostile bundle must be refused
+    for (links, devices, FIFOs: their headers are read so the caller can say
+    so); raises :class:`_Unusual` at anything else (pax records, a ustar name
+    prefix, base-256 numbers, a bad or signed checksum, sparse or
+    contiguous files), before any of that member's data is read. Data is
+    read in large chunks from ``reader`` and handed out by exact sizes.
+    """
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+        self.buf = b""
+        self.pos = 0
+
+    def take(self, size: int) -> bytes:
+        """The next ``size`` bytes of the stream (fewer only at its end)."""
+        buf, pos = self.buf, self.pos
+        end = pos + size
+        if end <= len(buf):
+            self.pos = end
+            return buf[pos:end]
+        parts, got = [buf[pos:]], len(buf) - pos
+        self.buf, self.pos = b"", 0
+        while got < size:
+            chunk = self.reader.read(max(_CHUNK, size - got))
+            if not chunk:
+                break
+            need = size - got
+            if len(chunk) > need:
+                parts.append(chunk[:need])
+                self.buf, self.pos = chunk, need
+                got = size
+            else:
+                parts.append(chunk)
+                got += len(chunk)
+        return b"".join(parts)
+
+    def skip(self, size: int) -> bool:
+        """Skip ``size`` bytes; ``False`` if the stream ended first."""
+        while size:
+            piece = self.take(min(size, _CHUNK))
+            if not piece:
+                return False
+            size -= len(piece)
+        return True
+
+    def next_member(self) -> tuple[str, bytes, int, bool] | None:
+        """``(name, typeflag, size, is_dir)`` of the next member, its data not yet read; ``None`` at the
+        end of the archive (a zero block, or the stream's end where a header would start: tarfile's rule).
+
+        A GNU long-name header is applied to the header after it; names are decoded as tarfile decodes
+        them (UTF-8, undecodable bytes kept as surrogates), a directory's trailing slashes removed.
+        """
+        long_name: bytes | None = None
+        while True:
+            header = self.take(tarfile.BLOCKSIZE)
+            if len(header) < tarfile.BLOCKSIZE or header == _ZERO_BLOCK:
+                if long_name is not None:
+                    raise _Unusual("a GNU long name with no header after it")
+                return None
+            checksum, size = _octal(header[148:156]), _octal(header[124:136])
+            if checksum is None or size is None:
+                raise _Unusual("a number field tarfile must decode")
+            if checksum != 256 + sum(header) - sum(header[148:156]):
+                raise _Unusual("a checksum that is not the unsigned sum of the header")
+            kind = header[156:157]
+            if header[345] != 0:
+                raise _Unusual("a ustar name prefix")
+            if kind == tarfile.GNUTYPE_LONGNAME:
+                if long_name is not None or size > _LONG_NAME_MAX:
+                    raise _Unusual("a second or overlong GNU long name")
+                data = self.take(size + (-size % tarfile.BLOCKSIZE))
+                if len(data) < size:
+                    raise _Unusual("a truncated GNU long name")
+                long_name = data[:size].split(b"\0", 1)[0]
+                continue
+            if kind not in _DIRECT_TYPES:
+                raise _Unusual(f"member type {kind!r}")
+            short = header[:100].split(b"\0", 1)[0]
+            is_dir = kind == tarfile.DIRTYPE or (kind == tarfile.AREGTYPE and short.endswith(b"/"))
+            raw = short if long_name is None else long_name
+            name = raw.decode("utf-8", "surrogateescape")
+            if is_dir:
+                name = name.rstrip("/") if long_name is None else name.removesuffix("/")
+            return name, kind, size, is_dir
+
+
+#: Member types :class:`_TarStream` returns: files and directories, and those import refuses outright.
+_DIRECT_TYPES = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE,
+                           tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE})
+#: What import calls each type it refuses (as tarfile's ``issym``, ``islnk``, ``isdev`` sort them).
+_REFUSED_KINDS = {tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hard link", tarfile.CHRTYPE: "device file",
+                  tarfile.BLKTYPE: "device file", tarfile.FIFOTYPE: "device file"}
 
 
 def declared_sizes(bundle: Path, manifest: dict[str, Any]) -> dict[str, int]:

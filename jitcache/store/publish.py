@@ -27,7 +27,8 @@ import os
 # shutil, tempfile, threading and uuid are imported where used: readers import this module for its
 # constants (COMMIT_MARKER), and `jitcache inspect` starts up without them.
 from pathlib import Path
-from typing import Any, Callable
+from stat import S_ISDIR
+from typing import Any, Callable, Sequence
 
 from jitcache.errors import CacheError
 
@@ -231,8 +232,8 @@ def sync_filesystem(path: str | Path) -> None:
         os.close(fd)
 
 
-def publish_entries(builds: list[tuple[Path, Path, str | None]], *,
-                    on_published: Callable[[int, Path], None] | None = None) -> list[bool]:
+def publish_entries(builds: Sequence[tuple[str | Path, str | Path, str | None]], *,
+                    on_published: Callable[[int, str], None] | None = None) -> list[bool]:
     """:func:`publish_entry` for many ``(tmp_dir, final_dir, marker)`` builds, with one sync for all.
 
     The protocol is the same, batched: every marker is written, then one
@@ -242,33 +243,37 @@ def publish_entries(builds: list[tuple[Path, Path, str | None]], *,
     fsync'ed once. A crash at any point leaves each entry absent or whole:
     no rename happens before the sync. Returns, per build, ``True`` if it is
     now ours and ``False`` if another process published it first.
-    ``on_published(index, final_dir)`` runs after each winning rename (``index`` into ``builds``). Raises
+    ``on_published(index, final_dir)`` runs after each winning rename (``index`` into ``builds``,
+    ``final_dir`` as a string). Raises
     :class:`CacheError` (after removing the builds not yet published) for
     any other failure; entries already renamed stay published.
     """
-    builds = [(Path(t), Path(f), m) for t, f, m in builds]
+    paths = [(os.fspath(t), os.fspath(f), m) for t, f, m in builds]
     results: list[bool] = []
-    parents: dict[Path, int] = {}  # final parent -> its st_dev; each fsync'ed once at the end
+    parents: dict[str, int] = {}  # final parent -> its st_dev; each fsync'ed once at the end
     in_callback = False  # the caller's exceptions pass through unchanged
     try:
-        for tmp_dir, final_dir, marker in builds:
-            if not tmp_dir.is_dir():
-                raise CacheError(f"{tmp_dir}: build directory does not exist", path=tmp_dir)
-            parent = final_dir.parent
+        for tmp_dir, final_dir, marker in paths:
+            try:
+                st = os.stat(tmp_dir)
+            except FileNotFoundError:
+                st = None
+            if st is None or not S_ISDIR(st.st_mode):
+                raise CacheError(f"{tmp_dir}: build directory does not exist", path=Path(tmp_dir))
+            parent = os.path.dirname(final_dir)
             if parent not in parents:
-                parent.mkdir(parents=True, exist_ok=True)
+                os.makedirs(parent, exist_ok=True)
                 parents[parent] = os.stat(parent).st_dev
-            if os.stat(tmp_dir).st_dev != parents[parent]:
+            if st.st_dev != parents[parent]:
                 raise CacheError(f"{tmp_dir} and {final_dir} are on different filesystems: a rename would be a "
-                                 "copy", path=tmp_dir, hint="build entries under <backend>/tmp/ (make_temp_dir)")
+                                 "copy", path=Path(tmp_dir), hint="build entries under <backend>/tmp/ (make_temp_dir)")
             if marker is not None:
-                with open(tmp_dir / marker, "wb"):
-                    pass
-        if builds:
-            sync_filesystem(builds[0][0])
-        for tmp_dir, final_dir, _ in builds:
+                os.close(os.open(f"{tmp_dir}/{marker}", _MARKER_FLAGS, 0o644))
+        if paths:
+            sync_filesystem(paths[0][0])
+        for tmp_dir, final_dir, _ in paths:
             won = False
-            if not final_dir.exists():  # fast path; the rename still decides a race
+            if not os.path.exists(final_dir):  # fast path; the rename still decides a race
                 try:
                     os.rename(tmp_dir, final_dir)
                     won = True
@@ -283,18 +288,22 @@ def publish_entries(builds: list[tuple[Path, Path, str | None]], *,
                 on_published(len(results) - 1, final_dir)
                 in_callback = False
     except BaseException as exc:
-        for tmp_dir, _, _ in builds[len(results):]:
+        for tmp_dir, _, _ in paths[len(results):]:
             remove_tree(tmp_dir)
         if isinstance(exc, OSError) and not in_callback:
-            final = builds[min(len(results), len(builds) - 1)][1]
+            final = paths[min(len(results), len(paths) - 1)][1]
             from .faults import filesystem_error
 
-            raise filesystem_error(exc, final, action="publish the entry") from None
+            raise filesystem_error(exc, Path(final), action="publish the entry") from None
         raise
     finally:
         for parent in parents:
             fsync_dir(parent)
     return results
+
+
+#: The empty marker: created, or emptied where a build already has one (what ``open(path, "wb")`` did).
+_MARKER_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
 
 
 def _existing_parent(path: Path) -> Path:
