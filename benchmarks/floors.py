@@ -21,7 +21,7 @@ What is timed (wall clock of a real process, the way a user runs it), and its fl
 Every ratio is taken between numbers of the same run. JSON goes to
 ``benchmarks/results/<machine>/floors_<label>.json``.
 
-    python benchmarks/floors.py --label after [--sizes 100,1000,10000,100000] [--bundles-up-to 10000]
+    python benchmarks/floors.py --label after [--sizes 100,1000,10000,100000] [--bundles-up-to 10000] [--import-only]
                                 [--startup-runs 11] [--out DIR]
 """
 
@@ -158,7 +158,8 @@ def _clear_verdicts(root: Path) -> None:
         (root / name).unlink(missing_ok=True)
 
 
-def maintenance(count: int, workdir: Path, templates, repeat: int, with_bundles: bool = True) -> dict:
+def maintenance(count: int, workdir: Path, templates, repeat: int, with_bundles: bool = True,
+                import_only: bool = False) -> dict:
     jc = _jitcache_cmd()
     env = {**os.environ, "COLUMNS": "200"}
     base = workdir / f"n{count}"
@@ -196,17 +197,22 @@ def maintenance(count: int, workdir: Path, templates, repeat: int, with_bundles:
 
     read_all = [sys.executable, "-c", _READ_ALL, str(root)]
     cd = ["--cache-dir", str(root), "--format", "json"]
-    pair("inspect_cold", "read every file", read_all, jc + ["inspect", *cd], before=lambda: _clear_verdicts(root))
-    pair("verify_cold", "read every file", read_all, jc + ["verify", *cd], before=lambda: _clear_verdicts(root))
-    pair("verify_warm", "read every file", read_all, jc + ["verify", *cd])
-    pair("inspect_warm", "read every file", read_all, jc + ["inspect", *cd])
+    if not import_only:  # --import-only: the bundle, then import against its floor
+        pair("inspect_cold", "read every file", read_all, jc + ["inspect", *cd], before=lambda: _clear_verdicts(root))
+        pair("verify_cold", "read every file", read_all, jc + ["verify", *cd], before=lambda: _clear_verdicts(root))
+        pair("verify_warm", "read every file", read_all, jc + ["verify", *cd])
+        pair("inspect_warm", "read every file", read_all, jc + ["inspect", *cd])
     if not with_bundles:
         out["bundles"] = "skipped (--bundles-up-to)"
         out["load_average_1m_end"] = os.getloadavg()[0]
         shutil.rmtree(base, ignore_errors=True)
         return out
     tar_zstd = f"tar -cf - -C {root} deep_ep | zstd -3 -q -f -o {floor_bundle}"
-    pair("export", "tar -c | zstd -3", tar_zstd, jc + ["export", "-o", str(bundle), *cd], floor_shell=True)
+    if import_only:
+        _run(jc + ["export", "-o", str(bundle), *cd], env=env)
+        _run(tar_zstd, env=env, shell=True)
+    else:
+        pair("export", "tar -c | zstd -3", tar_zstd, jc + ["export", "-o", str(bundle), *cd], floor_shell=True)
     out["bundle_bytes"] = bundle.stat().st_size
     out["floor_bundle_bytes"] = floor_bundle.stat().st_size
     dest = base / "untar"
@@ -286,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=200_000, help="dispatcher calls per timing")
     parser.add_argument("--bundles-up-to", type=int, default=None, help="export/import only for caches up to "
                         "this many entries (bigger ones: inspect and verify only)")
+    parser.add_argument("--import-only", action="store_true", help="of the maintenance commands, time only import "
+                        "(against its floor; the bundle is exported untimed)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: startup,maintenance,dispatch")
     parser.add_argument("--workdir", default=None, help="where the synthetic caches go (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default: results/<machine>)")
@@ -308,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
             for count in sizes:
                 repeat = args.repeat or (3 if count < 10_000 else 1)
                 with_bundles = args.bundles_up_to is None or count <= args.bundles_up_to
-                result["maintenance"].append(maintenance(count, workdir, templates, repeat, with_bundles))
+                result["maintenance"].append(maintenance(count, workdir, templates, repeat, with_bundles,
+                                                         import_only=args.import_only))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     result["load_average_at_end"] = list(os.getloadavg())

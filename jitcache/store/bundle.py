@@ -98,7 +98,8 @@ _HOLD_MAX = 16 << 20
 _HELD_MAX = 256 << 20
 
 
-def _stage(bundle: Path, staging: Path, manifest: dict[str, Any]) -> tuple[Staged, Checked]:
+def _stage(bundle: Path, staging: Path, manifest: dict[str, Any],
+           sizes: dict[str, int] | None = None) -> tuple[Staged, Checked]:
     """Extract safely into ``staging/<tree>/<entry>/``: only members the manifest lists, each exactly the
     size it declares, checked from the member's header *before* a byte of it is written.
 
@@ -108,9 +109,9 @@ def _stage(bundle: Path, staging: Path, manifest: dict[str, Any]) -> tuple[Stage
     (:func:`check_staged_cubins` checks the others from disk). The tar
     headers are read directly (:class:`~.bundle_manifest._TarStream`); a
     bundle with a header that reader leaves to tarfile is staged again from
-    scratch through tarfile.
+    scratch through tarfile. ``sizes``: :func:`declared_sizes` of the manifest, if taken already.
     """
-    sizes = declared_sizes(bundle, manifest)
+    sizes = declared_sizes(bundle, manifest) if sizes is None else sizes
     try:
         return _stage_direct(bundle, staging, manifest, sizes)
     except _Unusual:
@@ -354,9 +355,11 @@ def _write_staged(dest: str, source: Any, chmod: bool) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _check_room(bundle: Path, staging: Path, manifest: dict[str, Any]) -> None:
-    """Refuse, before writing, a bundle that declares more than the limit or than the free space."""
-    declared = sum(declared_sizes(bundle, manifest).values())
+def _check_room(bundle: Path, staging: Path, manifest: dict[str, Any]) -> dict[str, int]:
+    """Refuse, before writing, a bundle that declares more than the limit or than the free space; returns
+    :func:`declared_sizes`."""
+    sizes = declared_sizes(bundle, manifest)
+    declared = sum(sizes.values())
     limit = _max_bytes()
     if declared > limit:
         raise BundleError(f"{bundle}: its manifest declares {declared} bytes, so it unpacks to more than {limit} "
@@ -366,6 +369,7 @@ def _check_room(bundle: Path, staging: Path, manifest: dict[str, Any]) -> None:
         raise CacheError(f"{staging.parent}: the bundle unpacks to {declared} bytes, {describe_free_space(staging)} "
                          "; nothing imported", path=staging.parent,
                          hint="free some space (jitcache prune --max-size ...), or import into another --cache-dir")
+    return sizes
 
 
 def _sha256(path: Path) -> str:
@@ -528,9 +532,9 @@ def import_bundles(root: CacheRoot, bundles: Sequence[str | Path], *, force: boo
             here = staging / str(index)
             here.mkdir()
             manifest = _read_manifest(bundle)
-            _check_room(bundle, here, manifest)
+            sizes = _check_room(bundle, here, manifest)
             try:
-                staged_files, checked_cubins = _stage(bundle, here, manifest)
+                staged_files, checked_cubins = _stage(bundle, here, manifest, sizes)
             except OSError as exc:
                 raise filesystem_error(exc, staging.parent, action=f"unpack {bundle.name}",
                                        partial="nothing imported (the partly unpacked copy is removed)") from None
