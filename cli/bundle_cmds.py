@@ -8,6 +8,7 @@ options they share with `inspect` and `verify` are :mod:`.cache_cmds`'.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -101,8 +102,9 @@ def import_cmd(
     if serving is not None:
         from jitcache.store.relocate import relocate_entries
 
+        cache = os.fspath(root.deep_ep_dir / "cache")
         names = [*result.published, *result.identical]
-        moved = relocate_entries(root.deep_ep_dir, serving, sources=[root.deep_ep_dir / "cache" / n for n in names])
+        moved = relocate_entries(root.deep_ep_dir, serving, sources=[f"{cache}/{n}" for n in names])
     data = result.to_dict()
     data["relocation"] = None if moved is None else moved.to_dict()
 

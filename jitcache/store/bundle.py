@@ -300,6 +300,9 @@ class _HeldBytes(VerdictCache):
         st = os.stat(path) if before is None else before
         return data, st, st
 
+    def put(self, path: str, before: os.stat_result, after: os.stat_result | None, facts: Any) -> None:
+        pass  # a staged file's facts are never remembered
+
 
 def _stage_tarfile(bundle: Path, staging: Path, sizes: dict[str, int]) -> Staged:
     """:func:`_stage` through tarfile's members: a bundle whose headers :class:`_TarStream` leaves to it."""
