@@ -183,14 +183,16 @@ class _TarWriter:
     def add(self, name: str, data: bytes, mtime: int) -> None:
         header = self.header(name, len(data), mtime)
         padding = -len(data) % _BLOCK
-        self._write(header)
         if len(data) >= _WRITE_SIZE:  # a big file is written as it is, not copied into a gathered write
+            self._write(header)
             self.flush()
             self.out.write(data)
-        else:
-            self._write(data)
-        if padding:
             self._write(_ZEROS[:padding])
+        else:
+            self._pending += (header, data, _ZEROS[:padding])
+            self._pending_size += len(header) + len(data) + padding
+            if self._pending_size >= _WRITE_SIZE:
+                self.flush()
         self.offset += len(header) + len(data) + padding
 
     def close(self) -> None:
