@@ -194,17 +194,16 @@ def _followed(path: str, st: os.stat_result | None) -> os.stat_result | None:
 def _check_stat(path: str, st: os.stat_result | None, key: str, problems: list[Problem]) -> bool:
     """True if ``st`` (a ``stat`` already taken; ``None``: absent) is a non-empty regular file; records
     the problem otherwise."""
+    if st is not None and st.st_size and stat.S_ISREG(st.st_mode):
+        return True
     name = os.path.basename(path)
     if st is None:
         problems.append(Problem("missing_file", path, f"{name} is missing", key))
-        return False
-    if not stat.S_ISREG(st.st_mode):
+    elif not stat.S_ISREG(st.st_mode):
         problems.append(Problem("missing_file", path, f"{name} is not a regular file", key))
-        return False
-    if st.st_size == 0:
+    else:
         problems.append(Problem("empty_file", path, f"{name} is empty", key))
-        return False
-    return True
+    return False
 
 
 def _decoded_source(path: str, verdicts: VerdictCache, st: os.stat_result,
