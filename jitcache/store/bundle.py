@@ -24,7 +24,9 @@ above. The tar headers are read directly (512-byte blocks, in large reads
 of the decompressed stream; a bundle with a header that reader leaves to
 :mod:`tarfile`, such as pax records, is staged again through tarfile), and
 each DeepEP entry's cubin check is taken, as soon as its files are written,
-from the bytes in memory. It then checks every file against the manifest
+from the bytes in memory (for a bundle of 500 entries or more, by a forked
+child process reading them back while staging goes on: it only returns
+verdicts, and any it does not return are taken here from disk). It then checks every file against the manifest
 (size and sha256, nothing missing, nothing extra), the cubins, and the
 environment fingerprint (refused on a mismatch unless ``force``). Only then, under the root lock, is each entry
 published with one atomic rename; an identical entry already present is
@@ -144,6 +146,7 @@ def _stage_direct(bundle: Path, staging: Path, manifest: dict[str, Any], sizes: 
     held: dict[tuple[str, str], dict[str, bytes]] = {}  # entries being staged whose bytes are all in memory
     held_bytes = 0
     verdicts = _HeldBytes()
+    worker = _CheckWorker.start(sum(1 for tree, _ in listed if tree == "deep_ep"))
     chmod = _umask_clears(0o644)
     top = os.fspath(staging)
     made: set[str] = set()
@@ -200,6 +203,9 @@ def _stage_direct(bundle: Path, staging: Path, manifest: dict[str, Any], sizes: 
                     if len(files) == listed.get(key) and key in held:
                         holding = held.pop(key)
                         held_bytes -= sum(map(len, holding.values()))
+                        if worker is not None:  # its files are written and closed: the worker reads them
+                            worker.submit(key, directory, entry)
+                            continue
                         verdicts.held = {f"{directory}/{n}": d for n, d in holding.items()}
                         checked[key] = _deep_ep_verdict(directory, entry, verdicts)
                         verdicts.held = {}
@@ -208,8 +214,13 @@ def _stage_direct(bundle: Path, staging: Path, manifest: dict[str, Any], sizes: 
                         held_bytes = 0
             finally:
                 reader.close()
+            if worker is not None:
+                checked.update(worker.results())  # what it could not check is checked from disk later
     except (zstandard.ZstdError, EOFError) as exc:
         raise BundleError(f"{bundle}: not a readable jitcache bundle ({exc})", path=bundle) from None
+    finally:
+        if worker is not None:
+            worker.close()
     return staged, checked
 
 
@@ -284,6 +295,109 @@ def _write_streamed(dest: str, tar: _TarStream, size: int, chmod: bool, bundle: 
     finally:
         os.close(fd)
     return size, digest.hexdigest()
+
+
+#: A bundle with at least this many DeepEP entries has its cubin checks taken by a second process while
+#: staging writes (the checks are half of an import's CPU time, the writes most of the rest).
+_WORKER_MIN_ENTRIES = 500
+
+
+class _CheckWorker:
+    """The cubin checks of staged DeepEP entries in a forked child process, while staging goes on.
+
+    The child reads each entry from disk once staging has written and
+    closed all of its files, and checks it as :func:`check_staged_cubins`
+    does; it only takes verdicts, never decides: whatever it does not
+    return (it died, was killed, or failed on an entry) is checked by the
+    caller from disk as before. It ends when staging closes its end of the
+    pipe (also when the importing process is killed outright).
+    """
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")
+        self.conn, child = context.Pipe()
+        self.proc = context.Process(target=_check_worker_main, args=(child, self.conn), daemon=True,
+                                    name="jitcache-import-check")
+        self.proc.start()
+        child.close()
+        self.batch: list[tuple[tuple[str, str], str, str]] = []
+        self.failed = False
+
+    @classmethod
+    def start(cls, entries: int) -> "_CheckWorker | None":
+        """A worker for a bundle of ``entries`` DeepEP entries, or None: a small bundle, one core, a process
+        with other threads (forking one is unsafe), or no ``fork`` here."""
+        import sys
+        import threading
+
+        if entries < _WORKER_MIN_ENTRIES or (os.cpu_count() or 1) < 2 or threading.active_count() != 1 \
+                or not sys.platform.startswith("linux"):
+            return None
+        try:
+            return cls()
+        except (OSError, ValueError):
+            return None
+
+    def submit(self, key: tuple[str, str], directory: str, name: str) -> None:
+        self.batch.append((key, directory, name))
+        if len(self.batch) >= 64:
+            self._flush()
+
+    def _flush(self) -> None:
+        batch, self.batch = self.batch, []
+        if batch and not self.failed:
+            try:
+                self.conn.send(batch)
+            except (OSError, ValueError):
+                self.failed = True  # the child is gone: the caller checks these entries itself
+
+    def results(self) -> Checked:
+        """Every verdict the child took; then it is gone."""
+        out: Checked = {}
+        try:
+            self._flush()
+            if not self.failed:
+                self.conn.send(None)
+                received = self.conn.recv()
+                if isinstance(received, dict):
+                    out = received
+        except (OSError, EOFError, ValueError):
+            pass
+        finally:
+            self.close()
+        return out
+
+    def close(self) -> None:
+        if self.proc is None:
+            return
+        self.conn.close()
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        self.proc.close()
+        self.proc = None  # type: ignore[assignment]
+
+
+def _check_worker_main(conn: Any, parent_end: Any) -> None:
+    """The child of :class:`_CheckWorker`: batches of ``(key, directory, name)`` in, one dict of verdicts out."""
+    parent_end.close()  # else the child would keep its own pipe open after the parent died
+    verdicts = VerdictCache(None)
+    out: Checked = {}
+    try:
+        while (batch := conn.recv()) is not None:
+            for key, directory, name in batch:
+                try:
+                    out[key] = _deep_ep_verdict(directory, name, verdicts)
+                except Exception:
+                    continue  # left to the parent, which checks it from disk
+        conn.send(out)
+    except BaseException:  # the parent is gone or interrupted: nothing to report, nothing to print
+        pass
+    finally:
+        conn.close()
 
 
 class _HeldBytes(VerdictCache):
