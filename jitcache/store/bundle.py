@@ -41,13 +41,14 @@ pulled entry passes exactly the checks an imported one does.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from jitcache.adapters.registry import adapter_for_layout
 from jitcache.errors import BundleError, CacheError
@@ -277,18 +278,30 @@ def _write_bytes(dest: str, data: bytes, chmod: bool) -> tuple[int, str]:
 def _write_streamed(dest: str, tar: _TarStream, size: int, chmod: bool, bundle: Path, name: str
                     ) -> tuple[int, str]:
     """:func:`_write_bytes` of the next ``size`` bytes of ``tar``, a chunk at a time (a big member)."""
-    digest = hashlib.sha256()
-    fd = os.open(dest, _CREATE, 0o644)
-    try:
-        if chmod:
-            os.fchmod(fd, 0o644)
+
+    def chunks() -> Iterator[bytes]:
         left = size
         while left:
             chunk = tar.take(min(left, _CHUNK))
             if not chunk:
                 raise _truncated(bundle, name)
-            digest.update(chunk)
             left -= len(chunk)
+            yield chunk
+
+    return _write_chunks(dest, chunks(), chmod)
+
+
+def _write_chunks(dest: str, chunks: Iterable[bytes], chmod: bool) -> tuple[int, str]:
+    """:func:`_write_bytes` of ``chunks`` as they come (a member too big to hold, or a tarfile member)."""
+    digest = hashlib.sha256()
+    size = 0
+    fd = os.open(dest, _CREATE, 0o644)
+    try:
+        if chmod:
+            os.fchmod(fd, 0o644)
+        for chunk in chunks:
+            digest.update(chunk)
+            size += len(chunk)
             view = memoryview(chunk)
             while view:
                 view = view[os.write(fd, view):]
@@ -447,29 +460,11 @@ def _stage_tarfile(bundle: Path, staging: Path, sizes: dict[str, int]) -> Staged
                     directory.mkdir(parents=True, exist_ok=True, mode=0o755)
                 if file in files:
                     raise BundleError(f"{bundle}: member {member.name!r} appears twice; refused", path=bundle)
-                files[file] = _write_staged(os.fspath(directory / file), source, chmod)
+                chunks = iter(functools.partial(source.read, _CHUNK), b"")
+                files[file] = _write_chunks(os.fspath(directory / file), chunks, chmod)
     except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
         raise BundleError(f"{bundle}: not a readable jitcache bundle ({exc})", path=bundle) from None
     return staged
-
-
-def _write_staged(dest: str, source: Any, chmod: bool) -> tuple[int, str]:
-    """:func:`_write_bytes` of a tarfile member, a chunk at a time."""
-    digest = hashlib.sha256()
-    size = 0
-    fd = os.open(dest, _CREATE, 0o644)
-    try:
-        if chmod:
-            os.fchmod(fd, 0o644)
-        while chunk := source.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-    return size, digest.hexdigest()
 
 
 def _check_room(bundle: Path, staging: Path, manifest: dict[str, Any]) -> dict[str, int]:
