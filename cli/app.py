@@ -203,8 +203,6 @@ def _handled(call: Callable[[], Any], command_path: Callable[[], str]) -> Any:
 
     from .output import Output
 
-    typer: Any = sys.modules.get("typer")  # imported by the call if it can raise typer's or click's errors
-    click_errors = _click_errors() if typer is not None else None
     try:
         return call()
     except JitCacheError as exc:
@@ -234,11 +232,10 @@ def _handled(call: Callable[[], Any], command_path: Callable[[], str]) -> Any:
         Output().error("interrupted")
         sys.exit(130)
     except Exception as exc:
+        typer: Any = sys.modules.get("typer")  # imported by the call if it can raise typer's or click's errors
         if typer is None:
-            typer = sys.modules.get("typer")
-            click_errors = _click_errors() if typer is not None else None
-        if click_errors is None:
             raise
+        click_errors = _click_errors()
         if isinstance(exc, click_errors.NoArgsIsHelpError):  # `jitcache`, `jitcache sources`: the help, as asked
             typer.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
             sys.exit(exc.exit_code)
