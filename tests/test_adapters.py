@@ -135,3 +135,20 @@ def test_the_aot_entry_point_takes_one_frozen_options_object(tmp_path):
         AotOptions(triton_only=True)
     with pytest.raises(UsageError, match="--jobs 0"):
         AotOptions(jobs=0)
+
+
+def test_layout_rules_are_the_adapters():
+    """jitcache.adapters.layouts (what a scan reads without importing an adapter) says what each adapter says,
+    in the registry's order."""
+    from jitcache.adapters import layouts
+
+    assert [r.layout for r in layouts.LAYOUTS] == [a.layout for a in ADAPTERS]
+    for rules, a in zip(layouts.LAYOUTS, ADAPTERS):
+        assert (rules.entry_pattern, rules.meta_file, rules.commit_marker) == \
+            (a.entry_pattern, a.meta_file, a.commit_marker)
+    for name in ("dispatch.0123456789abcdef0123456789abcdef", "kernel.combine.0123456789abcdef0123456789abcdef",
+                 "kernel.0123456789abcdef0123456789abcdef", "dispatch.0123", "x", ""):
+        parsed, theirs = layouts.parse_entry_name(name), parse_entry_name(name)
+        assert (parsed is None) == (theirs is None), name
+        if parsed is not None and theirs is not None:
+            assert (parsed[0].layout, parsed[1], parsed[2]) == (theirs[0].layout, theirs[1], theirs[2])

@@ -24,6 +24,7 @@ from jitcache.adapters.base import (BuildJob, DeepEPAdapter, LearnedKernel, Plan
                                     headers_stamp, nvcc_major_minor, refuse_digest)
 from jitcache.adapters.digest21 import (HEADER_PREFIX21, IncludeHasher21, cache_key21, entry_name21, flags21,
                                         nvcc_command21, with_include_hash)
+from jitcache.adapters.layouts import DEEP_EP_21
 from jitcache.adapters.learn import substitute_nmax
 from jitcache.adapters.live21 import live_toolchain_args21
 from jitcache.adapters.render21 import NUM_SMS_RULE21, render_barrier21, render_plan21, target_facts21
@@ -125,8 +126,7 @@ class DeepEP21(DeepEPAdapter):
     entry_prefix = "kernel."
     jit_seconds_per_bucket = 8.2    # H200, EP1, hidden 7168 (DESIGN.md)
     num_sms_rule = NUM_SMS_RULE21
-    _entry_pattern: ClassVar[re.Pattern[str]] = re.compile(
-        r"^kernel\.(?P<family>[A-Za-z0-9_]+)\.(?P<key>[0-9a-f]{32})$")
+    _entry_pattern: ClassVar[re.Pattern[str]] = DEEP_EP_21.entry_pattern
 
     def entry_name(self, family: str, digest: str) -> str:
         return entry_name21(family, digest)

@@ -24,6 +24,7 @@ from jitcache.adapters.base import (BuildJob, DeepEPAdapter, LearnedKernel, Plan
                                     headers_stamp, refuse_digest, release_line)
 from jitcache.adapters.deepjit import (FNV1a, CompilerOptions, IncludeHasher, cache_key, compiler_hash,
                                        deep_ep_compiler_options, entry_name, meta_json, nvcc_command, options_from_meta)
+from jitcache.adapters.layouts import DEEPJIT
 from jitcache.adapters.learn import substitute_nmax
 from jitcache.adapters.render25 import (NUM_SMS_RULE25, RenderedKernel, TargetFacts, render_barrier, render_plan,
                                         target_facts)
@@ -78,7 +79,7 @@ class DeepEP25(DeepEPAdapter):
     live_names_from_serving = True
     jit_seconds_per_bucket = 12.0   # H200, EP1, hidden 7168 (DESIGN.md)
     num_sms_rule = NUM_SMS_RULE25
-    _entry_pattern: ClassVar[re.Pattern[str]] = re.compile(r"^(?P<family>[A-Za-z0-9_]+)\.(?P<key>[0-9a-f]{32})$")
+    _entry_pattern: ClassVar[re.Pattern[str]] = DEEPJIT.entry_pattern
 
     def entry_name(self, family: str, digest: str) -> str:
         return entry_name(family, digest)

@@ -178,6 +178,81 @@ def _fast_sections(data: bytes) -> tuple[bool, list[str], bytes] | None:
     "Unusual" (then pyelftools decides): big-endian, extended section
     numbering, a header or table size other than ELF64's, compressed
     sections, or any offset, size or string outside the file.
+
+    nvcc's string tables are ASCII: names are then compared as bytes, and only the kernel entries
+    are decoded. A table with any other byte goes to :func:`_fast_sections_general`, which decodes
+    every name as pyelftools does (two byte strings can decode to the same text).
+    """
+    size = len(data)
+    if data[5] != 1:
+        return None
+    shoff = _OFFSET.unpack_from(data, 40)[0]
+    _, _, _, shentsize, shnum, shstrndx = _SHDR_FIELDS.unpack_from(data, 52)
+    if shentsize != 64 or shnum == 0 or shstrndx >= shnum or shoff + shnum * 64 > size:
+        return None
+    headers = list(_SHDR_USED.iter_unpack(data[shoff:shoff + shnum * 64]))
+    plain = _PLAIN_TYPES
+    for _, sh_type, sh_flags, offset, length, _, entsize in headers:
+        if sh_flags & _SHF_COMPRESSED:
+            return None
+        if sh_type in plain:
+            if plain[sh_type] not in (None, entsize):
+                return None
+        elif not 0x70000000 <= sh_type <= 0x7FFFFFFF:
+            return None
+        if sh_type != _SHT_NOBITS and offset + length > size:
+            return None
+    names_start = headers[shstrndx][3]
+    table = data[names_start:names_start + headers[shstrndx][4]]  # NUL-terminated names inside it
+    if not table.isascii():
+        return _fast_sections_general(data)
+    find = table.find
+    names = []
+    for header in headers:
+        start = header[0]
+        stop = find(b"\0", start)
+        if stop < 0:  # (also when start is past the table's end)
+            return None
+        names.append(table[start:stop])
+    if b".stab" in names:
+        return None  # pyelftools parses a .stab section: let it
+    last_by_name = dict(zip(names, range(shnum)))  # pyelftools' dict keeps the last one
+    entries = []
+    for index in last_by_name.values():
+        _, sh_type, _, offset, length, link, entsize = headers[index]
+        if sh_type not in _SYMTAB_TYPES:
+            continue
+        if entsize != 24 or length % 24 or link >= shnum or headers[link][1] != 3:  # SHT_STRTAB
+            return None
+        strings = data[headers[link][3]:headers[link][3] + headers[link][4]]
+        if not strings.isascii():
+            return _fast_sections_general(data)
+        for st_name, st_info, shndx in _SYM_USED.iter_unpack(data[offset:offset + length]):
+            if st_info & 0xF != _STT_FUNC or shndx == 0 or shndx >= shnum:
+                continue
+            stop = strings.find(b"\0", st_name)
+            if stop < 0:
+                return None
+            name = strings[st_name:stop]
+            if names[shndx] == b".text." + name:
+                text = name.decode("ascii")
+                if not _is_ignored(text):
+                    entries.append(text)
+    tk = last_by_name.get(b".note.nv.tkinfo")
+    tkinfo = b"" if tk is None else (b"" if headers[tk][1] == _SHT_NOBITS else
+                                     data[headers[tk][3]:headers[tk][3] + headers[tk][4]])
+    return b".symtab" in last_by_name, entries, tkinfo
+
+
+_OFFSET = struct.Struct("<Q")
+
+
+def _fast_sections_general(data: bytes) -> tuple[bool, list[str], bytes] | None:
+    """:func:`_fast_sections` for string tables that are not all ASCII (names decoded as pyelftools does).
+
+    "Unusual" (then pyelftools decides): big-endian, extended section
+    numbering, a header or table size other than ELF64's, compressed
+    sections, or any offset, size or string outside the file.
     """
     size = len(data)
     if data[5] != 1:

@@ -23,6 +23,8 @@ import stat
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from jitcache.adapters.layouts import EntryLayoutRules, parse_entry_name as parse_layout_name
+
 from .elf import CubinInfo, InvalidCubin, arch_problem, entry_symbol_problem, normalize_arch, parse_cubin
 from .kernels import parse_source, symbol_problem
 from .model import CacheEntry, Problem
@@ -71,9 +73,7 @@ def is_deep_ep_kernel(family: str, params: dict[str, Any], source: str = "") -> 
 
 def classify_deep_ep_name(name: str) -> tuple[str, str, str] | None:
     """``(format, family, key)`` for an entry directory name under ``cache/``, else ``None``."""
-    from jitcache.adapters.registry import parse_entry_name  # on first use: a scan of an empty root needs none
-
-    parsed = parse_entry_name(name)
+    parsed = parse_layout_name(name)  # the adapters' layouts, without importing an adapter
     return None if parsed is None else (parsed[0].layout, parsed[1], parsed[2])
 
 
@@ -276,22 +276,15 @@ def _meta_facts(path: str, verdicts: VerdictCache, st: os.stat_result,
     return facts[0], facts[1], facts[2]
 
 
-_registry: Any = None
-
-
-def _entry_adapter(name: str) -> tuple[Any, str, str, str] | None:
-    """``(adapter of the layout, format, family, key)`` of an entry directory name, else ``None``: what
-    :func:`classify_deep_ep_name` and ``adapter_for_layout`` give, the registry loaded once, on first use."""
-    global _registry
-    if _registry is None:
-        from jitcache.adapters import registry  # on first use: a scan of an empty root needs none
-
-        _registry = registry
-    parsed = _registry.parse_entry_name(name)
+def _entry_adapter(name: str) -> tuple[EntryLayoutRules, str, str, str] | None:
+    """``(layout rules, format, family, key)`` of an entry directory name, else ``None``: what
+    :func:`classify_deep_ep_name` gives, with the layout's marker and metadata file
+    (:mod:`jitcache.adapters.layouts`: no adapter is imported)."""
+    parsed = parse_layout_name(name)
     if parsed is None:
         return None
-    layout = parsed[0].layout
-    return _registry.adapter_for_layout(layout), layout, parsed[1], parsed[2]
+    rules = parsed[0]
+    return rules, rules.layout, parsed[1], parsed[2]
 
 
 def read_deep_ep_entry(path: Path | str, *, check_cubin: bool = True, expected_arch: str | None = None,
