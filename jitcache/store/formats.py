@@ -21,9 +21,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any, Iterator, Sequence
-
-from jitcache.adapters.layouts import EntryLayoutRules, parse_entry_name as parse_layout_name
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from .elf import CubinInfo, InvalidCubin, arch_problem, entry_symbol_problem, normalize_arch, parse_cubin
 from .kernels import parse_source, symbol_problem
@@ -31,6 +29,9 @@ from .model import CacheEntry, Problem
 from .publish import COMMIT_MARKER
 from .reading import read_bytes_and_stat, read_text
 from .verdicts import VerdictCache
+
+if TYPE_CHECKING:
+    from jitcache.adapters.layouts import EntryLayoutRules
 
 __all__ = [
     "DEEP_EP_FAMILIES",
@@ -73,7 +74,7 @@ def is_deep_ep_kernel(family: str, params: dict[str, Any], source: str = "") -> 
 
 def classify_deep_ep_name(name: str) -> tuple[str, str, str] | None:
     """``(format, family, key)`` for an entry directory name under ``cache/``, else ``None``."""
-    parsed = parse_layout_name(name)  # the adapters' layouts, without importing an adapter
+    parsed = parse_layout_name(name)
     return None if parsed is None else (parsed[0].layout, parsed[1], parsed[2])
 
 
@@ -274,6 +275,16 @@ def _meta_facts(path: str, verdicts: VerdictCache, st: os.stat_result,
     facts = [None, _nvcc_version(meta), _arch_in_meta(meta)] if meta is not None else [why, None, None]
     verdicts.put_in(directory, name, st, after, facts)
     return facts[0], facts[1], facts[2]
+
+
+def parse_layout_name(dirname: str) -> tuple[EntryLayoutRules, str, str] | None:
+    """:func:`jitcache.adapters.layouts.parse_entry_name` (the adapters' layouts, no adapter imported), that
+    module loaded on first use: a scan of an empty root, or ``inspect`` on one, loads nothing of the adapters."""
+    global parse_layout_name
+    from jitcache.adapters.layouts import parse_entry_name
+
+    parse_layout_name = parse_entry_name
+    return parse_entry_name(dirname)
 
 
 def _entry_adapter(name: str) -> tuple[EntryLayoutRules, str, str, str] | None:
